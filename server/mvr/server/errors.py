@@ -1,0 +1,47 @@
+"""Engine errors: what went wrong, in terms a client can act on.
+
+The engine never imports gRPC. It raises these; the service layer maps each class to exactly one
+gRPC status code (see ``mvr.server.service``). Every message names the offending field and value, so
+the text can be passed to the client unchanged.
+"""
+
+from __future__ import annotations
+
+
+class MvrError(Exception):
+    """Base class of every error the engine reports to a caller."""
+
+
+class InvalidArgument(MvrError):
+    """The request itself is malformed: a field has a value that can never be valid.
+
+    Maps to INVALID_ARGUMENT.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class NotFound(MvrError):
+    """A named resource (collection, document) does not exist. Maps to NOT_FOUND."""
+
+
+class AlreadyExists(MvrError):
+    """A resource with that name exists already. Maps to ALREADY_EXISTS."""
+
+
+class FailedPrecondition(MvrError):
+    """The request is well formed but does not fit the state of the system.
+
+    Examples: vectors whose dim differs from the collection's, text sent to a collection without an
+    encoder, a collection written by another model. Maps to FAILED_PRECONDITION.
+    """
+
+
+class ResourceExhausted(MvrError):
+    """A size or capacity limit was hit (batch too large, message too large). Maps to RESOURCE_EXHAUSTED."""
+
+
+class Unavailable(MvrError):
+    """The server cannot take the call right now (starting, shutting down). Maps to UNAVAILABLE."""
