@@ -5,6 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-client}"
-python -m grpc_tools.protoc -I proto \
+"${PYTHON:-python}" -m grpc_tools.protoc -I proto \
   --python_out="$out" --pyi_out="$out" --grpc_python_out="$out" \
   proto/mvr/v1/*.proto
