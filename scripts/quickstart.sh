@@ -12,7 +12,7 @@ port="${MVR_TARGET##*:}"
 mvr serve --port "$port" --log-format text &
 server=$!
 trap 'kill -TERM $server 2>/dev/null; wait $server' EXIT
-mvr wait --timeout 300
+mvr wait --wait-timeout 300
 if [ -f "$corpus" ]; then
   mvr ingest "$corpus" --collection papers --text-field abstract
   title=$(head -n 1 "$corpus" | python -c "import json, sys; print(json.loads(sys.stdin.readline())['title'])")

@@ -13,7 +13,10 @@ from tests.conftest import REPO
 
 def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
     subprocess.run(
-        ["bash", str(REPO / "scripts" / "gen_proto.sh"), str(tmp_path)], check=True, cwd=REPO, env={**os.environ, "PYTHON": sys.executable}
+        ["bash", str(REPO / "scripts" / "gen_proto.sh"), str(tmp_path)],
+        check=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHON": sys.executable},
     )
     fresh = {p.relative_to(tmp_path): p.read_bytes() for p in (tmp_path / "mvr" / "v1").glob("*.py*")}
     committed_dir = REPO / "client"

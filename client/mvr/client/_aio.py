@@ -1,0 +1,217 @@
+"""The asyncio mvr client: the same methods as :class:`mvr.client.Client`, as coroutines."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mvr.client import _convert as convert
+from mvr.client.errors import from_rpc_error
+from mvr.client.types import (
+    BatchAck,
+    CollectionInfo,
+    DeleteResult,
+    Document,
+    Hit,
+    StoredDocument,
+    UpsertResult,
+)
+from mvr.v1 import collection_service_pb2 as cpb
+from mvr.v1 import collection_service_pb2_grpc as cgrpc
+from mvr.v1 import document_service_pb2 as dpb
+from mvr.v1 import document_service_pb2_grpc as dgrpc
+from mvr.v1 import search_service_pb2 as spb
+from mvr.v1 import search_service_pb2_grpc as sgrpc
+
+
+class AsyncClient:
+    """An asyncio connection to an mvr server (grpc.aio). Arguments and behaviour as :class:`Client`;
+    use ``async with AsyncClient(target) as mvr:`` or ``await mvr.close()``."""
+
+    def __init__(
+        self, target: str, api_key: str | None = None, timeout: float = 30.0, max_message_mb: int = 64
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self._channel = grpc.aio.insecure_channel(target, options=convert.channel_options(max_message_mb))
+        self._collections = cgrpc.CollectionServiceStub(self._channel)
+        self._documents = dgrpc.DocumentServiceStub(self._channel)
+        self._search = sgrpc.SearchServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return await method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def health(self, timeout: float | None = None) -> str:
+        response = await self._call(self._health.Check, health_pb2.HealthCheckRequest(), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    async def create_collection(
+        self,
+        name: str,
+        model: str | None = "default",
+        dim: int | None = None,
+        *,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> CollectionInfo:
+        request = convert.create_collection_request(name, model, dim, params)
+        response = await self._call(self._collections.CreateCollection, request, timeout)
+        return convert.collection_info(response.collection, with_stats=True)
+
+    async def get_collection(self, name: str, *, timeout: float | None = None) -> CollectionInfo:
+        request = cpb.GetCollectionRequest(name=convert.collection_name(name))
+        response = await self._call(self._collections.GetCollection, request, timeout)
+        return convert.collection_info(response.collection, with_stats=True)
+
+    async def list_collections(
+        self, *, page_size: int = 100, timeout: float | None = None
+    ) -> list[CollectionInfo]:
+        found, token = [], ""
+        while True:
+            request = cpb.ListCollectionsRequest(page_size=page_size, page_token=token)
+            response = await self._call(self._collections.ListCollections, request, timeout)
+            found += [convert.collection_info(c, with_stats=False) for c in response.collections]
+            token = response.next_page_token
+            if not token:
+                return found
+
+    async def delete_collection(self, name: str, *, timeout: float | None = None) -> None:
+        request = cpb.DeleteCollectionRequest(name=convert.collection_name(name))
+        await self._call(self._collections.DeleteCollection, request, timeout)
+
+    async def upsert(
+        self, collection: str, docs: Iterable[Document], *, batch_size: int = 64, timeout: float | None = None
+    ) -> list[UpsertResult]:
+        results: list[UpsertResult] = []
+        parent = convert.collection_name(collection)
+        for batch in convert.batches(docs, batch_size):
+            request = dpb.UpsertDocumentsRequest(parent=parent, documents=batch)
+            response = await self._call(self._documents.UpsertDocuments, request, timeout)
+            results += convert.upsert_results(response.statuses)
+        return results
+
+    async def upsert_stream(
+        self, collection: str, batches: Iterable[Sequence[Document]], *, timeout: float | None = None
+    ) -> AsyncIterator[BatchAck]:
+        parent = convert.collection_name(collection)
+        requests = (
+            dpb.StreamUpsertDocumentsRequest(
+                parent=parent, documents=[convert.document_message(d) for d in batch]
+            )
+            for batch in batches
+        )
+        try:
+            async for ack in self._documents.StreamUpsertDocuments(
+                requests, timeout=timeout, metadata=self._metadata
+            ):
+                yield convert.batch_ack(ack)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+
+    async def get(
+        self,
+        collection: str,
+        id: str,
+        *,
+        include_vectors: bool = False,
+        timeout: float | None = None,
+    ) -> StoredDocument:
+        name = f"{convert.collection_name(collection)}/documents/{id}"
+        request = dpb.GetDocumentRequest(name=name, include_vectors=include_vectors)
+        return convert.stored_document(
+            (await self._call(self._documents.GetDocument, request, timeout)).document
+        )
+
+    async def delete(
+        self, collection: str, ids: Sequence[str], *, timeout: float | None = None
+    ) -> DeleteResult:
+        if isinstance(ids, str):
+            raise TypeError("ids must be a list of ids, not a single string")
+        request = dpb.DeleteDocumentsRequest(parent=convert.collection_name(collection), ids=list(ids))
+        return convert.delete_result(await self._call(self._documents.DeleteDocuments, request, timeout))
+
+    async def list_documents(
+        self,
+        collection: str,
+        *,
+        page_size: int = 100,
+        include_vectors: bool = False,
+        timeout: float | None = None,
+    ) -> AsyncIterator[StoredDocument]:
+        token = ""
+        while True:
+            request = dpb.ListDocumentsRequest(
+                parent=convert.collection_name(collection),
+                page_size=page_size,
+                page_token=token,
+                include_vectors=include_vectors,
+            )
+            response = await self._call(self._documents.ListDocuments, request, timeout)
+            for document in response.documents:
+                yield convert.stored_document(document)
+            token = response.next_page_token
+            if not token:
+                return
+
+    async def search(
+        self,
+        collection: str,
+        query: str | np.ndarray,
+        top_k: int = 10,
+        *,
+        candidates: int | None = None,
+        ef: int | None = None,
+        filter: Mapping[str, str] | None = None,
+        explain: bool = False,
+        timeout: float | None = None,
+    ) -> list[Hit]:
+        request = convert.search_request(collection, query, top_k, candidates, ef, filter, explain)
+        return convert.hits(await self._call(self._search.Search, request, timeout))
+
+    async def batch_search(
+        self,
+        collection: str,
+        queries: Sequence[str | np.ndarray],
+        top_k: int = 10,
+        *,
+        candidates: int | None = None,
+        ef: int | None = None,
+        filter: Mapping[str, str] | None = None,
+        explain: bool = False,
+        timeout: float | None = None,
+    ) -> list[list[Hit]]:
+        request = spb.BatchSearchRequest(
+            searches=[
+                convert.search_request(collection, q, top_k, candidates, ef, filter, explain) for q in queries
+            ]
+        )
+        response = await self._call(self._search.BatchSearch, request, timeout)
+        return [convert.hits(result) for result in response.results]
+
+    async def encode(
+        self,
+        texts: Sequence[str],
+        kind: str = "query",
+        *,
+        collection: str | None = None,
+        timeout: float | None = None,
+    ) -> list[np.ndarray]:
+        request = convert.encode_request(texts, kind, collection)
+        return convert.encoded(await self._call(self._search.Encode, request, timeout))

@@ -1,0 +1,296 @@
+"""The synchronous mvr client."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mvr.client import _convert as convert
+from mvr.client.errors import UnavailableError, from_rpc_error
+from mvr.client.types import (
+    BatchAck,
+    CollectionInfo,
+    DeleteResult,
+    Document,
+    Hit,
+    StoredDocument,
+    UpsertResult,
+)
+from mvr.v1 import collection_service_pb2 as cpb
+from mvr.v1 import collection_service_pb2_grpc as cgrpc
+from mvr.v1 import document_service_pb2 as dpb
+from mvr.v1 import document_service_pb2_grpc as dgrpc
+from mvr.v1 import search_service_pb2 as spb
+from mvr.v1 import search_service_pb2_grpc as sgrpc
+
+
+class Client:
+    """A connection to an mvr server.
+
+    Args:
+        target: ``host:port`` of the server, e.g. ``"127.0.0.1:50051"``.
+        api_key: sent as ``authorization: Bearer <api_key>`` metadata on every call, for a proxy or
+            gateway in front of mvr; the mvr server itself does not check it yet.
+        timeout: default deadline of every call, in seconds (each method also takes ``timeout=``).
+        max_message_mb: largest message sent or received; match the server's ``--max-message-mb``.
+
+    Calls that fail with UNAVAILABLE (server restarting, loading) are retried by gRPC itself with
+    exponential backoff (5 attempts, 0.1 s to 2 s). Failed calls raise :class:`mvr.client.MvrError`
+    subclasses. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(
+        self, target: str, api_key: str | None = None, timeout: float = 30.0, max_message_mb: int = 64
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
+        self._channel = grpc.insecure_channel(target, options=convert.channel_options(max_message_mb))
+        self._collections = cgrpc.CollectionServiceStub(self._channel)
+        self._documents = dgrpc.DocumentServiceStub(self._channel)
+        self._search = sgrpc.SearchServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    # ------------------------------------------------------------------------------ plumbing
+
+    def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+
+    def close(self) -> None:
+        """Closes the channel; the client cannot be used afterwards."""
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------ health
+
+    def health(self, timeout: float | None = None) -> str:
+        """The server's overall health: ``"SERVING"`` or ``"NOT_SERVING"`` (loading, shutting down)."""
+        response = self._call(self._health.Check, health_pb2.HealthCheckRequest(), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_until_serving(self, timeout: float = 300.0) -> None:
+        """Blocks until the server reports SERVING; raises UnavailableError after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        last = "unreachable"
+        while time.monotonic() < deadline:
+            try:
+                last = self.health(timeout=min(5.0, max(0.1, deadline - time.monotonic())))
+                if last == "SERVING":
+                    return
+            except Exception as error:
+                last = str(error)
+            time.sleep(0.25)
+        raise UnavailableError(
+            grpc.StatusCode.UNAVAILABLE, f"{self.target} not SERVING after {timeout} s ({last})"
+        )
+
+    # ------------------------------------------------------------------------------ collections
+
+    def create_collection(
+        self,
+        name: str,
+        model: str | None = "default",
+        dim: int | None = None,
+        *,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> CollectionInfo:
+        """Creates a collection and returns its complete configuration (defaults filled in).
+
+        Args:
+            name: the collection id (1-63 of ``[a-z0-9_-]``) or ``"collections/{id}"``.
+            model: ``"default"`` (the server's embedded all-MiniLM-L6-v2), a model directory on the
+                server, or ``None`` for a collection of precomputed vectors only (then ``dim`` is needed).
+            dim: token vector dimension; with a model it is taken from the model.
+            params: FDE ``repetitions``, ``k_sim``, ``d_proj``, ``fill_empty``, ``final_dim``, ``seed``;
+                HNSW ``m``, ``ef_construction``, ``ef_search``; ``storage_dtype`` ("float16" or
+                "float32"); ``query_maxlen``, ``doc_maxlen``. Immutable after creation.
+        """
+        request = convert.create_collection_request(name, model, dim, params)
+        response = self._call(self._collections.CreateCollection, request, timeout)
+        return convert.collection_info(response.collection, with_stats=True)
+
+    def get_collection(self, name: str, *, timeout: float | None = None) -> CollectionInfo:
+        """A collection's configuration and current statistics."""
+        request = cpb.GetCollectionRequest(name=convert.collection_name(name))
+        return convert.collection_info(
+            self._call(self._collections.GetCollection, request, timeout).collection, True
+        )
+
+    def list_collections(self, *, page_size: int = 100, timeout: float | None = None) -> list[CollectionInfo]:
+        """Every collection, in name order (fetched page by page; without statistics)."""
+        found, token = [], ""
+        while True:
+            request = cpb.ListCollectionsRequest(page_size=page_size, page_token=token)
+            response = self._call(self._collections.ListCollections, request, timeout)
+            found += [convert.collection_info(c, with_stats=False) for c in response.collections]
+            token = response.next_page_token
+            if not token:
+                return found
+
+    def delete_collection(self, name: str, *, timeout: float | None = None) -> None:
+        """Deletes a collection and all its documents."""
+        self._call(
+            self._collections.DeleteCollection,
+            cpb.DeleteCollectionRequest(name=convert.collection_name(name)),
+            timeout,
+        )
+
+    # ------------------------------------------------------------------------------ documents
+
+    def upsert(
+        self, collection: str, docs: Iterable[Document], *, batch_size: int = 64, timeout: float | None = None
+    ) -> list[UpsertResult]:
+        """Inserts or replaces documents, ``batch_size`` per call; each call is atomic and durable.
+
+        Returns one result per document, in order. On an error, the batches before the failing one
+        are stored; the failing one is not.
+        """
+        results: list[UpsertResult] = []
+        parent = convert.collection_name(collection)
+        for batch in convert.batches(docs, batch_size):
+            response = self._call(
+                self._documents.UpsertDocuments,
+                dpb.UpsertDocumentsRequest(parent=parent, documents=batch),
+                timeout,
+            )
+            results += convert.upsert_results(response.statuses)
+        return results
+
+    def upsert_stream(
+        self, collection: str, batches: Iterable[Sequence[Document]], *, timeout: float | None = None
+    ) -> Iterator[BatchAck]:
+        """Streams batches over one StreamUpsertDocuments call; yields each batch's acknowledgement,
+        in order, once it is durable. A batch with a bad document yields ``ok=False`` (nothing of it
+        stored) and the stream goes on. ``timeout`` bounds the whole stream (default: none)."""
+        parent = convert.collection_name(collection)
+
+        def requests() -> Iterator[dpb.StreamUpsertDocumentsRequest]:
+            for batch in batches:
+                yield dpb.StreamUpsertDocumentsRequest(
+                    parent=parent, documents=[convert.document_message(d) for d in batch]
+                )
+
+        try:
+            for ack in self._documents.StreamUpsertDocuments(
+                requests(), timeout=timeout, metadata=self._metadata
+            ):
+                yield convert.batch_ack(ack)
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+
+    def get(
+        self,
+        collection: str,
+        id: str,
+        *,
+        include_vectors: bool = False,
+        timeout: float | None = None,
+    ) -> StoredDocument:
+        """Reads one document (its token vectors too with ``include_vectors``)."""
+        name = f"{convert.collection_name(collection)}/documents/{id}"
+        request = dpb.GetDocumentRequest(name=name, include_vectors=include_vectors)
+        return convert.stored_document(self._call(self._documents.GetDocument, request, timeout).document)
+
+    def delete(self, collection: str, ids: Sequence[str], *, timeout: float | None = None) -> DeleteResult:
+        """Deletes documents by id; ids that did not exist are listed in ``not_found``."""
+        if isinstance(ids, str):
+            raise TypeError("ids must be a list of ids, not a single string")
+        request = dpb.DeleteDocumentsRequest(parent=convert.collection_name(collection), ids=list(ids))
+        return convert.delete_result(self._call(self._documents.DeleteDocuments, request, timeout))
+
+    def list_documents(
+        self,
+        collection: str,
+        *,
+        page_size: int = 100,
+        include_vectors: bool = False,
+        timeout: float | None = None,
+    ) -> Iterator[StoredDocument]:
+        """Iterates over every document in id order, fetching a page at a time."""
+        token = ""
+        while True:
+            request = dpb.ListDocumentsRequest(
+                parent=convert.collection_name(collection),
+                page_size=page_size,
+                page_token=token,
+                include_vectors=include_vectors,
+            )
+            response = self._call(self._documents.ListDocuments, request, timeout)
+            yield from (convert.stored_document(d) for d in response.documents)
+            token = response.next_page_token
+            if not token:
+                return
+
+    # ------------------------------------------------------------------------------ search
+
+    def search(
+        self,
+        collection: str,
+        query: str | np.ndarray,
+        top_k: int = 10,
+        *,
+        candidates: int | None = None,
+        ef: int | None = None,
+        filter: Mapping[str, str] | None = None,
+        explain: bool = False,
+        timeout: float | None = None,
+    ) -> list[Hit]:
+        """Searches a collection; hits best first, scored by exact MaxSim.
+
+        Args:
+            query: text (encoded by the collection's model) or a float32 array (n_tokens, dim).
+            top_k: hits to return (1..1000).
+            candidates: first-stage candidates reranked exactly (default max(100, 10·top_k)).
+            ef: HNSW search list size (default max(candidates, the collection's ef_search)).
+            filter: exact-match metadata filter; every key must have exactly that value.
+            explain: attach each query token's best document token and score to every hit.
+        """
+        request = convert.search_request(collection, query, top_k, candidates, ef, filter, explain)
+        return convert.hits(self._call(self._search.Search, request, timeout))
+
+    def batch_search(
+        self,
+        collection: str,
+        queries: Sequence[str | np.ndarray],
+        top_k: int = 10,
+        *,
+        candidates: int | None = None,
+        ef: int | None = None,
+        filter: Mapping[str, str] | None = None,
+        explain: bool = False,
+        timeout: float | None = None,
+    ) -> list[list[Hit]]:
+        """Several searches of one collection in one call; one list of hits per query, in order."""
+        request = spb.BatchSearchRequest(
+            searches=[
+                convert.search_request(collection, q, top_k, candidates, ef, filter, explain) for q in queries
+            ]
+        )
+        response = self._call(self._search.BatchSearch, request, timeout)
+        return [convert.hits(result) for result in response.results]
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        kind: str = "query",
+        *,
+        collection: str | None = None,
+        timeout: float | None = None,
+    ) -> list[np.ndarray]:
+        """Token vectors of each text (float32, L2-normalised rows), as a ``"query"`` or ``"document"``,
+        with a collection's model or, without ``collection``, the server's default model."""
+        request = convert.encode_request(texts, kind, collection)
+        return convert.encoded(self._call(self._search.Encode, request, timeout))

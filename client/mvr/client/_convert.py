@@ -1,0 +1,296 @@
+"""Request building and response decoding shared by the sync and asyncio clients.
+
+Everything protobuf-shaped lives here; the two clients only differ in how they call the stubs.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from mvr.client.types import (
+    BatchAck,
+    CollectionInfo,
+    CollectionStats,
+    DeleteResult,
+    Document,
+    DocumentStatus,
+    FdeParams,
+    Hit,
+    HnswParams,
+    StoredDocument,
+    TokenMatch,
+    UpsertResult,
+)
+from mvr.v1 import collection_service_pb2 as cpb
+from mvr.v1 import document_service_pb2 as dpb
+from mvr.v1 import search_service_pb2 as spb
+from mvr.v1 import types_pb2 as tpb
+
+SERVICES = ("mvr.v1.CollectionService", "mvr.v1.DocumentService", "mvr.v1.SearchService")
+
+# gRPC's own retry policy (applied by the channel, transparent to callers): UNAVAILABLE is retried
+# with exponential backoff. Every mvr write is idempotent (upsert by id, delete by id), so retrying
+# a write whose first attempt did land is harmless.
+RETRY_SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [{"service": service} for service in SERVICES],
+                "retryPolicy": {
+                    "maxAttempts": 5,
+                    "initialBackoff": "0.1s",
+                    "maxBackoff": "2s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    }
+)
+
+
+def channel_options(max_message_mb: int) -> list[tuple[str, Any]]:
+    size = max_message_mb * 1024 * 1024
+    return [
+        ("grpc.enable_retries", 1),
+        ("grpc.service_config", RETRY_SERVICE_CONFIG),
+        ("grpc.max_receive_message_length", size),
+        ("grpc.max_send_message_length", size),
+    ]
+
+
+_WIRE = {tpb.DTYPE_FLOAT32: np.dtype("<f4"), tpb.DTYPE_FLOAT16: np.dtype("<f2")}
+_STORAGE = {"float32": tpb.DTYPE_FLOAT32, "float16": tpb.DTYPE_FLOAT16}
+_KINDS = {"query": spb.ENCODE_KIND_QUERY, "document": spb.ENCODE_KIND_DOCUMENT}
+_FDE_PARAMS = {"repetitions", "k_sim", "d_proj", "fill_empty", "final_dim", "seed"}
+_HNSW_PARAMS = {"m", "ef_construction", "ef_search"}
+_OTHER_PARAMS = {"storage_dtype", "query_maxlen", "doc_maxlen"}
+
+
+# ------------------------------------------------------------------------------------------- names
+
+
+def collection_name(name: str) -> str:
+    """'papers' or 'collections/papers' → 'collections/papers'."""
+    if not name:
+        raise ValueError("collection name must not be empty")
+    return name if name.startswith("collections/") else f"collections/{name}"
+
+
+def collection_id(name: str) -> str:
+    return collection_name(name).removeprefix("collections/")
+
+
+# ----------------------------------------------------------------------------------------- vectors
+
+
+def pack_vectors(array: Any, what: str = "vectors") -> tpb.Vectors:
+    """A (n_tokens, dim) array → packed little-endian float32 Vectors."""
+    matrix = np.asarray(array)
+    if matrix.ndim != 2:
+        raise ValueError(f"{what} must be 2-D (n_tokens, dim), got shape {matrix.shape}")
+    if matrix.shape[0] < 1 or matrix.shape[1] < 1:
+        raise ValueError(f"{what} must have at least one token and one dimension, got shape {matrix.shape}")
+    if not np.issubdtype(matrix.dtype, np.number) or np.iscomplexobj(matrix):
+        raise ValueError(f"{what} must be real numbers, got dtype {matrix.dtype}")
+    packed = np.ascontiguousarray(matrix, dtype="<f4")
+    return tpb.Vectors(dtype=tpb.DTYPE_FLOAT32, shape=list(packed.shape), data=packed.tobytes())
+
+
+def unpack_vectors(message: tpb.Vectors) -> np.ndarray:
+    """Vectors (float32 or float16) → a float32 (n_tokens, dim) array."""
+    wire = _WIRE.get(message.dtype)
+    if wire is None:
+        raise ValueError(f"server sent vectors of unknown dtype {message.dtype}")
+    return np.frombuffer(message.data, dtype=wire).reshape(tuple(message.shape)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------- requests
+
+
+def create_collection_request(
+    name: str, model: str | None, dim: int | None, params: Mapping[str, Any]
+) -> cpb.CreateCollectionRequest:
+    unknown = set(params) - _FDE_PARAMS - _HNSW_PARAMS - _OTHER_PARAMS
+    if unknown:
+        raise TypeError(f"create_collection() got unknown parameters {sorted(unknown)}")
+    if model is None and dim is None:
+        raise ValueError("a collection without a model (model=None) needs dim")
+    storage = params.get("storage_dtype", "float16")
+    if storage not in _STORAGE:
+        raise ValueError(f"storage_dtype must be 'float16' or 'float32', got {storage!r}")
+    collection = cpb.Collection(
+        encoder=cpb.EncoderSpec(
+            model=model or "",
+            query_maxlen=params.get("query_maxlen") or 0,
+            doc_maxlen=params.get("doc_maxlen") or 0,
+        ),
+        dim=dim or 0,
+        fde=cpb.FdeParams(**{k: v for k, v in params.items() if k in _FDE_PARAMS and v is not None}),
+        hnsw=cpb.HnswParams(**{k: v for k, v in params.items() if k in _HNSW_PARAMS and v is not None}),
+        storage_dtype=_STORAGE[storage],
+    )
+    return cpb.CreateCollectionRequest(collection_id=collection_id(name), collection=collection)
+
+
+def document_message(doc: Document) -> dpb.Document:
+    if (doc.text is None) == (doc.vectors is None):
+        raise ValueError(f"document {doc.id!r}: set exactly one of text and vectors")
+    message = dpb.Document(id=doc.id, metadata={str(k): str(v) for k, v in doc.metadata.items()})
+    if doc.text is not None:
+        message.text = doc.text
+    else:
+        message.vectors.CopyFrom(pack_vectors(doc.vectors, f"document {doc.id!r} vectors"))
+    return message
+
+
+def batches(docs: Iterable[Document], size: int) -> Iterable[list[dpb.Document]]:
+    if size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {size}")
+    batch: list[dpb.Document] = []
+    for doc in docs:
+        batch.append(document_message(doc))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def query_message(query: str | Any) -> spb.Query:
+    if isinstance(query, str):
+        return spb.Query(text=query)
+    return spb.Query(vectors=pack_vectors(query, "query"))
+
+
+def search_request(
+    collection: str,
+    query: str | Any,
+    top_k: int,
+    candidates: int | None,
+    ef: int | None,
+    filter: Mapping[str, str] | None,
+    explain: bool,
+) -> spb.SearchRequest:
+    return spb.SearchRequest(
+        collection=collection_name(collection),
+        query=query_message(query),
+        top_k=top_k,
+        candidates=candidates or 0,
+        ef=ef or 0,
+        filter=dict(filter or {}),
+        explain=explain,
+    )
+
+
+def encode_request(texts: Sequence[str], kind: str, collection: str | None) -> spb.EncodeRequest:
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be 'query' or 'document', got {kind!r}")
+    if isinstance(texts, str):
+        raise TypeError("texts must be a list of strings, not a single string")
+    return spb.EncodeRequest(
+        texts=list(texts), kind=_KINDS[kind], collection=collection_name(collection) if collection else ""
+    )
+
+
+# ---------------------------------------------------------------------------------------- responses
+
+
+def collection_info(message: cpb.Collection, with_stats: bool) -> CollectionInfo:
+    fde, hnsw, encoder = message.fde, message.hnsw, message.encoder
+    stats = None
+    if with_stats and message.HasField("stats"):
+        stats = CollectionStats(
+            documents=message.stats.documents,
+            tokens=message.stats.tokens,
+            indexed_documents=message.stats.indexed_documents,
+            bytes_on_disk=dict(message.stats.bytes_on_disk),
+            bytes_in_memory=dict(message.stats.bytes_in_memory),
+        )
+    return CollectionInfo(
+        name=collection_id(message.name),
+        model=encoder.model or None,
+        encoder_format=encoder.format or None,
+        weights_sha256=encoder.weights_sha256 or None,
+        query_maxlen=encoder.query_maxlen or None,
+        doc_maxlen=encoder.doc_maxlen or None,
+        dim=message.dim,
+        fde=FdeParams(
+            repetitions=fde.repetitions,
+            k_sim=fde.k_sim,
+            d_proj=fde.d_proj,
+            fill_empty=fde.fill_empty,
+            final_dim=fde.final_dim or None,
+            seed=fde.seed,
+            output_dim=fde.output_dim,
+        ),
+        hnsw=HnswParams(m=hnsw.m, ef_construction=hnsw.ef_construction, ef_search=hnsw.ef_search),
+        storage_dtype="float32" if message.storage_dtype == tpb.DTYPE_FLOAT32 else "float16",
+        stats=stats,
+        create_time=message.create_time.ToDatetime() if message.HasField("create_time") else None,
+    )
+
+
+def upsert_results(statuses: Iterable[dpb.DocumentStatus]) -> list[UpsertResult]:
+    return [
+        UpsertResult(
+            id=s.id,
+            created=s.code == dpb.DOCUMENT_STATUS_CODE_CREATED,
+            token_count=s.token_count,
+            truncated=s.truncated,
+        )
+        for s in statuses
+    ]
+
+
+def batch_ack(message: dpb.StreamUpsertDocumentsResponse) -> BatchAck:
+    return BatchAck(
+        batch_index=message.batch_index,
+        ok=message.ok,
+        statuses=[
+            DocumentStatus(
+                id=s.id,
+                code=dpb.DocumentStatusCode.Name(s.code).removeprefix("DOCUMENT_STATUS_CODE_"),
+                message=s.message,
+                token_count=s.token_count,
+                truncated=s.truncated,
+            )
+            for s in message.statuses
+        ],
+    )
+
+
+def stored_document(message: dpb.Document) -> StoredDocument:
+    return StoredDocument(
+        id=message.id,
+        text=message.text or None,
+        metadata=dict(message.metadata),
+        vectors=unpack_vectors(message.vectors) if message.HasField("vectors") else None,
+        token_count=message.token_count,
+        truncated=message.truncated,
+    )
+
+
+def delete_result(message: dpb.DeleteDocumentsResponse) -> DeleteResult:
+    return DeleteResult(deleted=list(message.deleted_ids), not_found=list(message.not_found_ids))
+
+
+def hits(message: spb.SearchResponse) -> list[Hit]:
+    return [
+        Hit(
+            id=h.id,
+            score=h.score,
+            metadata=dict(h.metadata),
+            explanation=[TokenMatch(m.query_token, m.document_token, m.score) for m in h.explanation]
+            if h.explanation
+            else None,
+        )
+        for h in message.hits
+    ]
+
+
+def encoded(message: spb.EncodeResponse) -> list[np.ndarray]:
+    return [unpack_vectors(result.vectors) for result in message.results]

@@ -1,0 +1,391 @@
+"""The `mvr` command line: run the server, ingest JSONL, search, manage collections.
+
+    mvr serve [--host H] [--port P] [--data-dir D] [--model default|PATH|none] ...
+    mvr wait [--timeout S]
+    mvr ingest FILE.jsonl --collection C --text-field F [--id-field id] [--batch-size 32]
+    mvr search C "query text" [-k 10] [--json] [--explain] [--filter key=value ...]
+    mvr collections list | create NAME [--model M | --dim D] [...] | get NAME | delete NAME
+
+Every flag of `serve` has an MVR_* environment twin (flag beats environment beats default); client
+commands take --target (MVR_TARGET). Failed calls print `error: CODE: message` and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mvr.client.errors import MvrError
+
+
+def _env(name: str, default: Any, kind: Callable[[str], Any] = str) -> Any:
+    value = os.environ.get(name)
+    return default if value is None else kind(value)
+
+
+def _add(parser: argparse.ArgumentParser, flag: str, env: str, default: Any, kind: type, help: str) -> None:
+    parser.add_argument(
+        flag, default=_env(env, default, kind), type=kind, help=f"{help} [env {env}; default {default}]"
+    )
+
+
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    _add(serve, "--host", "MVR_HOST", "127.0.0.1", str, "listen address")
+    _add(serve, "--port", "MVR_PORT", 50051, int, "listen port")
+    _add(serve, "--data-dir", "MVR_DATA_DIR", "./mvr-data", str, "where collections are stored")
+    _add(
+        serve,
+        "--model",
+        "MVR_MODEL",
+        "default",
+        str,
+        "model loaded at start: 'default', a directory, or 'none'",
+    )
+    _add(serve, "--workers", "MVR_WORKERS", 8, int, "gRPC worker threads")
+    _add(
+        serve,
+        "--max-message-mb",
+        "MVR_MAX_MESSAGE_MB",
+        64,
+        int,
+        "largest request/response; beyond: RESOURCE_EXHAUSTED",
+    )
+    _add(serve, "--query-threads", "MVR_QUERY_THREADS", 1, int, "torch threads of the query encoder")
+    _add(serve, "--index-threads", "MVR_INDEX_THREADS", 1, int, "hnswlib threads of the background indexer")
+    _add(serve, "--log-format", "MVR_LOG_FORMAT", "json", str, "json or text")
+    _add(serve, "--log-level", "MVR_LOG_LEVEL", "INFO", str, "DEBUG, INFO, WARNING, ERROR")
+    _add(serve, "--metrics-port", "MVR_METRICS_PORT", 0, int, "Prometheus /metrics port (0: off)")
+    serve.set_defaults(run=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    if args.log_format not in ("json", "text"):
+        raise SystemExit(f"error: --log-format must be json or text, got {args.log_format!r}")
+    from mvr.server.app import ServerConfig, run
+
+    return run(
+        ServerConfig(
+            host=args.host,
+            port=args.port,
+            data_dir=Path(args.data_dir),
+            model=args.model,
+            workers=args.workers,
+            max_message_mb=args.max_message_mb,
+            query_threads=args.query_threads,
+            index_threads=args.index_threads,
+            log_format=args.log_format,
+            log_level=args.log_level,
+            metrics_port=args.metrics_port,
+        )
+    )
+
+
+def _client(args: argparse.Namespace):
+    from mvr.client import Client
+
+    return Client(args.target, timeout=args.timeout)
+
+
+# ------------------------------------------------------------------------------------------ ingest
+
+
+@dataclass
+class IngestLine:
+    """One parsed JSONL line: where it ends in the file, and the document it makes (or why not)."""
+
+    end_offset: int
+    line_number: int
+    document: Any  # mvr.client.Document | None
+    error: str | None = None
+
+
+def parse_line(raw: bytes, line_number: int, end_offset: int, text_field: str, id_field: str) -> IngestLine:
+    """A JSONL line → a Document: the text field is the text, the id field the id (else the line
+    number), every other field metadata (strings as they are, other JSON values JSON-encoded)."""
+    from mvr.client import Document
+
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as error:
+        return IngestLine(end_offset, line_number, None, f"not JSON: {error}")
+    if not isinstance(record, dict):
+        return IngestLine(end_offset, line_number, None, "not a JSON object")
+    text = record.pop(text_field, None)
+    if not isinstance(text, str) or not text.strip():
+        return IngestLine(
+            end_offset, line_number, None, f"field {text_field!r} missing, empty or not a string"
+        )
+    doc_id = record.pop(id_field, None)
+    doc_id = str(line_number) if doc_id is None else str(doc_id)
+    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in record.items()}
+    return IngestLine(end_offset, line_number, Document(doc_id, text=text, metadata=metadata))
+
+
+def read_lines(path: Path, start_offset: int, text_field: str, id_field: str) -> Iterator[IngestLine]:
+    with path.open("rb") as handle:
+        # line numbers count from the start of the file, also when resuming
+        line_number = handle.read(start_offset).count(b"\n") if start_offset else 0
+        handle.seek(start_offset)
+        offset = start_offset
+        for raw in handle:
+            offset += len(raw)
+            line_number += 1
+            if raw.strip():
+                yield parse_line(raw, line_number, offset, text_field, id_field)
+
+
+def checkpoint_path(args: argparse.Namespace) -> Path:
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    return Path(f"{args.file}.mvr-checkpoint-{args.collection.removeprefix('collections/')}")
+
+
+def read_checkpoint(path: Path, data_file: Path) -> int:
+    """The byte offset after the last acknowledged batch (0 without a checkpoint)."""
+    if not path.exists():
+        return 0
+    state = json.loads(path.read_text())
+    size = data_file.stat().st_size
+    if state.get("file") != str(data_file.resolve()) or state.get("offset", 0) > size:
+        raise SystemExit(
+            f"error: checkpoint {path} does not belong to {data_file}; use --restart to ignore it"
+        )
+    return int(state["offset"])
+
+
+def write_checkpoint(path: Path, data_file: Path, offset: int) -> None:
+    """Atomically: a crash leaves either the old or the new checkpoint, never a torn one."""
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w") as handle:
+        json.dump({"file": str(data_file.resolve()), "offset": offset}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def _batches(lines: Iterator[IngestLine], size: int, invalid: list[IngestLine]) -> Iterator[list[IngestLine]]:
+    batch: list[IngestLine] = []
+    for line in lines:
+        if line.error is not None:
+            invalid.append(line)
+            print(f"line {line.line_number}: skipped: {line.error}", file=sys.stderr)
+            continue
+        batch.append(line)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    from mvr.client import NotFoundError
+    from tqdm import tqdm
+
+    data_file = Path(args.file)
+    if not data_file.is_file():
+        raise SystemExit(f"error: {data_file} is not a file")
+    state_file = checkpoint_path(args)
+    start = 0 if args.restart else read_checkpoint(state_file, data_file)
+    with _client(args) as client:
+        try:
+            client.get_collection(args.collection)
+        except NotFoundError:
+            model = None if args.model == "none" else args.model
+            client.create_collection(args.collection, model=model, dim=args.dim)
+            print(f"created collection {args.collection} (model {args.model})", file=sys.stderr)
+        invalid: list[IngestLine] = []
+        failed = 0
+        pending: list[list[IngestLine]] = []
+
+        def documents() -> Iterator[list[Any]]:
+            for batch in _batches(
+                read_lines(data_file, start, args.text_field, args.id_field), args.batch_size, invalid
+            ):
+                pending.append(batch)
+                yield [line.document for line in batch]
+
+        total = data_file.stat().st_size
+        with tqdm(
+            total=total, initial=start, unit="B", unit_scale=True, desc="ingest", disable=args.quiet
+        ) as bar:
+            stored = 0
+            for ack in client.upsert_stream(args.collection, documents()):
+                batch = pending.pop(0)
+                if ack.ok:
+                    stored += len(batch)
+                else:
+                    failed += 1
+                    for status in ack.statuses:
+                        if status.code == "INVALID":
+                            print(f"batch {ack.batch_index}: {status.id}: {status.message}", file=sys.stderr)
+                write_checkpoint(state_file, data_file, batch[-1].end_offset)
+                bar.update(batch[-1].end_offset - bar.n)
+                bar.set_postfix(docs=stored)
+    print(
+        f"ingested {stored} documents into {args.collection}; {len(invalid)} invalid lines; "
+        f"{failed} failed batches; checkpoint {state_file}",
+        file=sys.stderr,
+    )
+    return 1 if failed or invalid else 0
+
+
+# ------------------------------------------------------------------------------------------ search
+
+
+def _search(args: argparse.Namespace) -> int:
+    filters = {}
+    for item in args.filter or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"error: --filter takes key=value, got {item!r}")
+        filters[key] = value
+    with _client(args) as client:
+        hits = client.search(
+            args.collection, args.query, top_k=args.k, filter=filters or None, explain=args.explain
+        )
+    if args.json:
+        print(json.dumps([asdict(h) for h in hits], indent=2))
+        return 0
+    for rank, hit in enumerate(hits, 1):
+        label = hit.metadata.get("title") or ", ".join(f"{k}={v}" for k, v in list(hit.metadata.items())[:3])
+        print(f"{rank:>3}  {hit.score:8.4f}  {hit.id}  {label[:100]}")
+        if hit.explanation:
+            tokens = " ".join(f"q{m.query_token}→d{m.document_token}:{m.score:.3f}" for m in hit.explanation)
+            print(f"      {tokens}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------- collections
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(asdict(value), indent=2, default=str))
+
+
+def _collections(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.action == "list":
+            for info in client.list_collections():
+                print(
+                    f"{info.name}\tdim={info.dim}\tmodel={info.model or '-'}\tfde_dim={info.fde.output_dim}"
+                )
+        elif args.action == "get":
+            _print_json(client.get_collection(args.name))
+        elif args.action == "delete":
+            client.delete_collection(args.name)
+            print(f"deleted {args.name}", file=sys.stderr)
+        else:
+            params = {
+                key: getattr(args, key)
+                for key in (
+                    "repetitions",
+                    "k_sim",
+                    "d_proj",
+                    "final_dim",
+                    "seed",
+                    "m",
+                    "ef_construction",
+                    "ef_search",
+                )
+                if getattr(args, key) is not None
+            }
+            if args.storage_dtype:
+                params["storage_dtype"] = args.storage_dtype
+            model = None if args.model == "none" else args.model
+            _print_json(client.create_collection(args.name, model=model, dim=args.dim, **params))
+    return 0
+
+
+def _wait(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        client.wait_until_serving(args.wait_timeout)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mvr", description="Multi-vector (late-interaction) retrieval server"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+
+    client_flags = argparse.ArgumentParser(add_help=False)
+    _add(client_flags, "--target", "MVR_TARGET", "127.0.0.1:50051", str, "server address")
+    client_flags.add_argument("--timeout", type=float, default=120.0, help="deadline of each call, seconds")
+
+    wait = sub.add_parser("wait", parents=[client_flags], help="wait until the server is SERVING")
+    wait.add_argument("--wait-timeout", type=float, default=300.0, help="give up after this many seconds")
+    wait.set_defaults(run=_wait)
+
+    ingest = sub.add_parser("ingest", parents=[client_flags], help="index a JSONL file (resumable)")
+    ingest.add_argument("file", help="JSONL: one JSON object per line")
+    ingest.add_argument("--collection", required=True)
+    ingest.add_argument("--text-field", required=True, help="field holding the document text")
+    ingest.add_argument("--id-field", default="id", help="field holding the id (absent: the line number)")
+    ingest.add_argument("--batch-size", type=int, default=32)
+    ingest.add_argument(
+        "--model", default="default", help="model if the collection must be created ('none': vectors only)"
+    )
+    ingest.add_argument(
+        "--dim", type=int, default=None, help="dim if the collection is created with --model none"
+    )
+    ingest.add_argument(
+        "--checkpoint", default=None, help="progress file (default FILE.mvr-checkpoint-COLLECTION)"
+    )
+    ingest.add_argument("--restart", action="store_true", help="ignore the checkpoint and start from the top")
+    ingest.add_argument("--quiet", action="store_true", help="no progress bar")
+    ingest.set_defaults(run=_ingest)
+
+    search = sub.add_parser("search", parents=[client_flags], help="search a collection with a text query")
+    search.add_argument("collection")
+    search.add_argument("query")
+    search.add_argument("-k", type=int, default=10, help="number of hits")
+    search.add_argument(
+        "--filter", action="append", metavar="KEY=VALUE", help="exact metadata match (repeatable)"
+    )
+    search.add_argument("--explain", action="store_true", help="show each query token's best match")
+    search.add_argument("--json", action="store_true", help="print hits as JSON")
+    search.set_defaults(run=_search)
+
+    collections = sub.add_parser("collections", help="list, create, get, delete collections")
+    actions = collections.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", parents=[client_flags])
+    for action in ("get", "delete"):
+        actions.add_parser(action, parents=[client_flags]).add_argument("name")
+    create = actions.add_parser("create", parents=[client_flags])
+    create.add_argument("name")
+    create.add_argument(
+        "--model", default="default", help="'default', a model directory, or 'none' (vectors only)"
+    )
+    create.add_argument("--dim", type=int, default=None, help="token dim (required with --model none)")
+    for key in ("repetitions", "k_sim", "d_proj", "final_dim", "seed", "m", "ef_construction", "ef_search"):
+        create.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None)
+    create.add_argument("--storage-dtype", choices=["float16", "float32"], default=None)
+    collections.set_defaults(run=_collections)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except MvrError as error:
+        print(f"error: {error.code.name}: {error.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""Plain dataclasses the client returns and accepts: no protobuf in user code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+
+
+@dataclass
+class Document:
+    """A document to write: an id, and either ``text`` or ``vectors`` (float32, shape (n_tokens, dim))."""
+
+    id: str
+    text: str | None = None
+    vectors: np.ndarray | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """A document as read back from the server."""
+
+    id: str
+    text: str | None
+    metadata: dict[str, str]
+    vectors: np.ndarray | None  # only when asked for (include_vectors=True)
+    token_count: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    """What happened to one written document: created (new id) or replaced."""
+
+    id: str
+    created: bool
+    token_count: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class DocumentStatus:
+    """Per-document outcome in a streamed batch: code is CREATED, REPLACED, INVALID or ABORTED."""
+
+    id: str
+    code: str
+    message: str
+    token_count: int
+    truncated: bool
+
+
+@dataclass(frozen=True)
+class BatchAck:
+    """Acknowledgement of one streamed batch; ``ok`` means it is durable, else nothing of it was stored."""
+
+    batch_index: int
+    ok: bool
+    statuses: list[DocumentStatus]
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    deleted: list[str]
+    not_found: list[str]
+
+
+@dataclass(frozen=True)
+class TokenMatch:
+    """One query token's best match in a hit: its contribution to the score."""
+
+    query_token: int
+    document_token: int
+    score: float
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A search result: exact MaxSim score; ``explanation`` only when asked for."""
+
+    id: str
+    score: float
+    metadata: dict[str, str]
+    explanation: list[TokenMatch] | None = None
+
+
+@dataclass(frozen=True)
+class FdeParams:
+    repetitions: int
+    k_sim: int
+    d_proj: int
+    fill_empty: bool
+    final_dim: int | None
+    seed: int
+    output_dim: int
+
+
+@dataclass(frozen=True)
+class HnswParams:
+    m: int
+    ef_construction: int
+    ef_search: int
+
+
+@dataclass(frozen=True)
+class CollectionStats:
+    documents: int
+    tokens: int
+    indexed_documents: int
+    bytes_on_disk: dict[str, int]
+    bytes_in_memory: dict[str, int]
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """A collection's configuration (immutable) and, when read with get_collection, its stats."""
+
+    name: str  # the collection id, e.g. "papers"
+    model: str | None  # None: precomputed vectors only
+    encoder_format: str | None
+    weights_sha256: str | None
+    query_maxlen: int | None
+    doc_maxlen: int | None
+    dim: int
+    fde: FdeParams
+    hnsw: HnswParams
+    storage_dtype: str
+    stats: CollectionStats | None
+    create_time: datetime | None

@@ -1,0 +1,211 @@
+"""The server process: configuration, start-up, health, reflection, metrics and graceful shutdown.
+
+Owns the lifecycle. Start-up order: the gRPC port opens first with health NOT_SERVING (so orchestrators
+can tell "loading" from "dead"), then the default model and every collection are loaded, then health
+turns SERVING. On SIGTERM or SIGINT: health NOT_SERVING, stop accepting calls, let calls in flight
+finish (up to ``grace_s``), flush every collection (HNSW saved, everything acknowledged indexed),
+exit 0.
+
+Concurrency model: a synchronous ``grpc.server`` over a thread pool. The heavy work of a call (torch
+inference, Numba kernels, BLAS, hnswlib) releases the GIL, so threads run it in parallel; text queries
+from concurrent calls are batched into one forward pass by the query batcher. An asyncio server would
+only help with many thousands of idle connections, which is not this service's load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from mvr.server import service
+
+log = logging.getLogger("mvr.server")
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `mvr serve` can set (flags, with MVR_* environment twins)."""
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    data_dir: Path = field(default_factory=lambda: Path("mvr-data"))
+    model: str = "default"  # loaded at start, used by Encode without a collection; "none": no model
+    workers: int = 8
+    max_message_mb: int = 64
+    query_threads: int = 1
+    index_threads: int = 1
+    log_format: str = "json"
+    log_level: str = "INFO"
+    grace_s: float = 30.0
+    metrics_port: int = 0  # 0: no Prometheus endpoint
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and any `extra=` fields."""
+
+    _STANDARD: frozenset[str] = frozenset(vars(logging.makeLogRecord({})))
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        entry.update(
+            {k: v for k, v in vars(record).items() if k not in self._STANDARD and not k.startswith("_")}
+        )
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+def configure_logging(log_format: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class Server:
+    """A running mvr server: build it, :meth:`start` it, :meth:`load` the engine, :meth:`stop` it."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.engine = service.Engine()
+        self.health = health.HealthServicer()
+        max_bytes = config.max_message_mb * 1024 * 1024
+        self.grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
+            interceptors=[_metrics_interceptor()],
+            options=[
+                ("grpc.max_receive_message_length", max_bytes),
+                ("grpc.max_send_message_length", max_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+            # Past this many calls in flight or queued, new calls get RESOURCE_EXHAUSTED at once
+            # instead of waiting behind a queue that cannot drain in time.
+            maximum_concurrent_rpcs=config.workers * 8,
+        )
+        service.register(self.grpc_server, self.engine)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc_server)
+        reflection.enable_server_reflection(
+            (
+                *service.SERVICE_NAMES,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.grpc_server,
+        )
+        self.port = self.grpc_server.add_insecure_port(f"{config.host}:{config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.host}:{config.port}")
+        self.manager = None
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    def _set_health(self, status: int) -> None:
+        for name in ("", *service.SERVICE_NAMES):
+            self.health.set(name, status)
+
+    def start(self) -> None:
+        self.grpc_server.start()
+        log.info("listening", extra={"address": f"{self.config.host}:{self.port}"})
+
+    def load(self) -> None:
+        """Loads the default model and every collection, then reports SERVING."""
+        from mvr.server.collection import CollectionManager
+        from mvr.server.encoder import Encoder
+
+        started = time.perf_counter()
+        encoders: dict[str, Encoder] = {}
+        lock = threading.Lock()
+
+        def load_encoder(model: str) -> Encoder:
+            with lock:
+                if model not in encoders:
+                    log.info("loading model", extra={"model": model})
+                    encoders[model] = Encoder.load(model)
+                return encoders[model]
+
+        default_encoder = None if self.config.model == "none" else load_encoder(self.config.model)
+        self.config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.manager = CollectionManager(
+            self.config.data_dir,
+            encoder_loader=load_encoder,
+            index_threads=self.config.index_threads,
+            query_threads=self.config.query_threads,
+        )
+        self.engine.ready(self.manager, default_encoder)
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving",
+            extra={
+                "model": self.config.model,
+                "collections": len(self.manager.list()),
+                "load_seconds": round(time.perf_counter() - started, 3),
+            },
+        )
+
+    def stop(self) -> None:
+        """Graceful: NOT_SERVING, no new calls, in-flight calls finish, collections flushed."""
+        log.info("shutting down", extra={"grace_s": self.config.grace_s})
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.grpc_server.stop(self.config.grace_s).wait()
+        self.engine.drain()
+        if self.manager is not None:
+            self.manager.close()
+        log.info("stopped")
+
+
+def _metrics_interceptor() -> grpc.ServerInterceptor:
+    from mvr.server.metrics import MetricsInterceptor
+
+    return MetricsInterceptor()
+
+
+def run(config: ServerConfig) -> int:
+    """Runs the server until SIGTERM or SIGINT; returns the process exit code."""
+    configure_logging(config.log_format, config.log_level)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: object) -> None:
+        log.info("signal received", extra={"signal": signal.Signals(signum).name})
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        server = Server(config)
+    except OSError as error:
+        log.error("cannot start", extra={"error": str(error)})
+        return 2
+    if config.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_port, addr=config.host)
+    server.start()
+    try:
+        server.load()
+    except Exception:
+        log.exception("loading failed")
+        server.grpc_server.stop(0)
+        return 1
+    stop_requested.wait()
+    server.stop()
+    return 0

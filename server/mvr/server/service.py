@@ -1,0 +1,433 @@
+"""The gRPC service layer: mvr.v1 CollectionService, DocumentService and SearchService.
+
+Owns: request validation that is about the wire (names, page tokens, limits on batch sizes), the
+mapping of engine errors to gRPC status codes, and nothing else. Every RPC unpacks its request with
+:mod:`mvr.server.convert`, calls the engine (:class:`~mvr.server.collection.CollectionManager`), and
+packs the answer. gRPC types never go below this module.
+
+Status codes (one engine error class each, see :mod:`mvr.server.errors`):
+INVALID_ARGUMENT (with a google.rpc.BadRequest detail naming the field), NOT_FOUND, ALREADY_EXISTS,
+FAILED_PRECONDITION, RESOURCE_EXHAUSTED, UNAVAILABLE (not started yet / shutting down); anything
+unexpected is logged with its traceback and answered INTERNAL.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+from mvr.server import convert
+from mvr.server.collection import Collection, CollectionManager
+from mvr.server.encoder import Encoder
+from mvr.server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    MvrError,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from mvr.v1 import collection_service_pb2 as cpb
+from mvr.v1 import collection_service_pb2_grpc as cgrpc
+from mvr.v1 import document_service_pb2 as dpb
+from mvr.v1 import document_service_pb2_grpc as dgrpc
+from mvr.v1 import search_service_pb2 as spb
+from mvr.v1 import search_service_pb2_grpc as sgrpc
+from mvr.v1 import types_pb2 as tpb
+
+log = logging.getLogger("mvr.service")
+
+MAX_BATCH_DOCUMENTS = 1000
+MAX_DELETE_IDS = 1000
+MAX_BATCH_SEARCHES = 100
+MAX_ENCODE_TEXTS = 256
+MAX_TOP_K = 1000
+MAX_CANDIDATES = 10_000
+DEFAULT_TOP_K = 10
+
+_CODES: list[tuple[type[MvrError], grpc.StatusCode]] = [
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+]
+
+
+class Engine:
+    """What the servicers share: the collection manager and the default encoder, once loaded.
+
+    The server starts answering (health NOT_SERVING, RPCs UNAVAILABLE) before the model and the
+    collections are loaded; :meth:`ready` flips it to serving.
+    """
+
+    def __init__(self) -> None:
+        self._manager: CollectionManager | None = None
+        self._default_encoder: Encoder | None = None
+        self._draining = False
+        self._lock = threading.Lock()
+
+    def ready(self, manager: CollectionManager, default_encoder: Encoder | None) -> None:
+        with self._lock:
+            self._manager = manager
+            self._default_encoder = default_encoder
+
+    def drain(self) -> None:
+        """Refuse new calls with UNAVAILABLE (shutdown has begun); calls in flight finish."""
+        self._draining = True
+
+    @property
+    def manager(self) -> CollectionManager:
+        if self._draining:
+            raise Unavailable("the server is shutting down; retry against another replica or after restart")
+        if self._manager is None:
+            raise Unavailable("the server is still loading its model and collections; retry shortly")
+        return self._manager
+
+    def collection(self, name: str, field: str) -> Collection:
+        return self.manager.get(convert.collection_id_from_name(name, field))
+
+    @property
+    def default_encoder(self) -> Encoder:
+        manager = self.manager  # raises UNAVAILABLE while loading
+        del manager
+        if self._default_encoder is None:
+            raise FailedPrecondition(
+                "this server was started without a default model (--model none): name a collection with an "
+                "encoder in 'collection'"
+            )
+        return self._default_encoder
+
+
+def abort_with(context: grpc.ServicerContext, error: MvrError) -> None:
+    """Ends the call with the status code of ``error``; INVALID_ARGUMENT carries a BadRequest detail."""
+    code = next(code for cls, code in _CODES if isinstance(error, cls))
+    message = str(error)
+    if isinstance(error, InvalidArgument):
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=error.field, description=message)
+                ]
+            )
+        )
+        status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[detail])
+        context.abort_with_status(rpc_status.to_status(status))
+    context.abort(code, message)
+
+
+T = TypeVar("T")
+
+
+def rpc(method: Callable[..., T]) -> Callable[..., T]:
+    """Wraps a unary servicer method: engine errors become their status codes, bugs become INTERNAL."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context: grpc.ServicerContext):  # type: ignore[no-untyped-def]
+        try:
+            return method(self, request, context)
+        except MvrError as error:
+            abort_with(context, error)
+        except Exception:
+            log.exception("internal error", extra={"rpc": method.__name__})
+            context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see the server log"
+            )
+        raise AssertionError("unreachable: context.abort raises")
+
+    return wrapper
+
+
+def check_count(count: int, field: str, maximum: int) -> None:
+    if count == 0:
+        raise InvalidArgument(field, "must not be empty")
+    if count > maximum:
+        raise ResourceExhausted(f"{field}: {count} entries, more than the limit of {maximum} per call")
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class CollectionService(cgrpc.CollectionServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @rpc
+    def CreateCollection(self, request, context):
+        args = convert.create_collection_args(request)
+        if not args.collection_id:
+            raise InvalidArgument("collection_id", "is required")
+        config = self.engine.manager.create(
+            args.collection_id,
+            model=args.model,
+            dim=args.dim,
+            fde=args.fde,
+            hnsw=args.hnsw,
+            vector_dtype=args.vector_dtype,
+            query_maxlen=args.query_maxlen,
+            doc_maxlen=args.doc_maxlen,
+        )
+        collection = self.engine.manager.get(config.name)
+        return cpb.CreateCollectionResponse(collection=self._describe(collection, with_stats=True))
+
+    @rpc
+    def GetCollection(self, request, context):
+        collection = self.engine.collection(request.name, "name")
+        return cpb.GetCollectionResponse(collection=self._describe(collection, with_stats=True))
+
+    @rpc
+    def ListCollections(self, request, context):
+        size = convert.page_size(request.page_size)
+        after = convert.decode_page_token(request.page_token)
+        configs = [c for c in self.engine.manager.list() if after is None or c.name > after]
+        page = configs[:size]
+        next_token = convert.encode_page_token(page[-1].name) if len(configs) > size else ""
+        collections = [self._describe(self.engine.manager.get(c.name), with_stats=False) for c in page]
+        return cpb.ListCollectionsResponse(collections=collections, next_page_token=next_token)
+
+    @rpc
+    def DeleteCollection(self, request, context):
+        self.engine.manager.delete(convert.collection_id_from_name(request.name, "name"))
+        return cpb.DeleteCollectionResponse()
+
+    @staticmethod
+    def _describe(collection: Collection, *, with_stats: bool) -> cpb.Collection:
+        stats = collection.stats() if with_stats else None
+        return convert.collection_to_proto(collection.config, collection.fde.output_dim, stats)
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class DocumentService(dgrpc.DocumentServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @rpc
+    def UpsertDocuments(self, request, context):
+        collection = self.engine.collection(request.parent, "parent")
+        check_count(len(request.documents), "documents", MAX_BATCH_DOCUMENTS)
+        docs = [
+            convert.document_input_from_proto(d, f"documents[{i}]") for i, d in enumerate(request.documents)
+        ]
+        results = collection.upsert(docs)
+        return dpb.UpsertDocumentsResponse(statuses=convert.upsert_statuses(results))
+
+    def StreamUpsertDocuments(
+        self, request_iterator: Iterator[dpb.StreamUpsertDocumentsRequest], context: grpc.ServicerContext
+    ) -> Iterator[dpb.StreamUpsertDocumentsResponse]:
+        """Each batch is stored atomically and acknowledged in order once durable.
+
+        A batch with a bad document is answered ok=false with per-document statuses and the stream
+        goes on; an error about the stream itself (no or another parent, unknown collection, server
+        shutting down) ends it with that status.
+        """
+        collection: Collection | None = None
+        parent = ""
+        for index, request in enumerate(request_iterator):
+            try:
+                if collection is None:
+                    parent = request.parent
+                    collection = self.engine.collection(parent, "parent")
+                elif request.parent and request.parent != parent:
+                    raise InvalidArgument(
+                        "parent", f"{request.parent!r} differs from the stream's collection {parent!r}"
+                    )
+                self.engine.manager  # noqa: B018 — raises UNAVAILABLE once shutdown has begun
+                check_count(len(request.documents), "documents", MAX_BATCH_DOCUMENTS)
+            except MvrError as error:
+                abort_with(context, error)
+            except Exception:
+                log.exception("internal error", extra={"rpc": "StreamUpsertDocuments"})
+                context.abort(
+                    grpc.StatusCode.INTERNAL, "internal error in StreamUpsertDocuments; see the server log"
+                )
+            yield self._store_batch(collection, request, index)
+
+    @staticmethod
+    def _store_batch(
+        collection: Collection, request: dpb.StreamUpsertDocumentsRequest, index: int
+    ) -> dpb.StreamUpsertDocumentsResponse:
+        ids = [d.id for d in request.documents]
+        try:
+            docs = [
+                convert.document_input_from_proto(d, f"documents[{i}]")
+                for i, d in enumerate(request.documents)
+            ]
+            results = collection.upsert(docs)
+        except (InvalidArgument, FailedPrecondition) as error:
+            culprit = _document_index(error)
+            return dpb.StreamUpsertDocumentsResponse(
+                batch_index=index, ok=False, statuses=convert.failed_batch_statuses(ids, culprit, str(error))
+            )
+        return dpb.StreamUpsertDocumentsResponse(
+            batch_index=index, ok=True, statuses=convert.upsert_statuses(results)
+        )
+
+    @rpc
+    def GetDocument(self, request, context):
+        collection_id, document_id = convert.document_name_parts(request.name, "name")
+        collection = self.engine.manager.get(collection_id)
+        document = collection.get(document_id)
+        return dpb.GetDocumentResponse(
+            document=convert.document_to_proto(
+                collection_id, document, collection.config.vector_dtype, request.include_vectors
+            )
+        )
+
+    @rpc
+    def DeleteDocuments(self, request, context):
+        collection = self.engine.collection(request.parent, "parent")
+        check_count(len(request.ids), "ids", MAX_DELETE_IDS)
+        for i, doc_id in enumerate(request.ids):
+            if not doc_id:
+                raise InvalidArgument(f"ids[{i}]", "must not be empty")
+        existed = collection.delete(list(request.ids))
+        return dpb.DeleteDocumentsResponse(
+            deleted_ids=[i for i, found in zip(request.ids, existed, strict=True) if found],
+            not_found_ids=[i for i, found in zip(request.ids, existed, strict=True) if not found],
+        )
+
+    @rpc
+    def ListDocuments(self, request, context):
+        collection = self.engine.collection(request.parent, "parent")
+        size = convert.page_size(request.page_size)
+        after = convert.decode_page_token(request.page_token)
+        documents, next_after = collection.list_documents(
+            size, after, include_vectors=request.include_vectors
+        )
+        collection_id = collection.config.name
+        return dpb.ListDocumentsResponse(
+            documents=[
+                convert.document_to_proto(
+                    collection_id, d, collection.config.vector_dtype, request.include_vectors
+                )
+                for d in documents
+            ],
+            next_page_token=convert.encode_page_token(next_after) if next_after is not None else "",
+        )
+
+
+def _document_index(error: MvrError) -> int | None:
+    """The i of a 'documents[i]...' field in an engine error, to mark that document INVALID."""
+    field = getattr(error, "field", "") or str(error)
+    if field.startswith("documents["):
+        try:
+            return int(field[len("documents[") : field.index("]")])
+        except ValueError:
+            return None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+class SearchService(sgrpc.SearchServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @rpc
+    def Search(self, request, context):
+        return self._search(request, prefix="")
+
+    @rpc
+    def BatchSearch(self, request, context):
+        check_count(len(request.searches), "searches", MAX_BATCH_SEARCHES)
+        return spb.BatchSearchResponse(
+            results=[
+                self._search(search, prefix=f"searches[{i}].") for i, search in enumerate(request.searches)
+            ]
+        )
+
+    def _search(self, request: spb.SearchRequest, prefix: str) -> spb.SearchResponse:
+        collection = self.engine.collection(request.collection, f"{prefix}collection")
+        top_k = request.top_k or DEFAULT_TOP_K
+        if top_k > MAX_TOP_K:
+            raise InvalidArgument(f"{prefix}top_k", f"must be between 1 and {MAX_TOP_K}, got {top_k}")
+        candidates = request.candidates or None
+        if candidates is not None and not top_k <= candidates <= MAX_CANDIDATES:
+            raise InvalidArgument(
+                f"{prefix}candidates",
+                f"must be between top_k ({top_k}) and {MAX_CANDIDATES}, got {candidates}",
+            )
+        query = self._query(request.query, f"{prefix}query")
+        if isinstance(query, str):
+            query = collection.encode_query(query)
+        hits = collection.search(
+            query,
+            top_k,
+            candidates=candidates,
+            ef=request.ef or None,
+            filter=dict(request.filter) or None,
+            explain=request.explain,
+        )
+        return spb.SearchResponse(hits=convert.hits_to_proto(hits), query_token_count=query.shape[0])
+
+    @staticmethod
+    def _query(query: spb.Query, field: str) -> np.ndarray | str:
+        kind = query.WhichOneof("kind")
+        if kind is None:
+            raise InvalidArgument(field, "is required: set query.text or query.vectors")
+        if kind == "text":
+            if not query.text.strip():
+                raise InvalidArgument(f"{field}.text", "must not be empty or only whitespace")
+            return query.text
+        return convert.vectors_from_proto(query.vectors, f"{field}.vectors")
+
+    @rpc
+    def Encode(self, request, context):
+        check_count(len(request.texts), "texts", MAX_ENCODE_TEXTS)
+        if request.kind == spb.ENCODE_KIND_UNSPECIFIED or request.kind not in spb.EncodeKind.values():
+            raise InvalidArgument(
+                "kind", f"must be ENCODE_KIND_QUERY or ENCODE_KIND_DOCUMENT, got {request.kind}"
+            )
+        dtype = request.dtype or tpb.DTYPE_FLOAT32
+        if dtype not in (tpb.DTYPE_FLOAT32, tpb.DTYPE_FLOAT16):
+            raise InvalidArgument("dtype", f"must be DTYPE_FLOAT32 or DTYPE_FLOAT16, got {request.dtype}")
+        for i, text in enumerate(request.texts):
+            if not text.strip():
+                raise InvalidArgument(f"texts[{i}]", "must not be empty or only whitespace")
+        if request.collection:
+            encoder = self.engine.collection(request.collection, "collection").text_encoder()
+        else:
+            encoder = self.engine.default_encoder
+        texts = list(request.texts)
+        if request.kind == spb.ENCODE_KIND_QUERY:
+            encoded = encoder.encode_queries(texts)
+        else:
+            encoded = encoder.encode_documents(texts)
+        return spb.EncodeResponse(
+            results=[
+                spb.EncodedText(
+                    vectors=convert.vectors_to_proto(e.vectors, dtype),
+                    input_token_count=e.n_input_tokens,
+                    truncated=e.truncated,
+                )
+                for e in encoded
+            ],
+            encoder=convert.encoder_spec_to_proto(encoder.spec),
+        )
+
+
+def register(server: grpc.Server, engine: Engine) -> None:
+    cgrpc.add_CollectionServiceServicer_to_server(CollectionService(engine), server)
+    dgrpc.add_DocumentServiceServicer_to_server(DocumentService(engine), server)
+    sgrpc.add_SearchServiceServicer_to_server(SearchService(engine), server)
+
+
+SERVICE_NAMES = (
+    cpb.DESCRIPTOR.services_by_name["CollectionService"].full_name,
+    dpb.DESCRIPTOR.services_by_name["DocumentService"].full_name,
+    spb.DESCRIPTOR.services_by_name["SearchService"].full_name,
+)

@@ -1,0 +1,74 @@
+"""Server lifecycle: NOT_SERVING + UNAVAILABLE before loading, graceful SIGTERM with data kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from mvr.server.app import Server, ServerConfig
+from mvr.v1 import collection_service_pb2 as cpb
+from mvr.v1 import collection_service_pb2_grpc as cgrpc
+from mvr.v1 import document_service_pb2 as dpb
+from mvr.v1 import document_service_pb2_grpc as dgrpc
+from mvr.v1 import types_pb2 as tpb
+
+from tests.conftest import free_port, start_server, stop_server
+
+
+def test_before_loading_health_is_not_serving_and_calls_are_unavailable(tmp_path: Path) -> None:
+    server = Server(ServerConfig(port=free_port(), data_dir=tmp_path, model="none"))
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            status = (
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
+            )
+            assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+            with pytest.raises(grpc.RpcError) as caught:
+                cgrpc.CollectionServiceStub(channel).ListCollections(cpb.ListCollectionsRequest(), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "loading" in caught.value.details()
+    finally:
+        server.grpc_server.stop(0)
+
+
+def test_sigterm_exits_zero_and_acknowledged_documents_survive_restart(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server = start_server(data_dir, "none", tmp_path / "server.log")
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((50, 5, 8)).astype(np.float32)
+    with grpc.insecure_channel(server.target) as channel:
+        cgrpc.CollectionServiceStub(channel).CreateCollection(
+            cpb.CreateCollectionRequest(collection_id="keep", collection=cpb.Collection(dim=8)), timeout=30
+        )
+        dgrpc.DocumentServiceStub(channel).UpsertDocuments(
+            dpb.UpsertDocumentsRequest(
+                parent="collections/keep",
+                documents=[
+                    dpb.Document(
+                        id=f"d{i}",
+                        vectors=tpb.Vectors(dtype=tpb.DTYPE_FLOAT32, shape=[5, 8], data=v.tobytes()),
+                    )
+                    for i, v in enumerate(vectors)
+                ],
+            ),
+            timeout=30,
+        )
+    assert stop_server(server) == 0, server.log()[-3000:]
+    assert '"message": "stopped"' in server.log()
+
+    server = start_server(data_dir, "none", tmp_path / "server2.log")
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stats = (
+                cgrpc.CollectionServiceStub(channel)
+                .GetCollection(cpb.GetCollectionRequest(name="collections/keep"), timeout=30)
+                .collection.stats
+            )
+            assert stats.documents == 50
+            assert stats.indexed_documents == 50  # flushed into HNSW at shutdown, reloaded
+    finally:
+        assert stop_server(server) == 0
