@@ -1,0 +1,196 @@
+"""Client pieces that need no server: vector packing, name handling, conversions, error mapping, CLI
+parsing and the ingest checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from mvr.client import Document, InvalidArgumentError, MvrError, NotFoundError, cli
+from mvr.client import _convert as convert
+from mvr.client.errors import from_rpc_error
+from mvr.v1 import search_service_pb2 as spb
+from mvr.v1 import types_pb2 as tpb
+
+finite = st.floats(-1e4, 1e4, allow_nan=False, width=32)
+
+
+@given(
+    hnp.arrays(np.float32, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=20), elements=finite)
+)
+def test_pack_unpack_round_trip_is_exact_float32_little_endian(array: np.ndarray) -> None:
+    message = convert.pack_vectors(array)
+    assert message.dtype == tpb.DTYPE_FLOAT32
+    assert list(message.shape) == list(array.shape)
+    assert message.data == array.astype("<f4").tobytes()
+    np.testing.assert_array_equal(convert.unpack_vectors(message), array)
+
+
+def test_unpack_float16_gives_float32() -> None:
+    half = np.array([[0.5, -1.25], [2.0, 3.0]], dtype="<f2")
+    message = tpb.Vectors(dtype=tpb.DTYPE_FLOAT16, shape=[2, 2], data=half.tobytes())
+    out = convert.unpack_vectors(message)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, half.astype(np.float32))
+
+
+@pytest.mark.parametrize("bad", [np.zeros(4), np.zeros((2, 2, 2)), np.zeros((0, 4)), np.array([["a"]])])
+def test_pack_rejects_non_matrices(bad: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="vectors"):
+        convert.pack_vectors(bad)
+
+
+def test_collection_names_are_normalised() -> None:
+    assert convert.collection_name("papers") == "collections/papers"
+    assert convert.collection_name("collections/papers") == "collections/papers"
+    assert convert.collection_id("collections/papers") == "papers"
+    with pytest.raises(ValueError):
+        convert.collection_name("")
+
+
+def test_create_collection_request_maps_parameters_and_rejects_unknown_ones() -> None:
+    request = convert.create_collection_request(
+        "vecs", None, 128, {"repetitions": 10, "k_sim": 0, "m": 32, "storage_dtype": "float32"}
+    )
+    assert request.collection_id == "vecs"
+    assert request.collection.encoder.model == ""
+    assert request.collection.dim == 128
+    assert request.collection.fde.repetitions == 10
+    assert request.collection.fde.HasField("k_sim") and request.collection.fde.k_sim == 0
+    assert request.collection.hnsw.m == 32
+    assert request.collection.storage_dtype == tpb.DTYPE_FLOAT32
+    with pytest.raises(TypeError, match="bogus"):
+        convert.create_collection_request("x", "default", None, {"bogus": 1})
+    with pytest.raises(ValueError, match="dim"):
+        convert.create_collection_request("x", None, None, {})
+
+
+def test_documents_need_exactly_one_of_text_and_vectors() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        convert.document_message(Document("a"))
+    with pytest.raises(ValueError, match="exactly one"):
+        convert.document_message(Document("a", text="t", vectors=np.ones((1, 2))))
+    message = convert.document_message(Document("a", text="t", metadata={"year": 2024}))
+    assert message.metadata == {"year": "2024"}
+
+
+def test_hits_conversion_keeps_order_and_explanation() -> None:
+    response = spb.SearchResponse(
+        hits=[
+            spb.Hit(
+                id="b",
+                score=2.0,
+                metadata={"k": "v"},
+                explanation=[spb.TokenMatch(query_token=0, document_token=3, score=2.0)],
+            ),
+            spb.Hit(id="a", score=1.0),
+        ]
+    )
+    hits = convert.hits(response)
+    assert [h.id for h in hits] == ["b", "a"]
+    assert hits[0].explanation[0].document_token == 3
+    assert hits[1].explanation is None
+
+
+class FakeRpcError(grpc.RpcError, grpc.Call):
+    """Just enough of a failed call for the error mapping."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailing: tuple = ()) -> None:
+        self._code, self._details, self._trailing = code, details, trailing
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple:
+        return self._trailing
+
+    def initial_metadata(self) -> tuple:
+        return ()
+
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback) -> bool:
+        return False
+
+
+def test_errors_map_to_classes_with_field_violations() -> None:
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field="top_k", description="too big")
+            ]
+        )
+    )
+    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message="top_k: too big", details=[detail])
+    error = from_rpc_error(
+        FakeRpcError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "top_k: too big",
+            (("grpc-status-details-bin", status.SerializeToString()),),
+        )
+    )
+    assert isinstance(error, InvalidArgumentError)
+    assert error.message == "top_k: too big"
+    assert [(v.field, v.description) for v in error.field_violations] == [("top_k", "too big")]
+    missing = from_rpc_error(FakeRpcError(grpc.StatusCode.NOT_FOUND, "collection 'x' not found"))
+    assert isinstance(missing, NotFoundError) and missing.field_violations == ()
+    other = from_rpc_error(FakeRpcError(grpc.StatusCode.INTERNAL, "boom"))
+    assert type(other) is MvrError and other.code == grpc.StatusCode.INTERNAL
+
+
+def test_serve_flags_beat_environment_beats_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MVR_PORT", raising=False)
+    assert cli.build_parser().parse_args(["serve"]).port == 50051
+    monkeypatch.setenv("MVR_PORT", "6000")
+    monkeypatch.setenv("MVR_MODEL", "none")
+    args = cli.build_parser().parse_args(["serve"])
+    assert (args.port, args.model) == (6000, "none")
+    assert cli.build_parser().parse_args(["serve", "--port", "7000"]).port == 7000
+
+
+def test_parse_line_makes_metadata_of_other_fields() -> None:
+    line = cli.parse_line(
+        b'{"id": 7, "abstract": "text here", "title": "T", "year": 2024}\n', 3, 99, "abstract", "id"
+    )
+    assert line.error is None
+    assert (line.document.id, line.document.text) == ("7", "text here")
+    assert line.document.metadata == {"title": "T", "year": "2024"}
+    assert cli.parse_line(b'{"abstract": "x"}', 5, 0, "abstract", "id").document.id == "5"
+    assert "abstract" in cli.parse_line(b'{"abstract": ""}', 1, 0, "abstract", "id").error
+    assert "JSON" in cli.parse_line(b"{oops", 1, 0, "abstract", "id").error
+
+
+def test_checkpoint_round_trip_and_resume_offsets(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(b'{"t": "a"}\n\n{"t": "b"}\n{"t": "c"}\n')
+    state = tmp_path / "state"
+    assert cli.read_checkpoint(state, data) == 0
+    lines = list(cli.read_lines(data, 0, "t", "id"))
+    assert [(line.line_number, line.document.text) for line in lines] == [(1, "a"), (3, "b"), (4, "c")]
+    cli.write_checkpoint(state, data, lines[1].end_offset)
+    assert json.loads(state.read_text())["offset"] == lines[1].end_offset
+    resumed = list(cli.read_lines(data, cli.read_checkpoint(state, data), "t", "id"))
+    assert [(line.line_number, line.document.text) for line in resumed] == [(4, "c")]
+    other = tmp_path / "other.jsonl"
+    other.write_text("{}\n")
+    with pytest.raises(SystemExit, match="does not belong"):
+        cli.read_checkpoint(state, other)
