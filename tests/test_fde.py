@@ -1,0 +1,278 @@
+"""MUVERA FDE: the paper's invariants as property tests, equality with a slow reference written here
+from the definition, persistence, validation, and first-stage quality on planted neighbours."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mvr.server.errors import InvalidArgument
+from mvr.server.fde import FDE, FDEConfig
+
+
+def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def chamfer(q: np.ndarray, d: np.ndarray) -> float:
+    return float((q.astype(np.float64) @ d.T.astype(np.float64)).max(axis=1).sum())
+
+
+def offsets_of(sets: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum([len(s) for s in sets])]).astype(np.int64)
+
+
+def reference(fde: FDE, tokens: np.ndarray, is_query: bool) -> np.ndarray:
+    """The paper's definition, one token and one bucket at a time, in float64."""
+    c = fde.config
+    buckets = 1 << c.k_sim
+    hyper = fde._hyperplanes.astype(np.float64)
+    proj = None if fde._projection is None else fde._projection.astype(np.float64)
+    blocks = []
+    for r in range(c.repetitions):
+        margins = tokens.astype(np.float64) @ hyper[:, r * c.k_sim : (r + 1) * c.k_sim]
+        codes = [sum(1 << j for j in range(c.k_sim) if m[j] > 0) for m in margins]
+        projected = (
+            tokens.astype(np.float64) if proj is None else tokens @ proj[:, r * c.d_proj : (r + 1) * c.d_proj]
+        )
+        for b in range(buckets):
+            members = [i for i, code in enumerate(codes) if code == b]
+            if members:
+                block = projected[members].sum(axis=0)
+                if not is_query:
+                    block = block / len(members)
+            elif is_query or not c.fill_empty:
+                block = np.zeros(c.d_proj)
+            else:
+
+                def key(i: int, margins=margins, b=b, codes=codes, projected=projected) -> tuple:
+                    differing = [j for j in range(c.k_sim) if ((codes[i] >> j) & 1) != ((b >> j) & 1)]
+                    return (len(differing), sum(abs(margins[i][j]) for j in differing), tuple(projected[i]))
+
+                block = projected[min(range(len(tokens)), key=key)]
+            blocks.append(block)
+    inner = np.concatenate(blocks)
+    if c.final_dim is None:
+        return inner
+    final = np.zeros(c.final_dim)
+    np.add.at(final, fde._sketch_index, fde._sketch_sign * inner)
+    return final
+
+
+configs = st.builds(
+    FDEConfig,
+    repetitions=st.integers(1, 4),
+    k_sim=st.integers(0, 4),
+    d_proj=st.sampled_from([2, 4, 8]),
+    fill_empty=st.booleans(),
+    final_dim=st.sampled_from([None, 16]),
+    seed=st.integers(0, 1000),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(config=configs, n=st.integers(1, 30), seed=st.integers(0, 2**16))
+def test_matches_the_slow_reference(config: FDEConfig, n: int, seed: int) -> None:
+    fde = FDE(config, 8)
+    tokens = unit(np.random.default_rng(seed), n, 8)
+    np.testing.assert_allclose(fde.encode_query(tokens), reference(fde, tokens, True), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        fde.encode_document(tokens), reference(fde, tokens, False), rtol=1e-4, atol=1e-5
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    reps=st.integers(1, 6),
+    k_sim=st.integers(0, 5),
+    nq=st.integers(1, 12),
+    nd=st.integers(1, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_inner_product_bounded_by_r_times_chamfer_with_identity_and_fill(
+    reps: int, k_sim: int, nq: int, nd: int, seed: int
+) -> None:
+    dim = 8
+    fde = FDE(FDEConfig(reps, k_sim, dim, fill_empty=True, seed=seed), dim)
+    rng = np.random.default_rng(seed)
+    q, d = unit(rng, nq, dim), unit(rng, nd, dim)
+    estimate = float(fde.encode_query(q).astype(np.float64) @ fde.encode_document(d))
+    bound = reps * chamfer(q, d)
+    assert estimate <= bound + 1e-4 * max(1.0, abs(bound))
+
+
+@settings(max_examples=30, deadline=None)
+@given(reps=st.integers(1, 6), k_sim=st.integers(0, 5), nq=st.integers(1, 12), seed=st.integers(0, 2**16))
+def test_single_token_document_is_exact(reps: int, k_sim: int, nq: int, seed: int) -> None:
+    fde = FDE(FDEConfig(reps, k_sim, 8, seed=seed), 8)
+    rng = np.random.default_rng(seed)
+    q, d = unit(rng, nq, 8), unit(rng, 1, 8)
+    estimate = float(fde.encode_query(q).astype(np.float64) @ fde.encode_document(d))
+    assert estimate == pytest.approx(reps * chamfer(q, d), rel=1e-4, abs=1e-5)
+
+
+def test_k_sim_zero_is_projected_mean_and_sum() -> None:
+    fde = FDE(FDEConfig(3, 0, 4, seed=1), 8)
+    tokens = unit(np.random.default_rng(0), 7, 8)
+    projected = [tokens @ fde._projection[:, r * 4 : (r + 1) * 4] for r in range(3)]
+    np.testing.assert_allclose(
+        fde.encode_document(tokens), np.concatenate([p.mean(0) for p in projected]), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        fde.encode_query(tokens), np.concatenate([p.sum(0) for p in projected]), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("final_dim", [None, 64])
+@settings(max_examples=25, deadline=None)
+@given(n1=st.integers(1, 15), n2=st.integers(1, 15), seed=st.integers(0, 2**16))
+def test_query_encoding_is_linear(final_dim: int | None, n1: int, n2: int, seed: int) -> None:
+    fde = FDE(FDEConfig(4, 3, 4, final_dim=final_dim, seed=3), 16)
+    rng = np.random.default_rng(seed)
+    q1, q2 = unit(rng, n1, 16), unit(rng, n2, 16)
+    np.testing.assert_allclose(
+        fde.encode_query(np.vstack([q1, q2])),
+        fde.encode_query(q1) + fde.encode_query(q2),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize("fill", [True, False])
+@settings(max_examples=25, deadline=None)
+@given(n=st.integers(1, 40), seed=st.integers(0, 2**16))
+def test_token_order_does_not_matter(fill: bool, n: int, seed: int) -> None:
+    fde = FDE(FDEConfig(5, 4, 4, fill_empty=fill, seed=7), 16)
+    rng = np.random.default_rng(seed)
+    tokens = unit(rng, n, 16)
+    shuffled = tokens[rng.permutation(n)]
+    np.testing.assert_allclose(
+        fde.encode_document(shuffled), fde.encode_document(tokens), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(fde.encode_query(shuffled), fde.encode_query(tokens), rtol=1e-5, atol=1e-6)
+
+
+def test_fill_ties_are_order_independent_with_duplicate_tokens() -> None:
+    fde = FDE(FDEConfig(8, 4, 4, seed=2), 16)
+    rng = np.random.default_rng(5)
+    base = unit(rng, 3, 16)
+    tokens = np.vstack([base, base[::-1]])  # exact duplicates: equal distance and margin
+    for _ in range(5):
+        perm = rng.permutation(len(tokens))
+        # equal up to float summation order; a different fill token would differ by O(1)
+        np.testing.assert_allclose(fde.encode_document(tokens[perm]), fde.encode_document(tokens), atol=1e-6)
+
+
+def test_shapes_dtype_determinism_batch_and_no_nan() -> None:
+    config = FDEConfig(6, 3, 4, seed=9)
+    a, b = FDE(config, 16), FDE(config, 16)
+    assert a.output_dim == 6 * 8 * 4
+    rng = np.random.default_rng(1)
+    sets = [unit(rng, int(n), 16) for n in rng.integers(1, 50, size=25)]
+    tokens, offsets = np.vstack(sets), offsets_of(sets)
+    docs = a.encode_documents(tokens, offsets)
+    assert docs.dtype == np.float32 and docs.shape == (25, a.output_dim)
+    assert np.isfinite(docs).all()
+    np.testing.assert_array_equal(docs, b.encode_documents(tokens, offsets))
+    one_by_one = np.stack([a.encode_document(s) for s in sets])
+    np.testing.assert_array_equal(docs, one_by_one)
+    np.testing.assert_array_equal(
+        a.encode_queries(tokens, offsets), np.stack([a.encode_query(s) for s in sets])
+    )
+    assert not np.array_equal(docs, FDE(FDEConfig(6, 3, 4, seed=10), 16).encode_documents(tokens, offsets))
+    assert FDE(FDEConfig(6, 3, 4, final_dim=100), 16).output_dim == 100
+
+
+def test_empty_buckets_without_fill_are_zero_not_nan() -> None:
+    fde = FDE(FDEConfig(2, 5, 4, fill_empty=False), 8)
+    out = fde.encode_document(unit(np.random.default_rng(0), 2, 8))
+    assert np.isfinite(out).all()
+    assert (out == 0).sum() >= (32 - 2) * 2 * 4
+
+
+def test_save_and_load_reproduce_output_without_regenerating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fde = FDE(FDEConfig(4, 3, 4, final_dim=32, seed=5), 16)
+    tokens = unit(np.random.default_rng(2), 20, 16)
+    fde.save(tmp_path / "fde.npz")
+    import mvr.server.fde as module
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("load must not regenerate matrices")
+
+    monkeypatch.setattr(module, "_generate", no_generation)
+    loaded = FDE.load(tmp_path / "fde.npz")
+    assert loaded.config == fde.config and loaded.dim == 16
+    np.testing.assert_array_equal(loaded.encode_document(tokens), fde.encode_document(tokens))
+    np.testing.assert_array_equal(loaded.encode_query(tokens), fde.encode_query(tokens))
+
+
+def test_config_round_trips_through_a_dict() -> None:
+    config = FDEConfig(7, 2, 3, fill_empty=False, final_dim=50, seed=4)
+    assert FDEConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"repetitions": 0}, "repetitions"),
+        ({"k_sim": 11}, "k_sim"),
+        ({"k_sim": -1}, "k_sim"),
+        ({"d_proj": 0}, "d_proj"),
+        ({"final_dim": 0}, "final_dim"),
+        ({"seed": -3}, "seed"),
+        ({"fill_empty": "yes"}, "fill_empty"),
+    ],
+)
+def test_bad_parameters_name_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        FDEConfig(**kwargs)
+    assert caught.value.field == field
+
+
+def test_bad_inputs_name_the_problem() -> None:
+    fde = FDE(FDEConfig(2, 2, 4), 8)
+    with pytest.raises(InvalidArgument, match="d_proj"):
+        FDE(FDEConfig(2, 2, 16), 8)
+    with pytest.raises(InvalidArgument, match="shape"):
+        fde.encode_query(np.ones((3, 9), np.float32))
+    bad = np.ones((3, 8), np.float32)
+    bad[1, 1] = np.nan
+    with pytest.raises(InvalidArgument, match="token 1"):
+        fde.encode_document(bad)
+    with pytest.raises(InvalidArgument, match="set 1"):
+        fde.encode_documents(np.ones((3, 8), np.float32), np.array([0, 3, 3], np.int64))
+    with pytest.raises(InvalidArgument, match="offsets"):
+        fde.encode_documents(np.ones((3, 8), np.float32), np.array([0, 2], np.int64))
+
+
+def planted_recall(reps: int, seed: int = 0) -> float:
+    """Share of queries whose exact-Chamfer best document is in the top 10 by FDE score."""
+    rng = np.random.default_rng(seed)
+    dim, n_docs, n_queries = 32, 300, 40
+    docs = [unit(rng, int(rng.integers(20, 60)), dim) for _ in range(n_docs)]
+    targets = rng.integers(0, n_docs, size=n_queries)
+    queries = []
+    for t in targets:  # a query: noisy copies of some of its target's tokens
+        picked = docs[t][rng.choice(len(docs[t]), size=8, replace=False)]
+        noisy = picked + 0.06 * rng.standard_normal(picked.shape).astype(np.float32)
+        queries.append(noisy / np.linalg.norm(noisy, axis=1, keepdims=True))
+    fde = FDE(FDEConfig(reps, 3, 8, seed=seed), dim)
+    doc_fdes = fde.encode_documents(np.vstack(docs), offsets_of(docs))
+    hits = 0
+    for q in queries:
+        best = max(range(n_docs), key=lambda i: chamfer(q, docs[i]))
+        top = np.argsort(-(doc_fdes @ fde.encode_query(q)))[:10]
+        hits += int(best in top)
+    return hits / n_queries
+
+
+def test_planted_neighbours_are_found_and_recall_grows_with_repetitions() -> None:
+    recalls = [planted_recall(reps) for reps in (2, 5, 20)]
+    assert recalls[-1] >= 0.95
+    assert recalls == sorted(recalls), recalls
