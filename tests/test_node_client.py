@@ -26,7 +26,7 @@ def node() -> str:
     return node
 
 
-def test_node_example_passes_every_step(node: str, mvr_server) -> None:  # noqa: ANN001
+def test_node_example_passes_every_step(node: str, mvr_server) -> None:
     result = subprocess.run(
         [node, str(NODE_DIR / "example.js"), mvr_server.target, "--model", str(mvr_server.model_dir)],
         capture_output=True,

@@ -132,15 +132,19 @@ class Server:
         from mvr.server.encoder import Encoder
 
         started = time.perf_counter()
-        encoders: dict[str, Encoder] = {}
+        encoders: dict[tuple[str, int | None, int | None], Encoder] = {}
         lock = threading.Lock()
 
-        def load_encoder(model: str) -> Encoder:
+        def load_encoder(
+            model: str, query_maxlen: int | None = None, doc_maxlen: int | None = None
+        ) -> Encoder:
+            """Each (model, lengths) is loaded once and shared by every collection that uses it."""
+            key = (model, query_maxlen, doc_maxlen)
             with lock:
-                if model not in encoders:
+                if key not in encoders:
                     log.info("loading model", extra={"model": model})
-                    encoders[model] = Encoder.load(model)
-                return encoders[model]
+                    encoders[key] = Encoder.load(model, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
+                return encoders[key]
 
         default_encoder = None if self.config.model == "none" else load_encoder(self.config.model)
         self.config.data_dir.mkdir(parents=True, exist_ok=True)

@@ -181,7 +181,7 @@ class FDE:
         if offsets.ndim != 1 or len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != len(tokens):
             raise InvalidArgument(
                 "offsets",
-                f"must run from 0 to the token count {len(tokens)} with at least one set, got {offsets[:8]}...",
+                f"must run from 0 to the token count {len(tokens)}, one set or more; got {offsets[:8]}",
             )
         sizes = np.diff(offsets)
         if (sizes <= 0).any():

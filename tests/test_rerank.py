@@ -1,0 +1,52 @@
+"""Exact MaxSim: equals brute force, stays within its bounds, never lets padding win."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mvr.server.rerank import maxsim
+
+
+def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    nq=st.integers(1, 10),
+    sizes=st.lists(st.integers(1, 30), min_size=1, max_size=12),
+    dim=st.sampled_from([3, 8, 32]),
+    seed=st.integers(0, 2**16),
+)
+def test_equals_brute_force_and_respects_bounds(nq: int, sizes: list[int], dim: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    query = unit(rng, nq, dim)
+    docs = [unit(rng, n, dim) for n in sizes]
+    offsets = np.concatenate([[0], np.cumsum(sizes)])
+    result = maxsim(query, np.vstack(docs), offsets, explain=True)
+    for i, doc in enumerate(docs):
+        sims = query.astype(np.float64) @ doc.T.astype(np.float64)
+        assert abs(result.scores[i] - sims.max(axis=1).sum()) <= 1e-4
+        assert -nq - 1e-4 <= result.scores[i] <= nq + 1e-4  # |<q, d>| <= 1 for unit vectors
+        for q in range(nq):
+            t = result.best_tokens[q, i]
+            assert 0 <= t < len(doc)
+            assert abs(result.token_scores[q, i] - sims[q, t]) <= 1e-5
+            assert sims[q, t] >= sims[q].max() - 1e-5
+        assert abs(result.token_scores[:, i].sum() - result.scores[i]) <= 1e-4
+
+
+def test_all_negative_similarities_are_not_beaten_by_padding() -> None:
+    query = np.array([[1.0, 0.0]], dtype=np.float32)
+    short = np.array([[-1.0, 0.0]], dtype=np.float32)  # similarity -1: a padded zero would win
+    long = np.array([[0.0, 1.0], [-0.6, 0.8], [0.6, 0.8]], dtype=np.float32)
+    result = maxsim(query, np.vstack([short, long]), np.array([0, 1, 4]))
+    np.testing.assert_allclose(result.scores, [-1.0, 0.6], atol=1e-6)
+
+
+def test_empty_candidate_list() -> None:
+    assert maxsim(np.ones((2, 4), np.float32), np.zeros((0, 4), np.float32), np.array([0])).scores.shape == (
+        0,
+    )
