@@ -72,9 +72,9 @@ class HNSWParams:
 
 
 def default_fde(dim: int) -> FDEConfig:
-    """Server default FDE: R=20, k_sim=4, d_proj=8 (2,560 dims), from bench/recall.py's sweep;
-    d_proj is capped at the token dim (tiny test dims)."""
-    return FDEConfig(repetitions=20, k_sim=4, d_proj=min(8, dim), fill_empty=True, final_dim=None, seed=0)
+    """Server default FDE: R=20, k_sim=3, d_proj=16 (2,560 dims), chosen by bench/recall.py's sweep
+    (see bench/results/recall.json); d_proj is capped at the token dim (tiny test dims)."""
+    return FDEConfig(repetitions=20, k_sim=3, d_proj=min(16, dim), fill_empty=True, final_dim=None, seed=0)
 
 
 @dataclass(frozen=True)

@@ -264,7 +264,7 @@ class Encoder:
                 if model_format == "pylate":
                     settings = _load_pylate(directory)
                 else:
-                    settings = _plain_settings(tokenizer, directory)
+                    settings = _plain_settings(tokenizer, directory, network.config)
         except (OSError, ValueError, KeyError) as error:
             raise FailedPrecondition(f"cannot load model {model!r} from {directory}: {error}") from error
         settings.query_maxlen = query_maxlen or settings.query_maxlen
@@ -343,10 +343,15 @@ class Encoder:
 # ---------------------------------------------------------------------------------------- formats
 
 
-def _plain_settings(tokenizer, directory: Path) -> _Settings:
-    # sentence-transformers models record the length they were trained with
+def _plain_settings(tokenizer, directory: Path, config) -> _Settings:
+    # sentence-transformers models record the length they were trained with; otherwise the
+    # tokenizer's and the position embeddings' limits apply
     trained = _read_json(directory / "sentence_bert_config.json").get("max_seq_length")
-    maxlen = int(trained or min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512))
+    limits = [512, int(getattr(config, "max_position_embeddings", 512) or 512)]
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and tokenizer_limit > 0:
+        limits.append(tokenizer_limit)
+    maxlen = int(trained or min(limits))
     return _Settings(format="plain", query_maxlen=maxlen, doc_maxlen=maxlen)
 
 

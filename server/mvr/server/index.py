@@ -91,13 +91,16 @@ class HnswIndex:
             )
         self._index = _index
         self._deleted: set[int] = set()
+        # elements whose insertion has finished: only those are surely reachable by a search that
+        # runs while add_items is linking new ones
+        self._completed = _index.get_current_count()
 
     # ------------------------------------------------------------------------------ queries
 
     @property
     def count(self) -> int:
-        """Labels in the graph that are not marked deleted."""
-        return self._index.get_current_count() - len(self._deleted)
+        """Labels in the graph (fully inserted) that are not marked deleted."""
+        return self._completed - len(self._deleted)
 
     def labels(self) -> set[int]:
         return set(self._index.get_ids_list()) - self._deleted
@@ -115,16 +118,14 @@ class HnswIndex:
             self._index.set_ef(max(ef, k))
             labels, distances = self._index.knn_query(query[None, :], k=k, num_threads=1, filter=allowed)
         except RuntimeError:
-            # hnswlib raises when a filter leaves fewer than k reachable elements
-            if allowed is None:
-                raise
-            return self._search_fewer(query, k, ef, allowed)
+            # hnswlib raises when fewer than k elements are reachable (a filter, or deletions)
+            return self._search_fewer(query, k, allowed)
         finally:
             self.lock.release_shared()
         return labels[0].astype(np.int64), (1.0 - distances[0]).astype(np.float32)
 
     def _search_fewer(
-        self, query: np.ndarray, k: int, ef: int, allowed: Callable[[int], bool]
+        self, query: np.ndarray, k: int, allowed: Callable[[int], bool] | None
     ) -> tuple[np.ndarray, np.ndarray]:
         while k > 1:
             k //= 2
@@ -148,6 +149,7 @@ class HnswIndex:
         self.lock.acquire_shared()
         try:
             self._index.add_items(vectors, labels, num_threads=threads)
+            self._completed += len(labels)  # one indexer thread per index: no lost update
         finally:
             self.lock.release_shared()
 

@@ -1,0 +1,297 @@
+"""Collection engine: write/read/search semantics, recall against brute force, index recovery,
+compaction, concurrency, and the store's durability rules."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mvr.server.collection import CollectionManager, DocumentInput
+from mvr.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mvr.server.index import INDEX_FILE
+from mvr.server.store import VECTORS
+
+DIM = 16
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def chamfer(q: np.ndarray, d: np.ndarray) -> float:
+    return float((q @ d.T).max(axis=1).sum())
+
+
+def clustered_corpus(n_docs: int, seed: int = 0, dim: int = DIM, noise: float = 0.3) -> dict[str, np.ndarray]:
+    """Documents whose tokens come from a few topic centroids: realistic neighbour structure."""
+    rng = np.random.default_rng(seed)
+    centroids = unit(rng, 64, dim)
+    docs = {}
+    for i in range(n_docs):
+        topics = rng.choice(64, size=3, replace=False)
+        n = int(rng.integers(10, 40))
+        jitter = noise * rng.standard_normal((n, dim)).astype(np.float32)
+        tokens = centroids[rng.choice(topics, size=n)] + jitter
+        docs[f"d{i:04d}"] = tokens / np.linalg.norm(tokens, axis=1, keepdims=True)
+    return docs
+
+
+@pytest.fixture
+def manager(tmp_path: Path):
+    manager = CollectionManager(tmp_path, save_interval_s=3600)
+    yield manager
+    manager.close()
+
+
+def test_upsert_get_replace_delete_search(manager: CollectionManager) -> None:
+    manager.create("c", model=None, dim=DIM, vector_dtype="float32")
+    c = manager.get("c")
+    rng = np.random.default_rng(0)
+    a, b = unit(rng, 5), unit(rng, 7)
+    results = c.upsert([DocumentInput("a", vectors=a, metadata={"k": "1"}), DocumentInput("b", vectors=b)])
+    assert [(r.id, r.created, r.n_tokens) for r in results] == [("a", True, 5), ("b", True, 7)]
+    np.testing.assert_array_equal(c.get("a").vectors, a)
+    assert [h.id for h in c.search(a, 2)] == ["a", "b"]
+    assert c.search(a, 1)[0].score == pytest.approx(5.0, abs=1e-4)
+
+    replacement = unit(rng, 3)
+    assert c.upsert([DocumentInput("a", vectors=replacement)])[0].created is False
+    assert c.get("a").metadata == {}
+    assert c.search(replacement, 1)[0].score == pytest.approx(3.0, abs=1e-4)
+    assert c.delete(["b", "missing"]) == [True, False]
+    assert [h.id for h in c.search(b, 5)] == ["a"]
+    with pytest.raises(NotFound, match="'b'"):
+        c.get("b")
+    c.flush()
+    assert c.stats().documents == 1 and c.stats().indexed == 1 and c.stats().tokens == 3
+
+
+def test_validation_errors(manager: CollectionManager) -> None:
+    manager.create("v", model=None, dim=DIM)
+    c = manager.get("v")
+    with pytest.raises(AlreadyExists):
+        manager.create("v", model=None, dim=DIM)
+    with pytest.raises(InvalidArgument, match="collection_id"):
+        manager.create("Bad!", model=None, dim=DIM)
+    with pytest.raises(InvalidArgument, match=r"collection\.fde\.k_sim"):
+        manager.create("w", model=None, dim=DIM, fde={"k_sim": 99})
+    with pytest.raises(InvalidArgument, match=r"collection\.hnsw\.bogus"):
+        manager.create("w", model=None, dim=DIM, hnsw={"bogus": 1})
+    ok = np.ones((2, DIM), np.float32)
+    with pytest.raises(InvalidArgument, match=r"documents\[1\].id"):
+        c.upsert([DocumentInput("x", vectors=ok), DocumentInput("x", vectors=ok)])
+    with pytest.raises(FailedPrecondition, match="dim 5"):
+        c.upsert([DocumentInput("x", vectors=np.ones((2, 5), np.float32))])
+    with pytest.raises(FailedPrecondition, match="encoder"):
+        c.upsert([DocumentInput("x", text="hello")])
+    with pytest.raises(InvalidArgument, match="top_k"):
+        c.search(ok, 0)
+    with pytest.raises(InvalidArgument, match="candidates"):
+        c.search(ok, 10, candidates=5)
+    with pytest.raises(NotFound):
+        manager.get("nope")
+    assert c.stats().documents == 0
+
+
+def test_filter_returns_top_k_when_enough_documents_match(manager: CollectionManager) -> None:
+    manager.create("f", model=None, dim=DIM)
+    c = manager.get("f")
+    docs = clustered_corpus(300, seed=1)
+    c.upsert(
+        [
+            DocumentInput(i, vectors=v, metadata={"bucket": str(n % 10)})
+            for n, (i, v) in enumerate(docs.items())
+        ]
+    )
+    c.flush()
+    query = docs["d0007"][:4]
+    hits = c.search(query, 10, candidates=20, filter={"bucket": "3"})
+    assert len(hits) == 10 and all(h.metadata["bucket"] == "3" for h in hits)
+    selective = c.search(query, 10, filter={"bucket": "7"})
+    expected = sorted((i for n, i in enumerate(docs) if n % 10 == 7), key=lambda i: -chamfer(query, docs[i]))[
+        :10
+    ]
+    assert [h.id for h in selective] == expected
+    assert c.search(query, 10, filter={"bucket": "none"}) == []
+
+
+def test_recall_at_10_against_brute_force_chamfer(manager: CollectionManager) -> None:
+    manager.create("r", model=None, dim=64)  # server defaults otherwise
+    c = manager.get("r")
+    docs = clustered_corpus(1500, seed=2, dim=64, noise=0.08)
+    items = list(docs.items())
+    for start in range(0, len(items), 250):
+        c.upsert([DocumentInput(i, vectors=v) for i, v in items[start : start + 250]])
+    c.flush()
+    rng = np.random.default_rng(3)
+    recalls = []
+    for _ in range(20):
+        source = docs[items[int(rng.integers(len(items)))][0]]
+        query = source[rng.choice(len(source), size=6, replace=False)]
+        truth = sorted(docs, key=lambda i: -chamfer(query, docs[i]))[:10]
+        found = [h.id for h in c.search(query, 10)]
+        recalls.append(len(set(found) & set(truth)) / 10)
+    assert np.mean(recalls) >= 0.95, recalls
+
+
+def test_searches_see_acknowledged_documents_before_indexing(manager: CollectionManager) -> None:
+    manager.create("p", model=None, dim=DIM)
+    c = manager.get("p")
+    docs = clustered_corpus(400, seed=4)
+    c.upsert([DocumentInput(i, vectors=v) for i, v in docs.items()])
+    # no flush: most are still pending; each must be findable right away
+    for doc_id in ["d0000", "d0199", "d0399"]:
+        assert c.search(docs[doc_id], 1)[0].id == doc_id
+
+
+def test_concurrent_searches_during_writes_never_see_partial_documents(manager: CollectionManager) -> None:
+    manager.create("cc", model=None, dim=DIM)
+    c = manager.get("cc")
+    rng = np.random.default_rng(5)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        for i in range(60):
+            c.upsert([DocumentInput(f"w{i}", vectors=unit(rng, 8), metadata={"n": "8"})])
+            if i % 3 == 0:
+                c.delete([f"w{i - 1}"])
+        stop.set()
+
+    def reader() -> None:
+        query = unit(np.random.default_rng(6), 4)
+        try:
+            while not stop.is_set():
+                for hit in c.search(query, 5, explain=True):
+                    assert len(hit.explanation) == 4
+                    assert all(0 <= m.doc_token < 8 for m in hit.explanation)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)] + [threading.Thread(target=writer)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+
+
+def test_missing_or_corrupt_index_is_rebuilt_on_open(tmp_path: Path) -> None:
+    docs = clustered_corpus(200, seed=7)
+    manager = CollectionManager(tmp_path)
+    manager.create("x", model=None, dim=DIM)
+    manager.get("x").upsert([DocumentInput(i, vectors=v) for i, v in docs.items()])
+    manager.close()
+    index_file = tmp_path / "collections" / "x" / INDEX_FILE
+    for damage in ("corrupt", "missing"):
+        if damage == "corrupt":
+            index_file.write_bytes(b"\0garbage" * 100)
+        else:
+            index_file.unlink()
+        manager = CollectionManager(tmp_path)
+        c = manager.get("x")
+        assert c.search(docs["d0042"], 1)[0].id == "d0042"
+        c.flush()
+        assert c.stats().indexed == 200
+        manager.close()
+        assert index_file.stat().st_size > 10_000
+
+
+def test_reopen_replays_writes_made_after_the_last_index_save(tmp_path: Path) -> None:
+    docs = clustered_corpus(120, seed=8)
+    ids = list(docs)
+    manager = CollectionManager(tmp_path)
+    manager.create("y", model=None, dim=DIM)
+    c = manager.get("y")
+    c.upsert([DocumentInput(i, vectors=docs[i]) for i in ids[:60]])
+    c.flush()  # index saved with 60 documents
+    c.upsert([DocumentInput(i, vectors=docs[i]) for i in ids[60:]])
+    c.delete(ids[:10])
+    # simulate a crash: the index file on disk is the one saved above, the store has everything
+    c._closed = True  # stop the indexer without saving
+    c.store.close()
+    manager2 = CollectionManager(tmp_path)
+    c2 = manager2.get("y")
+    assert c2.stats().documents == 110
+    assert [h.id for h in c2.search(docs[ids[5]], 3)] != [ids[5]]
+    assert c2.search(docs[ids[100]], 1)[0].id == ids[100]
+    c2.flush()
+    assert c2.index.count == 110
+    manager2.close()
+
+
+def test_compaction_reclaims_space_and_keeps_documents(manager: CollectionManager) -> None:
+    manager.create("k", model=None, dim=DIM, vector_dtype="float32")
+    c = manager.get("k")
+    docs = clustered_corpus(100, seed=9)
+    c.upsert([DocumentInput(i, vectors=v) for i, v in docs.items()])
+    c.upsert([DocumentInput(i, vectors=v) for i, v in list(docs.items())[:50]])  # 50 replaced versions
+    c.delete(list(docs)[50:80])
+    before = c.store.vectors_end
+    reclaimed = c.compact()
+    assert reclaimed > 0 and c.store.vectors_end == before - reclaimed
+    for doc_id in list(docs)[:50] + list(docs)[80:]:
+        np.testing.assert_array_equal(c.get(doc_id).vectors, docs[doc_id])
+    assert c.search(docs["d0090"], 1)[0].id == "d0090"
+
+
+def test_torn_tail_of_the_vector_file_is_ignored(tmp_path: Path) -> None:
+    manager = CollectionManager(tmp_path)
+    manager.create("t", model=None, dim=DIM, vector_dtype="float32")
+    doc = unit(np.random.default_rng(0), 4)
+    manager.get("t").upsert([DocumentInput("kept", vectors=doc)])
+    manager.close()
+    # a crash after appending vectors but before the catalog commit: bytes past vectors_end
+    path = tmp_path / "collections" / "t" / VECTORS
+    with path.open("r+b") as handle:
+        handle.seek(4 * DIM * 4)
+        handle.write(os.urandom(1000))
+    manager = CollectionManager(tmp_path)
+    c = manager.get("t")
+    np.testing.assert_array_equal(c.get("kept").vectors, doc)
+    c.upsert([DocumentInput("next", vectors=doc[:2])])
+    np.testing.assert_array_equal(c.get("next").vectors, doc[:2])
+    assert c.stats().documents == 2
+    manager.close()
+
+
+def test_text_collection_with_a_tiny_model_and_a_changed_model(tmp_path: Path) -> None:
+    from mvr.server.encoder import Encoder
+
+    from tests.models import make_tiny_colbert
+
+    model = make_tiny_colbert(tmp_path / "model")
+    cache: dict = {}
+
+    def load(name: str, query_maxlen: int | None = None, doc_maxlen: int | None = None) -> Encoder:
+        key = (name, query_maxlen, doc_maxlen)
+        cache.setdefault(key, Encoder.load(name, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen))
+        return cache[key]
+
+    manager = CollectionManager(tmp_path / "data", load)
+    config = manager.create("txt", model=str(model), dim=None)
+    assert config.encoder.format == "colbert" and config.dim == 16
+    c = manager.get("txt")
+    c.upsert(
+        [
+            DocumentInput("cats", text="the cat sat on the mat"),
+            DocumentInput("rain", text="heavy rain and wind"),
+        ]
+    )
+    assert c.search(c.encode_query("heavy rain"), 1)[0].id == "rain"
+    # ColBERT keeps [CLS], [D] and [SEP] and drops punctuation: a punctuation-only text has 3 vectors
+    assert c.upsert([DocumentInput("p", text=", . ;")])[0].n_tokens == 3
+    manager.close()
+
+    make_tiny_colbert(model, seed=3)  # the model directory now holds other weights
+    cache.clear()
+    manager = CollectionManager(tmp_path / "data", load)
+    c = manager.get("txt")
+    with pytest.raises(FailedPrecondition, match="weights_sha256"):
+        c.encode_query("rain")
+    assert c.search(c.get("rain").vectors, 1)[0].id == "rain"  # the vectors path still works
+    manager.close()
