@@ -246,12 +246,14 @@ def _generate(config: FDEConfig, dim: int) -> dict[str, np.ndarray]:
 
 
 @numba.njit(parallel=True, cache=True)
-def _scatter(products, offsets, out, reps, k_sim, d_proj, proj_col, shared, is_query, fill):
+def _scatter(products, offsets, out, reps, k_sim, d_proj, proj_col, shared, is_query, fill):  # noqa: ANN001, ANN202
     """``products`` holds, per token, the R·k_sim hyperplane margins in columns [0, R·k_sim) and the
     projected token from column ``proj_col`` (R blocks of d_proj, or one shared block)."""
     n_buckets = 1 << k_sim
     for doc in numba.prange(len(offsets) - 1):
         start, stop = offsets[doc], offsets[doc + 1]
+        n = stop - start
+        codes = np.empty((reps, n), dtype=np.int64)
         counts = np.zeros((reps, n_buckets), dtype=np.int64)
         row = out[doc]
         for t in range(start, stop):
@@ -261,6 +263,7 @@ def _scatter(products, offsets, out, reps, k_sim, d_proj, proj_col, shared, is_q
                 for j in range(k_sim):
                     if token[r * k_sim + j] > 0.0:
                         code |= 1 << j
+                codes[r, t - start] = code
                 counts[r, code] += 1
                 src = proj_col if shared else proj_col + r * d_proj
                 dst = (r * n_buckets + code) * d_proj
@@ -277,29 +280,34 @@ def _scatter(products, offsets, out, reps, k_sim, d_proj, proj_col, shared, is_q
                     for c in range(d_proj):
                         row[dst + c] *= inv
                 elif fill:
-                    best = _nearest_token(products, start, stop, r, k_sim, b, src, d_proj)
+                    best = _nearest_token(products, codes[r], start, r, k_sim, b, src, d_proj)
                     for c in range(d_proj):
                         row[dst + c] = products[best, src + c]
 
 
 @numba.njit(cache=True)
-def _nearest_token(products, start, stop, r, k_sim, bucket, src, d_proj):
+def _nearest_token(products, codes, start, r, k_sim, bucket, src, d_proj):  # noqa: ANN001, ANN202
     """The token whose code is nearest to ``bucket`` in Hamming distance; ties: smallest total
     |margin| over the differing bits, then the lexicographically smallest projected vector."""
     best = -1
     best_distance = k_sim + 1
     best_margin = np.inf
-    for t in range(start, stop):
+    for i in range(len(codes)):
+        differing = codes[i] ^ bucket
         distance = 0
+        bits = differing
+        while bits:
+            bits &= bits - 1
+            distance += 1
+        if distance > best_distance:
+            continue
+        t = start + i
         margin = 0.0
         for j in range(k_sim):
-            value = products[t, r * k_sim + j]
-            bit = 1 if value > 0.0 else 0
-            if bit != (bucket >> j) & 1:
-                distance += 1
-                margin += abs(value)
-        better = distance < best_distance or (distance == best_distance and margin < best_margin)
-        if not better and distance == best_distance and margin == best_margin:
+            if (differing >> j) & 1:
+                margin += abs(products[t, r * k_sim + j])
+        better = distance < best_distance or margin < best_margin
+        if not better and margin == best_margin:
             for c in range(d_proj):
                 a, b = products[t, src + c], products[best, src + c]
                 if a != b:
