@@ -47,13 +47,19 @@ def mean_pooled(encoded: list[np.ndarray]) -> np.ndarray:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "papers-dev.jsonl"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "quality_default_model.json"))
     args = parser.parse_args()
     papers = [json.loads(line) for line in Path(args.data).read_text().splitlines() if line.strip()]
     titles, abstracts = [p["title"] for p in papers], [p["abstract"] for p in papers]
-    results: dict[str, object] = {"corpus": args.data, "documents": len(papers), "machine": platform.machine()}
+    results: dict[str, object] = {
+        "corpus": args.data,
+        "documents": len(papers),
+        "machine": platform.machine(),
+    }
 
     for label, quantize in (("float32", False), ("int8_dynamic", True)):
         encoder = Encoder.load("default", quantize=quantize)

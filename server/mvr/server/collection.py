@@ -226,7 +226,8 @@ class Collection:
     # ------------------------------------------------------------------------------ open
 
     def _open_index(self) -> HnswIndex:
-        index = HnswIndex.load(self.directory, self._index_params)
+        fresh = not self.store.records and not (self.directory / "hnsw.bin").exists()
+        index = None if fresh else HnswIndex.load(self.directory, self._index_params)
         if index is None:
             index = HnswIndex(self._index_params, capacity=max(1024, len(self.store.records)))
             self._dirty = True
