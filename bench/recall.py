@@ -23,6 +23,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client"), str(ROOT / "bench")]
 
+from mvr.server.app import limit_blas_threads  # noqa: E402
 from mvr.server.collection import CollectionManager, DocumentInput  # noqa: E402
 from mvr.server.rerank import maxsim  # noqa: E402
 from synthetic import make_corpus, make_queries  # noqa: E402
@@ -64,7 +65,8 @@ def main() -> None:
     corpus, centroids = make_corpus(args.docs)
     queries = make_queries(corpus, centroids, args.queries)
     started = time.perf_counter()
-    truth = ground_truth(corpus, queries)
+    truth = ground_truth(corpus, queries)  # multi-threaded BLAS for the brute force
+    limit_blas_threads()  # then the server's setting for everything measured
     print(
         f"{args.docs} docs, {len(corpus.tokens)} tokens; "
         f"ground truth in {time.perf_counter() - started:.1f} s"

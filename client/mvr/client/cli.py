@@ -58,6 +58,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         "largest request/response; beyond: RESOURCE_EXHAUSTED",
     )
     _add(serve, "--query-threads", "MVR_QUERY_THREADS", 1, int, "torch threads of the query encoder")
+    _add(
+        serve, "--query-max-batch", "MVR_QUERY_MAX_BATCH", 32, int, "text queries encoded in one forward pass"
+    )
+    _add(serve, "--query-max-wait-ms", "MVR_QUERY_MAX_WAIT_MS", 2.0, float, "wait for more queries to batch")
     _add(serve, "--index-threads", "MVR_INDEX_THREADS", 1, int, "hnswlib threads of the background indexer")
     _add(serve, "--log-format", "MVR_LOG_FORMAT", "json", str, "json or text")
     _add(serve, "--log-level", "MVR_LOG_LEVEL", "INFO", str, "DEBUG, INFO, WARNING, ERROR")
@@ -79,6 +83,8 @@ def _serve(args: argparse.Namespace) -> int:
             workers=args.workers,
             max_message_mb=args.max_message_mb,
             query_threads=args.query_threads,
+            query_max_batch=args.query_max_batch,
+            query_max_wait_ms=args.query_max_wait_ms,
             index_threads=args.index_threads,
             log_format=args.log_format,
             log_level=args.log_level,

@@ -44,6 +44,8 @@ class ServerConfig:
     workers: int = 8
     max_message_mb: int = 64
     query_threads: int = 1
+    query_max_batch: int = 32  # text queries encoded together at most
+    query_max_wait_ms: float = 2.0  # how long the first query of a batch waits for company
     index_threads: int = 1
     log_format: str = "json"
     log_level: str = "INFO"
@@ -153,6 +155,8 @@ class Server:
             encoder_loader=load_encoder,
             index_threads=self.config.index_threads,
             query_threads=self.config.query_threads,
+            query_max_batch=self.config.query_max_batch,
+            query_max_wait_ms=self.config.query_max_wait_ms,
         )
         self.engine.ready(self.manager, default_encoder)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
@@ -182,10 +186,20 @@ def _metrics_interceptor() -> grpc.ServerInterceptor:
     return MetricsInterceptor()
 
 
+def limit_blas_threads() -> None:
+    """One BLAS thread per call: the server parallelises across requests, and OpenBLAS's idle workers
+    spin on the cores that torch, Numba and other requests need (measured: a 32-token query's FDE took
+    4 ms instead of 0.03 ms behind a spinning worker; search went from 40 to 100 queries/s)."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
+
+
 def run(config: ServerConfig) -> int:
     """Runs the server until SIGTERM or SIGINT; returns the process exit code."""
     configure_logging(config.log_format, config.log_level)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    limit_blas_threads()
     stop_requested = threading.Event()
 
     def request_stop(signum: int, _frame: object) -> None:

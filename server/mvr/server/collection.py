@@ -650,6 +650,8 @@ class CollectionManager:
         *,
         index_threads: int = 1,
         query_threads: int = 1,
+        query_max_batch: int = 32,
+        query_max_wait_ms: float = 2.0,
         save_interval_s: float = 60.0,
     ) -> None:
         self.root = Path(data_dir) / "collections"
@@ -657,6 +659,7 @@ class CollectionManager:
         self._encoder_loader = encoder_loader
         self._index_threads = index_threads
         self._query_threads = query_threads
+        self._query_batching = {"max_batch": query_max_batch, "max_wait_ms": query_max_wait_ms}
         self._save_interval_s = save_interval_s
         self._lock = threading.Lock()  # the set of collections
         self._batchers_lock = threading.Lock()
@@ -705,7 +708,9 @@ class CollectionManager:
         with self._batchers_lock:
             batcher = self._batchers.get(id(encoder))
             if batcher is None:
-                batcher = QueryBatcher(encoder.encode_queries, threads=self._query_threads)
+                batcher = QueryBatcher(
+                    encoder.encode_queries, threads=self._query_threads, **self._query_batching
+                )
                 self._batchers[id(encoder)] = batcher
         return lambda text: batcher.submit(text).vectors
 

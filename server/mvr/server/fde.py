@@ -154,7 +154,8 @@ class FDE:
         products = tokens @ self._combined
         shared = self._projection is None  # identity: every repetition reads the token itself
         out = np.zeros((len(offsets) - 1, self.inner_dim), dtype=np.float32)
-        _scatter(
+        kernel = _scatter_parallel if len(offsets) - 1 >= PARALLEL_MIN_SETS else _scatter_serial
+        kernel(
             products,
             offsets,
             out,
@@ -245,8 +246,7 @@ def _generate(config: FDEConfig, dim: int) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------- kernels
 
 
-@numba.njit(parallel=True, cache=True)
-def _scatter(products, offsets, out, reps, k_sim, d_proj, proj_col, shared, is_query, fill):  # noqa: ANN001, ANN202
+def _scatter_kernel(products, offsets, out, reps, k_sim, d_proj, proj_col, shared, is_query, fill):
     """``products`` holds, per token, the R·k_sim hyperplane margins in columns [0, R·k_sim) and the
     projected token from column ``proj_col`` (R blocks of d_proj, or one shared block)."""
     n_buckets = 1 << k_sim
@@ -285,8 +285,15 @@ def _scatter(products, offsets, out, reps, k_sim, d_proj, proj_col, shared, is_q
                         row[dst + c] = products[best, src + c]
 
 
+# A parallel kernel for batches, a serial one for a single set: waking the thread pool costs more
+# than one query's whole encoding (measured ~5 ms vs ~0.1 ms with torch's OpenMP threads around).
+_scatter_parallel = numba.njit(parallel=True, cache=True)(_scatter_kernel)
+_scatter_serial = numba.njit(parallel=False, cache=True)(_scatter_kernel)
+PARALLEL_MIN_SETS = 16
+
+
 @numba.njit(cache=True)
-def _nearest_token(products, codes, start, r, k_sim, bucket, src, d_proj):  # noqa: ANN001, ANN202
+def _nearest_token(products, codes, start, r, k_sim, bucket, src, d_proj):
     """The token whose code is nearest to ``bucket`` in Hamming distance; ties: smallest total
     |margin| over the differing bits, then the lexicographically smallest projected vector."""
     best = -1

@@ -41,14 +41,14 @@ def maxsim(query: np.ndarray, tokens: np.ndarray, offsets: np.ndarray, explain: 
             else Scored(empty, np.zeros((len(query), 0), np.float32), np.zeros((len(query), 0), np.int64))
         )
     similarities = query @ tokens.T  # (q, n), one GEMM over all candidates
-    best, where = _segment_max(similarities, offsets)
+    kernel = _segment_max_parallel if similarities.size >= PARALLEL_MIN_WORK else _segment_max_serial
+    best, where = kernel(similarities, offsets)
     scores = best.sum(axis=0, dtype=np.float32)
     if not explain:
         return Scored(scores, None, None)
     return Scored(scores, best, where - offsets[:-1][None, :])
 
 
-@numba.njit(parallel=True, cache=True)
 def _segment_max(similarities, offsets):
     n_query, n_docs = similarities.shape[0], len(offsets) - 1
     best = np.empty((n_query, n_docs), dtype=np.float32)
@@ -66,3 +66,10 @@ def _segment_max(similarities, offsets):
             best[q, doc] = top
             where[q, doc] = arg
     return best, where
+
+
+# Waking Numba's thread pool costs milliseconds when torch's OpenMP threads are about; a typical
+# rerank (32 query tokens × 100 candidates × ~100 tokens) is faster on one thread.
+_segment_max_parallel = numba.njit(parallel=True, cache=True)(_segment_max)
+_segment_max_serial = numba.njit(parallel=False, cache=True)(_segment_max)
+PARALLEL_MIN_WORK = 4_000_000
