@@ -538,6 +538,7 @@ class Collection:
                     self._insert(batch)
                 elif self._save_due():
                     self.save_index()
+                    self.maybe_compact()  # idle: a good moment to reclaim replaced/deleted vectors
             except Exception:
                 log.exception("indexer failed; retrying in 1 s", extra={"collection": self.config.name})
                 time.sleep(1.0)
