@@ -72,6 +72,10 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     if args.log_format not in ("json", "text"):
         raise SystemExit(f"error: --log-format must be json or text, got {args.log_format!r}")
+    # Before torch loads its OpenMP runtime: idle OpenMP workers sleep instead of spinning. Spinning
+    # workers took the cores that Numba, BLAS and other requests needed (bench/search_load.py: a text
+    # search went from 40 ms to 23 ms in-process with PASSIVE).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from mvr.server.app import ServerConfig, run
 
     return run(

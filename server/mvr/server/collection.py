@@ -34,7 +34,7 @@ from mvr.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument
 from mvr.server.fde import FDE, FDEConfig
 from mvr.server.index import HnswIndex, IndexParams
 from mvr.server.rerank import maxsim
-from mvr.server.store import NewDocument, Record, Store
+from mvr.server.store import NewDocument, Record, Store, gather
 
 log = logging.getLogger("mvr.collection")
 
@@ -251,8 +251,7 @@ class Collection:
         return index
 
     def _document_fdes(self, records: Sequence[Record]) -> np.ndarray:
-        tokens = np.concatenate([r.vectors() for r in records]).astype(np.float32)
-        offsets = np.concatenate([[0], np.cumsum([r.n_tokens for r in records])]).astype(np.int64)
+        tokens, offsets = gather(records, self.config.dim)
         return self.fde.encode_documents(tokens, offsets)
 
     # ------------------------------------------------------------------------------ text
@@ -508,8 +507,7 @@ class Collection:
                 records.append(record)
         if not records:
             return []
-        tokens = np.concatenate([r.vectors() for r in records]).astype(np.float32)
-        offsets = np.concatenate([[0], np.cumsum([r.n_tokens for r in records])]).astype(np.int64)
+        tokens, offsets = gather(records, self.config.dim)
         scored = maxsim(query, tokens, offsets, explain=explain)
         order = sorted(range(len(records)), key=lambda i: (-float(scored.scores[i]), records[i].id))[:top_k]
         hits = []
