@@ -12,12 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client"), str(ROOT / "bench")]
 
 from mvr.client import Client, Document  # noqa: E402
+from serverproc import running_server  # noqa: E402
 from synthetic import make_corpus  # noqa: E402
 
 
@@ -46,46 +44,19 @@ def main() -> None:
     corpus, _ = make_corpus(args.docs, min_tokens=100, max_tokens=100)
     docs = [Document(str(i), vectors=corpus.document(i)) for i in range(args.docs)]
     batches = [docs[i : i + args.batch] for i in range(0, len(docs), args.batch)]
-    port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "server"), str(ROOT / "client")])}
-    with tempfile.TemporaryDirectory() as data_dir:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from mvr.client.cli import main; sys.exit(main())",
-                "serve",
-                "--port",
-                str(port),
-                "--data-dir",
-                data_dir,
-                "--model",
-                "none",
-                "--log-level",
-                "WARNING",
-                "--index-threads",
-                str(args.index_threads),
-            ],
-            env=env,
+    flags = ("--model", "none", "--index-threads", str(args.index_threads))
+    with running_server(*flags) as target, Client(target, timeout=600) as mvr:
+        mvr.wait_until_serving(120)
+        info = mvr.create_collection("ingest", model=None, dim=128)
+        started = time.perf_counter()
+        acknowledged = sum(
+            len(b) for ack, b in zip(mvr.upsert_stream("ingest", batches), batches, strict=True) if ack.ok
         )
-        try:
-            with Client(f"127.0.0.1:{port}", timeout=600) as mvr:
-                mvr.wait_until_serving(120)
-                info = mvr.create_collection("ingest", model=None, dim=128)
-                started = time.perf_counter()
-                acknowledged = sum(
-                    len(b)
-                    for ack, b in zip(mvr.upsert_stream("ingest", batches), batches, strict=True)
-                    if ack.ok
-                )
-                ack_seconds = time.perf_counter() - started
-                while mvr.get_collection("ingest").stats.indexed_documents < args.docs:
-                    time.sleep(0.5)
-                indexed_seconds = time.perf_counter() - started
-                stats = mvr.get_collection("ingest").stats
-        finally:
-            server.terminate()
-            server.wait(120)
+        ack_seconds = time.perf_counter() - started
+        while mvr.get_collection("ingest").stats.indexed_documents < args.docs:
+            time.sleep(0.5)
+        indexed_seconds = time.perf_counter() - started
+        stats = mvr.get_collection("ingest").stats
     result = {
         "docs": args.docs,
         "tokens_per_doc": 100,

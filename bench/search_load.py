@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,9 +23,10 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client")]
+sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client"), str(ROOT / "bench")]
 
 from mvr.client import Client, Document  # noqa: E402
+from serverproc import running_server  # noqa: E402
 
 PAPERS = ROOT.parent / "shared" / "data" / "papers-dev.jsonl"
 
@@ -72,48 +70,20 @@ def load(target: str, titles: list[str], clients: int, seconds: float) -> dict:
 
 
 def run_server(batch: int, papers: list[dict], seconds: float) -> list[dict]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "server"), str(ROOT / "client")]),
-        "MVR_QUERY_MAX_BATCH": str(batch),
-        "HF_HUB_OFFLINE": "1",
-    }
-    with tempfile.TemporaryDirectory() as data_dir:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sys; from mvr.client.cli import main; sys.exit(main())",
-                "serve",
-                "--port",
-                str(port),
-                "--data-dir",
-                data_dir,
-                "--log-level",
-                "WARNING",
-                "--workers",
-                "32",
-            ],
-            env=env,
-        )
-        try:
-            target = f"127.0.0.1:{port}"
-            with Client(target, timeout=300) as mvr:
-                mvr.wait_until_serving(300)
-                mvr.create_collection("papers", model="default")
-                mvr.upsert("papers", [Document(p["id"], text=p["abstract"]) for p in papers])
-            titles = [p["title"] for p in papers]
-            load(target, titles, 1, 2)  # warm-up
-            rows = []
-            for clients in (1, 4, 16):
-                row = {"max_batch": batch, **load(target, titles, clients, seconds)}
-                print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()}))
-                rows.append(row)
-            return rows
-        finally:
-            server.terminate()
-            server.wait(120)
+    flags = ("--workers", "32")
+    with running_server(*flags, env={"MVR_QUERY_MAX_BATCH": str(batch)}) as target:
+        with Client(target, timeout=300) as mvr:
+            mvr.wait_until_serving(300)
+            mvr.create_collection("papers", model="default")
+            mvr.upsert("papers", [Document(p["id"], text=p["abstract"]) for p in papers])
+        titles = [p["title"] for p in papers]
+        load(target, titles, 1, 2)  # warm-up
+        rows = []
+        for clients in (1, 4, 16):
+            row = {"max_batch": batch, **load(target, titles, clients, seconds)}
+            print(json.dumps({k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()}))
+            rows.append(row)
+        return rows
 
 
 def main() -> None:

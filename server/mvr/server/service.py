@@ -99,8 +99,7 @@ class Engine:
 
     @property
     def default_encoder(self) -> Encoder:
-        manager = self.manager  # raises UNAVAILABLE while loading
-        del manager
+        self.manager  # noqa: B018 — raises UNAVAILABLE while loading or shutting down
         if self._default_encoder is None:
             raise FailedPrecondition(
                 "this server was started without a default model (--model none): name a collection with an "
