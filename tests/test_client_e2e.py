@@ -116,7 +116,9 @@ def test_cli_ingest_resumes_and_search_prints_hits(
     unique_name: str,
     tmp_path: Path,
     capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # the default checkpoint lives in ./.mvr-ingest/
     words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda"]
     lines = [
         json.dumps({"id": f"p{i}", "body": f"{words[i]} {words[i]} {words[(i + 1) % 11]}", "title": f"T{i}"})
@@ -138,7 +140,7 @@ def test_cli_ingest_resumes_and_search_prints_hits(
         "--quiet",
     ]
     assert cli.main([*base, *target, *model]) == 0
-    checkpoint = Path(f"{data}.mvr-checkpoint-{unique_name}")
+    checkpoint = tmp_path / ".mvr-ingest" / f"docs.jsonl.{unique_name}.json"
     assert json.loads(checkpoint.read_text())["offset"] == data.stat().st_size
     # the file grows; a second run resumes after the acknowledged offset and sends only the new lines
     with data.open("a") as handle:

@@ -154,7 +154,9 @@ def read_lines(path: Path, start_offset: int, text_field: str, id_field: str) ->
 def checkpoint_path(args: argparse.Namespace) -> Path:
     if args.checkpoint:
         return Path(args.checkpoint)
-    return Path(f"{args.file}.mvr-checkpoint-{args.collection.removeprefix('collections/')}")
+    # in the working directory, not beside the input (which may be read-only or shared)
+    name = f"{Path(args.file).name}.{args.collection.removeprefix('collections/')}.json"
+    return Path(".mvr-ingest") / name
 
 
 def read_checkpoint(path: Path, data_file: Path) -> int:
@@ -172,6 +174,7 @@ def read_checkpoint(path: Path, data_file: Path) -> int:
 
 def write_checkpoint(path: Path, data_file: Path, offset: int) -> None:
     """Atomically: a crash leaves either the old or the new checkpoint, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
     with temporary.open("w") as handle:
         json.dump({"file": str(data_file.resolve()), "offset": offset}, handle)
@@ -351,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dim", type=int, default=None, help="dim if the collection is created with --model none"
     )
     ingest.add_argument(
-        "--checkpoint", default=None, help="progress file (default FILE.mvr-checkpoint-COLLECTION)"
+        "--checkpoint", default=None, help="progress file (default ./.mvr-ingest/FILE.COLLECTION.json)"
     )
     ingest.add_argument("--restart", action="store_true", help="ignore the checkpoint and start from the top")
     ingest.add_argument("--quiet", action="store_true", help="no progress bar")

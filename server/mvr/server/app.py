@@ -145,7 +145,10 @@ class Server:
             with lock:
                 if key not in encoders:
                     log.info("loading model", extra={"model": model})
-                    encoders[key] = Encoder.load(model, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
+                    encoder = Encoder.load(model, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
+                    encoders[key] = encoder
+                    # a collection asks again with the lengths filled in: the same encoder
+                    encoders[(model, encoder.spec.query_maxlen, encoder.spec.doc_maxlen)] = encoder
                 return encoders[key]
 
         default_encoder = None if self.config.model == "none" else load_encoder(self.config.model)
