@@ -72,3 +72,24 @@ def test_sigterm_exits_zero_and_acknowledged_documents_survive_restart(tmp_path:
             assert stats.indexed_documents == 50  # flushed into HNSW at shutdown, reloaded
     finally:
         assert stop_server(server) == 0
+
+
+def test_prometheus_metrics_count_calls_by_method_and_code(tmp_path: Path) -> None:
+    import urllib.request
+
+    metrics_port = free_port()
+    server = start_server(
+        tmp_path / "data", "none", tmp_path / "server.log", "--metrics-port", str(metrics_port)
+    )
+    try:
+        with grpc.insecure_channel(server.target) as channel:
+            stub = cgrpc.CollectionServiceStub(channel)
+            stub.ListCollections(cpb.ListCollectionsRequest(), timeout=30)
+            with pytest.raises(grpc.RpcError):
+                stub.GetCollection(cpb.GetCollectionRequest(name="collections/missing"), timeout=30)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
+        assert 'mvr_rpc_calls_total{code="OK",method="/mvr.v1.CollectionService/ListCollections"} 1.0' in text
+        assert 'code="NOT_FOUND",method="/mvr.v1.CollectionService/GetCollection"} 1.0' in text
+        assert "mvr_rpc_latency_seconds_bucket" in text
+    finally:
+        assert stop_server(server) == 0
