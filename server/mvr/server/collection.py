@@ -429,7 +429,7 @@ class Collection:
     def list_documents(
         self, page_size: int, after_id: str | None, *, include_vectors: bool = False
     ) -> tuple[list[Document], str | None]:
-        ids = sorted(i for i in list(self.store.records) if after_id is None or i > after_id)
+        ids = self.store.ids_after(after_id, page_size + 1)  # one more: is there a next page?
         page = []
         for doc_id in ids[:page_size]:
             record = self.store.records.get(doc_id)

@@ -303,6 +303,14 @@ class Store:
             row = self._db.execute("SELECT text FROM documents WHERE id = ?", (doc_id,)).fetchone()
         return None if row is None else row[0]
 
+    def ids_after(self, after: str | None, limit: int) -> list[str]:
+        """Up to ``limit`` live ids greater than ``after``, in order (SQLite's index on id)."""
+        with self._db_lock:
+            rows = self._db.execute(
+                "SELECT id FROM documents WHERE id > ? ORDER BY id LIMIT ?", (after or "", limit)
+            ).fetchall()
+        return [row[0] for row in rows]
+
     def dead_bytes(self) -> int:
         with self._db_lock:
             (tokens,) = self._db.execute("SELECT COALESCE(SUM(n_tokens), 0) FROM tombstones").fetchone()
