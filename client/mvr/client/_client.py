@@ -253,7 +253,7 @@ class Client:
         Args:
             query: text (encoded by the collection's model) or a float32 array (n_tokens, dim).
             top_k: hits to return (1..1000).
-            candidates: first-stage candidates reranked exactly (default max(100, 10·top_k)).
+            candidates: first-stage candidates reranked exactly (default max(300, 10·top_k)).
             ef: HNSW search list size (default max(candidates, the collection's ef_search)).
             filter: exact-match metadata filter; every key must have exactly that value.
             explain: attach each query token's best document token and score to every hit.
