@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import grpc
@@ -69,7 +70,14 @@ def test_sigterm_exits_zero_and_acknowledged_documents_survive_restart(tmp_path:
                 .collection.stats
             )
             assert stats.documents == 50
-            assert stats.indexed_documents == 50  # flushed into HNSW at shutdown, reloaded
+            stub = cgrpc.CollectionServiceStub(channel)
+            deadline = time.monotonic() + 60
+            while stats.indexed_documents < 50 and time.monotonic() < deadline:  # replayed if need be
+                time.sleep(0.2)
+                stats = stub.GetCollection(
+                    cpb.GetCollectionRequest(name="collections/keep"), timeout=30
+                ).collection.stats
+            assert stats.indexed_documents == 50
     finally:
         assert stop_server(server) == 0
 

@@ -3,8 +3,9 @@
 Owns the lifecycle. Start-up order: the gRPC port opens first with health NOT_SERVING (so orchestrators
 can tell "loading" from "dead"), then the default model and every collection are loaded, then health
 turns SERVING. On SIGTERM or SIGINT: health NOT_SERVING, stop accepting calls, let calls in flight
-finish (up to ``grace_s``), flush every collection (HNSW saved, everything acknowledged indexed),
-exit 0.
+finish (up to ``grace_s``), save every collection's HNSW graph as it is (documents acknowledged but
+not yet in the graph are replayed from the store on the next start: shutdown never waits for a
+backlog), exit 0.
 
 Concurrency model: a synchronous ``grpc.server`` over a thread pool. The heavy work of a call (torch
 inference, Numba kernels, BLAS, hnswlib) releases the GIL, so threads run it in parallel; text queries
@@ -173,7 +174,7 @@ class Server:
         )
 
     def stop(self) -> None:
-        """Graceful: NOT_SERVING, no new calls, in-flight calls finish, collections flushed."""
+        """Graceful: NOT_SERVING, no new calls, in-flight calls finish, graphs saved."""
         log.info("shutting down", extra={"grace_s": self.config.grace_s})
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.grpc_server.stop(self.config.grace_s).wait()

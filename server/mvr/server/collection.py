@@ -551,6 +551,8 @@ class Collection:
 
     def _insert(self, batch: PendingBatch) -> None:
         for start in range(0, len(batch.labels), INDEX_CHUNK):
+            if self._closed:
+                return  # shutting down: the rest is replayed from the store on the next open
             with self._index_mutex:
                 labels = batch.labels[start : start + INDEX_CHUNK]
                 live = np.array([label in self.store.by_label for label in labels.tolist()], bool)
@@ -627,15 +629,17 @@ class Collection:
         if self._closed:
             raise FailedPrecondition(f"collection {self.config.name!r} is closed (deleted or shutting down)")
 
-    def close(self, flush: bool = True) -> None:
+    def close(self, save: bool = True) -> None:
+        """Stops the indexer and saves the graph as it is. Shutdown never waits for the backlog: the
+        store holds every acknowledged document, and the next open replays what the graph lacks."""
         if self._closed:
             return
-        if flush:
-            self.flush()
         with self._write_lock, self._pending_changed:
             self._closed = True
             self._pending_changed.notify_all()
-        self._indexer.join(timeout=10)
+        self._indexer.join(timeout=30)
+        if save:
+            self.save_index()
         self.store.close()
 
 
@@ -793,7 +797,7 @@ class CollectionManager:
         with self._lock:
             collection = self.get(name)
             del self._collections[name]
-        collection.close(flush=False)
+        collection.close(save=False)
         doomed = self.root / f".deleting-{name}"
         (self.root / name).rename(doomed)
         shutil.rmtree(doomed, ignore_errors=True)
@@ -801,7 +805,7 @@ class CollectionManager:
 
     def close(self) -> None:
         for collection in list(self._collections.values()):
-            collection.close(flush=True)
+            collection.close()
         for batcher in self._batchers.values():
             batcher.close()
 
