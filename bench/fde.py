@@ -1,16 +1,21 @@
 """FDE encoding speed: mvr's kernel beside fastembed's Muvera and beside the machine's GEMM roofline.
 
 For each (R, k_sim, d_proj) × token dim, on the same random unit-norm inputs (100 tokens a document,
-32 a query), in one run:
-  * mvr docs/s (batch API) and queries/s;
-  * fastembed's ``Muvera.process_document`` / ``process_query`` (one set per call, its only API);
-  * a roofline: the float32 GEMM rate measured now on this machine (numpy matmul of the same shape as
-    our projection), turned into docs/s for the FLOPs every FDE must spend — the hyperplane and
-    projection products, 2·n_tokens·dim·R·(k_sim + d_proj) per document. Bucketing, averaging and
-    filling are extra work the roofline does not count, so 100% is not reachable.
+32 a query), in one run, the measurements interleaved round by round (the best round of each counts,
+so a busy second core disturbs all columns alike):
+  * mvr docs/s and queries/s through the batch API (``encode_documents`` / ``encode_queries``), and
+    the latency of one query through ``encode_query``;
+  * fastembed's ``Muvera.process_document`` / ``process_query`` (one set per call, its only API),
+    constructed directly (no model download);
+  * a roofline: the float32 GEMM rate measured now on this machine — numpy matmul into a preallocated
+    output, same shape as the FDE's product (all tokens × dim @ dim × R·(k_sim + d_proj)) — turned into
+    docs/s for the FLOPs every FDE must spend: the hyperplane and projection products,
+    2 · 100 · dim · R · (k_sim + d_proj) per document. Bucketing, scatter, averaging, filling, the
+    sgemm padding and writing the output are extra work the roofline does not count, so 100% is out of
+    reach; the fraction says how close mvr is to "nothing but the unavoidable matmul".
 
-    python bench/fde.py [--docs 2000] [--peer-docs 100] [--out bench/results/fde.json]
-Needs fastembed (bash scripts/install.sh bench); without it the peer column is skipped.
+    python bench/fde.py [--docs 2000] [--peer-docs 100] [--rounds 3] [--out bench/results/fde.json]
+Needs fastembed (pip install -c constraints.txt fastembed); without it the peer columns are skipped.
 """
 
 from __future__ import annotations
@@ -21,43 +26,139 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numba
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client")]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the peer is built from its class: nothing to download
 
 from mvr.server.fde import FDE, FDEConfig  # noqa: E402
 
 CONFIGS = [(20, 4, 8), (20, 5, 8), (20, 5, 16)]
-DIMS = [128, 384]
+DOC_TOKENS = 100
+QUERY_TOKENS = 32
 
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
-    x = rng.standard_normal((n, dim)).astype(np.float32)
+    x = rng.standard_normal((n, dim), dtype=np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def best_of(repeats: int, fn) -> float:
-    """Shortest wall time of several runs: the least disturbed by the other core's load."""
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return min(times)
+def interleaved_best(methods: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Shortest wall time of each method over ``rounds`` rounds, methods alternating within a round."""
+    best = dict.fromkeys(methods, float("inf"))
+    for _ in range(rounds):
+        for name, method in methods.items():
+            started = time.perf_counter()
+            method()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best
 
 
-def gemm_rate(rows: int, dim: int, cols: int) -> float:
-    rng = np.random.default_rng(1)
-    a, b = (
-        rng.standard_normal((rows, dim), dtype=np.float32),
-        rng.standard_normal((dim, cols), dtype=np.float32),
+def machine_info() -> dict:
+    info = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "numba_threads": numba.get_num_threads(),
+        "numba_threading_layer": None,
+        "load_average_start": os.getloadavg(),
+    }
+    try:
+        cpu = Path("/proc/cpuinfo").read_text()
+        info["cpu_model"] = next(
+            line.split(":", 1)[1].strip() for line in cpu.splitlines() if "model name" in line
+        )
+    except (OSError, StopIteration):
+        info["cpu_model"] = platform.processor()
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["blas"] = [
+            {k: pool.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+            for pool in threadpool_info()
+            if pool.get("user_api") == "blas"
+        ]
+    except ImportError:
+        pass
+    return info
+
+
+def measure(args: argparse.Namespace, dim: int, config: tuple[int, int, int], peer_class) -> dict:
+    reps, k_sim, d_proj = config
+    rng = np.random.default_rng(dim * 1000 + k_sim * 100 + d_proj)
+    doc_tokens = unit(rng, args.docs * DOC_TOKENS, dim)
+    doc_offsets = np.arange(0, len(doc_tokens) + 1, DOC_TOKENS, dtype=np.int64)
+    query_tokens = unit(rng, args.docs * QUERY_TOKENS, dim)
+    query_offsets = np.arange(0, len(query_tokens) + 1, QUERY_TOKENS, dtype=np.int64)
+    fde = FDE(FDEConfig(reps, k_sim, d_proj), dim)
+    weights = np.ascontiguousarray(rng.standard_normal((dim, reps * (k_sim + d_proj)), dtype=np.float32))
+    gemm_out = np.empty((len(doc_tokens), weights.shape[1]), np.float32)
+    single_queries = [query_tokens[i * QUERY_TOKENS : (i + 1) * QUERY_TOKENS] for i in range(args.peer_docs)]
+
+    methods: dict[str, Callable[[], object]] = {
+        "mvr_docs": lambda: fde.encode_documents(doc_tokens, doc_offsets),
+        "gemm": lambda: np.matmul(doc_tokens, weights, out=gemm_out),
+        "mvr_queries": lambda: fde.encode_queries(query_tokens, query_offsets),
+        "mvr_single_queries": lambda: [fde.encode_query(q) for q in single_queries],
+    }
+    if peer_class is not None:
+        peer = peer_class(dim=dim, k_sim=k_sim, dim_proj=d_proj, r_reps=reps)
+        peer_docs = [doc_tokens[i * DOC_TOKENS : (i + 1) * DOC_TOKENS] for i in range(args.peer_docs)]
+        methods["peer_docs"] = lambda: [peer.process_document(d) for d in peer_docs]
+        methods["peer_queries"] = lambda: [peer.process_query(q) for q in single_queries]
+    for method in methods.values():  # warm-up: JIT, BLAS buffers, page faults
+        method()
+    seconds = interleaved_best(methods, args.rounds)
+
+    flops_per_doc = 2 * DOC_TOKENS * dim * reps * (k_sim + d_proj)
+    gemm_flops = 2 * len(doc_tokens) * dim * weights.shape[1]
+    row = {
+        "dim": dim,
+        "repetitions": reps,
+        "k_sim": k_sim,
+        "d_proj": d_proj,
+        "fde_dim": fde.output_dim,
+        "mvr_docs_per_s": args.docs / seconds["mvr_docs"],
+        "mvr_queries_per_s": args.docs / seconds["mvr_queries"],
+        "mvr_single_query_us": 1e6 * seconds["mvr_single_queries"] / args.peer_docs,
+        "gemm_gflops": gemm_flops / seconds["gemm"] / 1e9,
+        "roofline_flops_per_doc": flops_per_doc,
+    }
+    row["roofline_docs_per_s"] = gemm_flops / seconds["gemm"] / flops_per_doc
+    row["fraction_of_roofline"] = row["mvr_docs_per_s"] / row["roofline_docs_per_s"]
+    if peer_class is not None:
+        row["fastembed_docs_per_s"] = args.peer_docs / seconds["peer_docs"]
+        row["fastembed_queries_per_s"] = args.peer_docs / seconds["peer_queries"]
+        row["speedup_docs_vs_fastembed"] = row["mvr_docs_per_s"] / row["fastembed_docs_per_s"]
+        row["speedup_queries_vs_fastembed"] = row["mvr_queries_per_s"] / row["fastembed_queries_per_s"]
+        row["speedup_single_query_vs_fastembed"] = (
+            row["fastembed_queries_per_s"] ** -1 * 1e6 / row["mvr_single_query_us"]
+        )
+    return row
+
+
+def describe(row: dict) -> str:
+    r = row
+    text = (
+        f"dim {r['dim']:>3} ({r['repetitions']},{r['k_sim']},{r['d_proj']:>2}) {r['fde_dim']:>5}-d | "
+        f"mvr {r['mvr_docs_per_s']:>7.0f} docs/s {r['mvr_queries_per_s']:>7.0f} q/s "
+        f"{r['mvr_single_query_us']:>5.0f} µs/q | roofline {r['roofline_docs_per_s']:>7.0f} docs/s "
+        f"({r['gemm_gflops']:.0f} GFLOP/s) → {r['fraction_of_roofline']:.0%}"
     )
-    a @ b
-    seconds = best_of(5, lambda: a @ b)
-    return 2 * rows * dim * cols / seconds
+    if "fastembed_docs_per_s" in r:
+        text += (
+            f" | fastembed {r['fastembed_docs_per_s']:>4.0f} docs/s {r['fastembed_queries_per_s']:>4.0f} q/s"
+            f" → docs ×{r['speedup_docs_vs_fastembed']:.0f}, queries ×{r['speedup_queries_vs_fastembed']:.0f}"
+            f" (one by one ×{r['speedup_single_query_vs_fastembed']:.0f})"
+        )
+    return text
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -65,66 +166,41 @@ def run(args: argparse.Namespace) -> dict:
         from fastembed.postprocess.muvera import Muvera
     except ImportError:
         Muvera = None
-        print("fastembed not installed: peer column skipped (bash scripts/install.sh bench)")
-    rng = np.random.default_rng(0)
+        print("fastembed not installed: peer columns skipped (pip install -c constraints.txt fastembed)")
+    info = machine_info()
     rows = []
-    for dim in DIMS:
-        doc_tokens = unit(rng, args.docs * 100, dim)
-        doc_offsets = np.arange(0, args.docs * 100 + 1, 100, dtype=np.int64)
-        query_tokens = unit(rng, args.docs * 32, dim)
-        query_offsets = np.arange(0, args.docs * 32 + 1, 32, dtype=np.int64)
-        for reps, k_sim, d_proj in CONFIGS:
-            fde = FDE(FDEConfig(reps, k_sim, d_proj), dim)
-            fde.encode_documents(doc_tokens[:1000], doc_offsets[:11])  # JIT warm-up
-            doc_s = best_of(3, lambda: fde.encode_documents(doc_tokens, doc_offsets))  # noqa: B023
-            query_s = best_of(3, lambda: fde.encode_queries(query_tokens, query_offsets))  # noqa: B023
-            cols = reps * (k_sim + d_proj)
-            flops_per_doc = 2 * 100 * dim * cols
-            rate = gemm_rate(100 * args.docs, dim, cols)
-            row = {
-                "dim": dim,
-                "repetitions": reps,
-                "k_sim": k_sim,
-                "d_proj": d_proj,
-                "fde_dim": fde.output_dim,
-                "mvr_docs_per_s": args.docs / doc_s,
-                "mvr_queries_per_s": args.docs / query_s,
-                "gemm_gflops": rate / 1e9,
-                "roofline_docs_per_s": rate / flops_per_doc,
-            }
-            row["fraction_of_roofline"] = row["mvr_docs_per_s"] / row["roofline_docs_per_s"]
-            if Muvera is not None:
-                peer = Muvera(dim=dim, k_sim=k_sim, dim_proj=d_proj, r_reps=reps)
-                docs = [doc_tokens[i * 100 : (i + 1) * 100] for i in range(args.peer_docs)]
-                queries = [query_tokens[i * 32 : (i + 1) * 32] for i in range(args.peer_docs)]
-                peer.process_document(docs[0])
-                peer_doc_s = best_of(2, lambda: [peer.process_document(d) for d in docs])  # noqa: B023
-                peer_query_s = best_of(2, lambda: [peer.process_query(q) for q in queries])  # noqa: B023
-                row["fastembed_docs_per_s"] = args.peer_docs / peer_doc_s
-                row["fastembed_queries_per_s"] = args.peer_docs / peer_query_s
-                row["speedup_docs_vs_fastembed"] = row["mvr_docs_per_s"] / row["fastembed_docs_per_s"]
-                row["speedup_queries_vs_fastembed"] = (
-                    row["mvr_queries_per_s"] / row["fastembed_queries_per_s"]
-                )
+    for dim in args.dims:
+        for config in CONFIGS:
+            row = measure(args, dim, config, Muvera)
+            print(describe(row), flush=True)
             rows.append(row)
-            print(
-                f"dim {dim:>3} R={reps} k={k_sim} d={d_proj:>2} ({fde.output_dim:>5}-d): "
-                f"mvr {row['mvr_docs_per_s']:>8.0f} docs/s {row['mvr_queries_per_s']:>8.0f} q/s | "
-                f"roofline {row['roofline_docs_per_s']:>8.0f} docs/s ({row['fraction_of_roofline']:.0%}) | "
-                + (
-                    f"fastembed {row['fastembed_docs_per_s']:>6.0f} docs/s "
-                    f"→ ×{row['speedup_docs_vs_fastembed']:.0f}, "
-                    f"queries ×{row['speedup_queries_vs_fastembed']:.0f}"
-                    if "fastembed_docs_per_s" in row
-                    else ""
-                )
-            )
+    info["load_average_end"] = os.getloadavg()
+    info["numba_threading_layer"] = numba.threading_layer()
+    if Muvera is not None:
+        import fastembed
+
+        info["fastembed"] = fastembed.__version__
+    summary = {
+        "min_fraction_of_roofline": min(r["fraction_of_roofline"] for r in rows),
+        "min_speedup_docs_vs_fastembed": min(
+            (r.get("speedup_docs_vs_fastembed", 0) for r in rows), default=0
+        ),
+    }
+    print(
+        f"worst row: {summary['min_fraction_of_roofline']:.0%} of the roofline, "
+        f"×{summary['min_speedup_docs_vs_fastembed']:.0f} fastembed's docs/s"
+    )
     return {
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "numpy": np.__version__},
-        "tokens_per_document": 100,
-        "tokens_per_query": 32,
+        "machine": info,
+        "tokens_per_document": DOC_TOKENS,
+        "tokens_per_query": QUERY_TOKENS,
         "documents": args.docs,
+        "peer_documents": args.peer_docs,
+        "rounds": args.rounds,
+        "roofline_counts": "2·tokens·dim·R·(k_sim+d_proj) FLOPs per document (hyperplane + projection "
+        "products) at the float32 GEMM rate numpy reaches now on the same shape",
         "rows": rows,
+        "summary": summary,
     }
 
 
@@ -133,10 +209,15 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--docs", type=int, default=2000, help="documents (and queries) per mvr measurement")
-    parser.add_argument("--peer-docs", type=int, default=100, help="documents per fastembed measurement")
+    parser.add_argument(
+        "--peer-docs", type=int, default=100, help="documents (and queries) per fastembed run"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each counts")
+    parser.add_argument("--dims", type=int, nargs="+", default=[128, 384], help="token dims")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "fde.json"))
     args = parser.parse_args()
     results = run(args)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out}")
 

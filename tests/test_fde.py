@@ -1,14 +1,18 @@
 """MUVERA FDE: the paper's invariants as property tests, equality with a slow reference written here
-from the definition, persistence, validation, and first-stage quality on planted neighbours."""
+from the definition, bit-exact batching, persistence, validation, and first-stage quality on planted
+neighbours."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mvr.server import fde as fde_module
 from mvr.server.errors import InvalidArgument
 from mvr.server.fde import FDE, FDEConfig
 
@@ -27,18 +31,18 @@ def offsets_of(sets: list[np.ndarray]) -> np.ndarray:
 
 
 def reference(fde: FDE, tokens: np.ndarray, is_query: bool) -> np.ndarray:
-    """The paper's definition, one token and one bucket at a time, in float64."""
+    """The paper's definition, one token and one bucket at a time, in float64, from the FDE's
+    persisted matrices."""
     c = fde.config
     buckets = 1 << c.k_sim
+    x = tokens.astype(np.float64)
     hyper = fde._hyperplanes.astype(np.float64)
     proj = None if fde._projection is None else fde._projection.astype(np.float64)
     blocks = []
     for r in range(c.repetitions):
-        margins = tokens.astype(np.float64) @ hyper[:, r * c.k_sim : (r + 1) * c.k_sim]
+        margins = x @ hyper[:, r * c.k_sim : (r + 1) * c.k_sim]
         codes = [sum(1 << j for j in range(c.k_sim) if m[j] > 0) for m in margins]
-        projected = (
-            tokens.astype(np.float64) if proj is None else tokens @ proj[:, r * c.d_proj : (r + 1) * c.d_proj]
-        )
+        projected = x if proj is None else x @ proj[:, r * c.d_proj : (r + 1) * c.d_proj]
         for b in range(buckets):
             members = [i for i, code in enumerate(codes) if code == b]
             if members:
@@ -67,7 +71,7 @@ configs = st.builds(
     FDEConfig,
     repetitions=st.integers(1, 4),
     k_sim=st.integers(0, 4),
-    d_proj=st.sampled_from([2, 4, 8]),
+    d_proj=st.sampled_from([2, 4, 8]),  # 8 = the token dim: identity
     fill_empty=st.booleans(),
     final_dim=st.sampled_from([None, 16]),
     seed=st.integers(0, 1000),
@@ -115,15 +119,20 @@ def test_single_token_document_is_exact(reps: int, k_sim: int, nq: int, seed: in
     assert estimate == pytest.approx(reps * chamfer(q, d), rel=1e-4, abs=1e-5)
 
 
-def test_k_sim_zero_is_projected_mean_and_sum() -> None:
-    fde = FDE(FDEConfig(3, 0, 4, seed=1), 8)
+@pytest.mark.parametrize("d_proj", [4, 8])  # 8 = the dim: identity
+def test_k_sim_zero_is_projected_mean_and_sum(d_proj: int) -> None:
+    fde = FDE(FDEConfig(3, 0, d_proj, seed=1), 8)
     tokens = unit(np.random.default_rng(0), 7, 8)
-    projected = [tokens @ fde._projection[:, r * 4 : (r + 1) * 4] for r in range(3)]
+    if d_proj == 8:
+        assert fde._projection is None
+        projected = [tokens] * 3
+    else:
+        projected = [tokens @ fde._projection[:, r * d_proj : (r + 1) * d_proj] for r in range(3)]
     np.testing.assert_allclose(
-        fde.encode_document(tokens), np.concatenate([p.mean(0) for p in projected]), rtol=1e-5
+        fde.encode_document(tokens), np.concatenate([p.mean(0) for p in projected]), rtol=1e-5, atol=1e-7
     )
     np.testing.assert_allclose(
-        fde.encode_query(tokens), np.concatenate([p.sum(0) for p in projected]), rtol=1e-5
+        fde.encode_query(tokens), np.concatenate([p.sum(0) for p in projected]), rtol=1e-5, atol=1e-6
     )
 
 
@@ -150,10 +159,23 @@ def test_token_order_does_not_matter(fill: bool, n: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     tokens = unit(rng, n, 16)
     shuffled = tokens[rng.permutation(n)]
+    # equal up to float summation order; a different fill token or bucket would differ by O(0.1)
     np.testing.assert_allclose(
         fde.encode_document(shuffled), fde.encode_document(tokens), rtol=1e-5, atol=1e-6
     )
     np.testing.assert_allclose(fde.encode_query(shuffled), fde.encode_query(tokens), rtol=1e-5, atol=1e-6)
+
+
+def test_token_order_does_not_matter_at_realistic_size() -> None:
+    """128-d tokens, 2^5 buckets and short documents: many fills, every one order-independent."""
+    fde = FDE(FDEConfig(20, 5, 16, seed=4), 128)
+    rng = np.random.default_rng(8)
+    for n in (1, 3, 12, 60):
+        tokens = unit(rng, n, 128)
+        expected = fde.encode_document(tokens)
+        for _ in range(3):
+            shuffled = fde.encode_document(tokens[rng.permutation(n)])
+            np.testing.assert_allclose(shuffled, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_fill_ties_are_order_independent_with_duplicate_tokens() -> None:
@@ -163,28 +185,64 @@ def test_fill_ties_are_order_independent_with_duplicate_tokens() -> None:
     tokens = np.vstack([base, base[::-1]])  # exact duplicates: equal distance and margin
     for _ in range(5):
         perm = rng.permutation(len(tokens))
-        # equal up to float summation order; a different fill token would differ by O(1)
         np.testing.assert_allclose(fde.encode_document(tokens[perm]), fde.encode_document(tokens), atol=1e-6)
 
 
-def test_shapes_dtype_determinism_batch_and_no_nan() -> None:
+def test_output_shape_dtype_determinism_and_seed() -> None:
     config = FDEConfig(6, 3, 4, seed=9)
     a, b = FDE(config, 16), FDE(config, 16)
-    assert a.output_dim == 6 * 8 * 4
+    assert a.output_dim == 6 * 2**3 * 4 and a.dim == 16 and a.config == config
+    assert FDE(FDEConfig(6, 3, 4, final_dim=100), 16).output_dim == 100
     rng = np.random.default_rng(1)
     sets = [unit(rng, int(n), 16) for n in rng.integers(1, 50, size=25)]
     tokens, offsets = np.vstack(sets), offsets_of(sets)
-    docs = a.encode_documents(tokens, offsets)
-    assert docs.dtype == np.float32 and docs.shape == (25, a.output_dim)
-    assert np.isfinite(docs).all()
-    np.testing.assert_array_equal(docs, b.encode_documents(tokens, offsets))
-    one_by_one = np.stack([a.encode_document(s) for s in sets])
-    np.testing.assert_array_equal(docs, one_by_one)
-    np.testing.assert_array_equal(
-        a.encode_queries(tokens, offsets), np.stack([a.encode_query(s) for s in sets])
-    )
-    assert not np.array_equal(docs, FDE(FDEConfig(6, 3, 4, seed=10), 16).encode_documents(tokens, offsets))
-    assert FDE(FDEConfig(6, 3, 4, final_dim=100), 16).output_dim == 100
+    for encode in ("encode_documents", "encode_queries"):
+        out = getattr(a, encode)(tokens, offsets)
+        assert out.dtype == np.float32 and out.shape == (25, a.output_dim)
+        assert np.isfinite(out).all()
+        np.testing.assert_array_equal(out, getattr(b, encode)(tokens, offsets))
+        other_seed = getattr(FDE(FDEConfig(6, 3, 4, seed=10), 16), encode)(tokens, offsets)
+        assert not np.array_equal(out, other_seed)
+
+
+@pytest.mark.parametrize(
+    ("config", "dim"),
+    [
+        (FDEConfig(20, 4, 8), 128),  # the paper's smallest setting
+        (FDEConfig(20, 5, 16, final_dim=2048, seed=3), 128),
+        (FDEConfig(4, 3, 32), 32),  # identity projection
+        (FDEConfig(2, 0, 8, fill_empty=False), 64),
+    ],
+)
+def test_batch_equals_one_by_one_exactly(
+    config: FDEConfig, dim: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bit-identical whatever the batching: across chunk boundaries, the serial and parallel kernels,
+    BLAS's small-matrix paths (padded away) and Numba thread counts."""
+    chunk = 2048  # smaller chunks than in production: several of them in a small test
+    monkeypatch.setattr(fde_module, "CHUNK_TOKENS", chunk)
+    assert chunk >= fde_module.PARALLEL_MIN_TOKENS  # full chunks run the parallel kernel
+    fde = FDE(config, dim)
+    rng = np.random.default_rng(11)
+    sizes = [1, 2, 1, 300, 5, *rng.integers(1, 120, size=80).tolist(), chunk + 7, 1]
+    sets = [unit(rng, int(n), dim) for n in sizes]
+    tokens, offsets = np.vstack(sets), offsets_of(sets)
+    assert len(tokens) > 3 * chunk  # several chunks, one with a lone set larger than a chunk
+    for batch_encode, one_encode in (
+        (fde.encode_documents, fde.encode_document),
+        (fde.encode_queries, fde.encode_query),
+    ):
+        batch = batch_encode(tokens, offsets)
+        np.testing.assert_array_equal(batch, np.stack([one_encode(s) for s in sets]))
+        np.testing.assert_array_equal(
+            batch[40:45], batch_encode(np.vstack(sets[40:45]), offsets_of(sets[40:45]))
+        )
+        threads = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            np.testing.assert_array_equal(batch_encode(tokens, offsets), batch)
+        finally:
+            numba.set_num_threads(threads)
 
 
 def test_empty_buckets_without_fill_are_zero_not_nan() -> None:
@@ -194,65 +252,122 @@ def test_empty_buckets_without_fill_are_zero_not_nan() -> None:
     assert (out == 0).sum() >= (32 - 2) * 2 * 4
 
 
+def test_filled_document_has_no_zero_block() -> None:
+    fde = FDE(FDEConfig(3, 6, 4, fill_empty=True), 8)
+    blocks = fde.encode_document(unit(np.random.default_rng(0), 2, 8)).reshape(-1, 4)
+    assert np.isfinite(blocks).all() and (np.abs(blocks).sum(axis=1) > 0).all()
+
+
 def test_save_and_load_reproduce_output_without_regenerating(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fde = FDE(FDEConfig(4, 3, 4, final_dim=32, seed=5), 16)
     tokens = unit(np.random.default_rng(2), 20, 16)
     fde.save(tmp_path / "fde.npz")
-    import mvr.server.fde as module
 
     def no_generation(*args, **kwargs):
         raise AssertionError("load must not regenerate matrices")
 
-    monkeypatch.setattr(module, "_generate", no_generation)
+    monkeypatch.setattr(fde_module, "_generate", no_generation)
     loaded = FDE.load(tmp_path / "fde.npz")
     assert loaded.config == fde.config and loaded.dim == 16
     np.testing.assert_array_equal(loaded.encode_document(tokens), fde.encode_document(tokens))
     np.testing.assert_array_equal(loaded.encode_query(tokens), fde.encode_query(tokens))
 
 
-def test_config_round_trips_through_a_dict() -> None:
+def test_load_uses_the_stored_matrices_not_the_seed(tmp_path: Path) -> None:
+    """A file whose matrices differ from what the seed would give (as after an RNG change in a later
+    numpy) loads those matrices."""
+    fde = FDE(FDEConfig(2, 2, 4, seed=1), 8)
+    fde.save(tmp_path / "fde.npz")
+    with np.load(tmp_path / "fde.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays["hyperplanes"] = -arrays["hyperplanes"]
+    np.savez(tmp_path / "changed.npz", **arrays)
+    loaded = FDE.load(tmp_path / "changed.npz")
+    np.testing.assert_array_equal(loaded._hyperplanes, -fde._hyperplanes)
+    arrays["projection"] = arrays["projection"][:, :3]
+    np.savez(tmp_path / "corrupt.npz", **arrays)
+    with pytest.raises(ValueError, match="projection"):
+        FDE.load(tmp_path / "corrupt.npz")
+
+
+def test_config_round_trips_through_json() -> None:
     config = FDEConfig(7, 2, 3, fill_empty=False, final_dim=50, seed=4)
-    assert FDEConfig.from_dict(config.to_dict()) == config
+    assert FDEConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 @pytest.mark.parametrize(
     ("kwargs", "field"),
     [
         ({"repetitions": 0}, "repetitions"),
+        ({"repetitions": 2.0}, "repetitions"),
         ({"k_sim": 11}, "k_sim"),
         ({"k_sim": -1}, "k_sim"),
         ({"d_proj": 0}, "d_proj"),
         ({"final_dim": 0}, "final_dim"),
         ({"seed": -3}, "seed"),
         ({"fill_empty": "yes"}, "fill_empty"),
+        ({"repetitions": 1024, "k_sim": 10, "d_proj": 64}, "d_proj"),  # 2^26 dims
     ],
 )
 def test_bad_parameters_name_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(InvalidArgument) as caught:
-        FDEConfig(**kwargs)
+        FDEConfig(**{"repetitions": 2, "k_sim": 2, "d_proj": 4, **kwargs})
     assert caught.value.field == field
 
 
-def test_bad_inputs_name_the_problem() -> None:
+def test_bad_config_dicts_name_the_field() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        FDEConfig.from_dict({"repetitions": 2, "k_sim": 2, "d_proj": 4, "bits": 3})
+    assert caught.value.field == "bits"
+    with pytest.raises(InvalidArgument) as caught:
+        FDEConfig.from_dict({"repetitions": 2, "k_sim": 2})
+    assert caught.value.field == "d_proj"
+
+
+def test_bad_dims_are_rejected() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        FDE(FDEConfig(2, 2, 16), 8)  # projection up is rejected, not silently allowed
+    assert caught.value.field == "d_proj"
+    with pytest.raises(InvalidArgument) as caught:
+        FDE(FDEConfig(2, 2, 4), 0)
+    assert caught.value.field == "dim"
+
+
+@pytest.mark.parametrize(
+    ("tokens", "offsets", "match"),
+    [
+        (np.ones((3, 9), np.float32), [0, 3], "shape"),
+        (np.ones(8, np.float32), [0, 1], "shape"),
+        (np.ones((3, 8), np.int32), [0, 3], "floating"),
+        (np.ones((3, 8), np.float32), [0, 3, 3], "set 1 is empty"),
+        (np.ones((3, 8), np.float32), [0, 2, 1, 3], "set 1 has negative size"),
+        (np.ones((3, 8), np.float32), [0, 2], "token count 3"),
+        (np.ones((3, 8), np.float32), [1, 3], "from 0"),
+        (np.ones((3, 8), np.float32), [0], "m \\+ 1"),
+        (np.ones((3, 8), np.float32), [0.0, 3.0], "integer"),
+    ],
+)
+def test_bad_inputs_name_the_problem(tokens: np.ndarray, offsets: list, match: str) -> None:
     fde = FDE(FDEConfig(2, 2, 4), 8)
-    with pytest.raises(InvalidArgument, match="d_proj"):
-        FDE(FDEConfig(2, 2, 16), 8)
-    with pytest.raises(InvalidArgument, match="shape"):
-        fde.encode_query(np.ones((3, 9), np.float32))
-    bad = np.ones((3, 8), np.float32)
-    bad[1, 1] = np.nan
-    with pytest.raises(InvalidArgument, match="token 1"):
-        fde.encode_document(bad)
-    with pytest.raises(InvalidArgument, match="set 1"):
-        fde.encode_documents(np.ones((3, 8), np.float32), np.array([0, 3, 3], np.int64))
-    with pytest.raises(InvalidArgument, match="offsets"):
-        fde.encode_documents(np.ones((3, 8), np.float32), np.array([0, 2], np.int64))
+    for encode in (fde.encode_documents, fde.encode_queries):
+        with pytest.raises(InvalidArgument, match=match):
+            encode(tokens, np.array(offsets))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_tokens_are_rejected(bad: float) -> None:
+    fde = FDE(FDEConfig(2, 2, 4), 8)
+    tokens = np.ones((3, 8), np.float32)
+    tokens[1, 5] = bad
+    with pytest.raises(InvalidArgument, match="token 1") as caught:
+        fde.encode_document(tokens)
+    assert caught.value.field == "tokens"
 
 
 def planted_recall(reps: int, seed: int = 0) -> float:
-    """Share of queries whose exact-Chamfer best document is in the top 10 by FDE score."""
+    """Share of queries whose exact-Chamfer best document is in the top 10 of 300 by FDE score."""
     rng = np.random.default_rng(seed)
     dim, n_docs, n_queries = 32, 300, 40
     docs = [unit(rng, int(rng.integers(20, 60)), dim) for _ in range(n_docs)]
@@ -264,15 +379,16 @@ def planted_recall(reps: int, seed: int = 0) -> float:
         queries.append(noisy / np.linalg.norm(noisy, axis=1, keepdims=True))
     fde = FDE(FDEConfig(reps, 3, 8, seed=seed), dim)
     doc_fdes = fde.encode_documents(np.vstack(docs), offsets_of(docs))
+    query_fdes = fde.encode_queries(np.vstack(queries), offsets_of(queries))
     hits = 0
-    for q in queries:
+    for q, q_fde in zip(queries, query_fdes, strict=True):
         best = max(range(n_docs), key=lambda i: chamfer(q, docs[i]))
-        top = np.argsort(-(doc_fdes @ fde.encode_query(q)))[:10]
+        top = np.argsort(-(doc_fdes @ q_fde))[:10]
         hits += int(best in top)
     return hits / n_queries
 
 
-def test_planted_neighbours_are_found_and_recall_grows_with_repetitions() -> None:
+def test_planted_neighbours_are_found_and_recall_does_not_fall_with_repetitions() -> None:
     recalls = [planted_recall(reps) for reps in (2, 5, 20)]
-    assert recalls[-1] >= 0.95
+    assert recalls[-1] >= 0.95, recalls
     assert recalls == sorted(recalls), recalls
