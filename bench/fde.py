@@ -4,15 +4,17 @@ For each (R, k_sim, d_proj) × token dim, on the same random unit-norm inputs (1
 32 a query), in one run, the measurements interleaved round by round (the best round of each counts,
 so a busy second core disturbs all columns alike):
   * mvr docs/s and queries/s through the batch API (``encode_documents`` / ``encode_queries``), and
-    the latency of one query through ``encode_query``;
+    the latency of one query through ``encode_query``, with BLAS on one thread per call as the server
+    runs it (``limit_blas_threads``; the FDE then shares a batch's chunks among its threads);
   * fastembed's ``Muvera.process_document`` / ``process_query`` (one set per call, its only API),
     constructed directly (no model download);
   * a roofline: the float32 GEMM rate measured now on this machine — numpy matmul into a preallocated
-    output, same shape as the FDE's product (all tokens × dim @ dim × R·(k_sim + d_proj)) — turned into
-    docs/s for the FLOPs every FDE must spend: the hyperplane and projection products,
-    2 · 100 · dim · R · (k_sim + d_proj) per document. Bucketing, scatter, averaging, filling, the
-    sgemm padding and writing the output are extra work the roofline does not count, so 100% is out of
-    reach; the fraction says how close mvr is to "nothing but the unavoidable matmul".
+    output, BLAS on all its threads (its best: one large sgemm over every core), same shape as the
+    FDE's product (all tokens × dim @ dim × R·(k_sim + d_proj)) — turned into docs/s for the FLOPs
+    every FDE must spend: the hyperplane and projection products, 2 · 100 · dim · R · (k_sim + d_proj)
+    per document. Bucketing, scatter, averaging, filling, the sgemm padding and writing the output
+    are extra work the roofline does not count, so 100% is out of reach; the fraction says how close
+    mvr is to "nothing but the unavoidable matmul".
 
     python bench/fde.py [--docs 2000] [--peer-docs 100] [--rounds 3] [--out bench/results/fde.json]
 Needs fastembed (pip install -c constraints.txt fastembed); without it the peer columns are skipped.
@@ -31,6 +33,7 @@ from pathlib import Path
 
 import numba
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client")]
@@ -48,14 +51,20 @@ def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-def interleaved_best(methods: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Shortest wall time of each method over ``rounds`` rounds, methods alternating within a round."""
+BLAS = ThreadpoolController()
+BLAS_DEFAULT_THREADS = max(pool["num_threads"] for pool in BLAS.info() if pool["user_api"] == "blas")
+
+
+def interleaved_best(methods: dict[str, tuple[Callable[[], object], int]], rounds: int) -> dict[str, float]:
+    """Shortest wall time of each method over ``rounds`` rounds, methods alternating within a round;
+    each method runs with the BLAS thread count given beside it (set outside the timed region)."""
     best = dict.fromkeys(methods, float("inf"))
     for _ in range(rounds):
-        for name, method in methods.items():
-            started = time.perf_counter()
-            method()
-            best[name] = min(best[name], time.perf_counter() - started)
+        for name, (method, blas_threads) in methods.items():
+            with BLAS.limit(limits=blas_threads, user_api="blas"):
+                started = time.perf_counter()
+                method()
+                best[name] = min(best[name], time.perf_counter() - started)
     return best
 
 
@@ -66,8 +75,8 @@ def machine_info() -> dict:
         "python": platform.python_version(),
         "numpy": np.__version__,
         "numba": numba.__version__,
-        "numba_threads": numba.get_num_threads(),
-        "numba_threading_layer": None,
+        "fde_threads": FDE(FDEConfig(1, 1, 1), 1).threads,
+        "blas_threads_default": BLAS_DEFAULT_THREADS,
         "load_average_start": os.getloadavg(),
     }
     try:
@@ -102,19 +111,19 @@ def measure(args: argparse.Namespace, dim: int, config: tuple[int, int, int], pe
     gemm_out = np.empty((len(doc_tokens), weights.shape[1]), np.float32)
     single_queries = [query_tokens[i * QUERY_TOKENS : (i + 1) * QUERY_TOKENS] for i in range(args.peer_docs)]
 
-    methods: dict[str, Callable[[], object]] = {
-        "mvr_docs": lambda: fde.encode_documents(doc_tokens, doc_offsets),
-        "gemm": lambda: np.matmul(doc_tokens, weights, out=gemm_out),
-        "mvr_queries": lambda: fde.encode_queries(query_tokens, query_offsets),
-        "mvr_single_queries": lambda: [fde.encode_query(q) for q in single_queries],
+    all_blas = BLAS_DEFAULT_THREADS
+    methods: dict[str, tuple[Callable[[], object], int]] = {
+        "mvr_docs": (lambda: fde.encode_documents(doc_tokens, doc_offsets), 1),
+        "gemm": (lambda: np.matmul(doc_tokens, weights, out=gemm_out), all_blas),
+        "mvr_queries": (lambda: fde.encode_queries(query_tokens, query_offsets), 1),
+        "mvr_single_queries": (lambda: [fde.encode_query(q) for q in single_queries], 1),
     }
-    if peer_class is not None:
+    if peer_class is not None:  # the peer's own setting: numpy as installed
         peer = peer_class(dim=dim, k_sim=k_sim, dim_proj=d_proj, r_reps=reps)
         peer_docs = [doc_tokens[i * DOC_TOKENS : (i + 1) * DOC_TOKENS] for i in range(args.peer_docs)]
-        methods["peer_docs"] = lambda: [peer.process_document(d) for d in peer_docs]
-        methods["peer_queries"] = lambda: [peer.process_query(q) for q in single_queries]
-    for method in methods.values():  # warm-up: JIT, BLAS buffers, page faults
-        method()
+        methods["peer_docs"] = (lambda: [peer.process_document(d) for d in peer_docs], all_blas)
+        methods["peer_queries"] = (lambda: [peer.process_query(q) for q in single_queries], all_blas)
+    interleaved_best(methods, 1)  # warm-up: JIT, BLAS buffers, page faults
     seconds = interleaved_best(methods, args.rounds)
 
     flops_per_doc = 2 * DOC_TOKENS * dim * reps * (k_sim + d_proj)
@@ -175,7 +184,6 @@ def run(args: argparse.Namespace) -> dict:
             print(describe(row), flush=True)
             rows.append(row)
     info["load_average_end"] = os.getloadavg()
-    info["numba_threading_layer"] = numba.threading_layer()
     if Muvera is not None:
         import fastembed
 

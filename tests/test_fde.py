@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
-import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from mvr.server import fde as fde_module
 from mvr.server.errors import InvalidArgument
 from mvr.server.fde import FDE, FDEConfig
+from threadpoolctl import ThreadpoolController
 
 
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -217,32 +218,34 @@ def test_output_shape_dtype_determinism_and_seed() -> None:
 def test_batch_equals_one_by_one_exactly(
     config: FDEConfig, dim: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Bit-identical whatever the batching: across chunk boundaries, the serial and parallel kernels,
-    BLAS's small-matrix paths (padded away) and Numba thread counts."""
-    chunk = 2048  # smaller chunks than in production: several of them in a small test
+    """Bit-identical whatever the batching: across chunk boundaries, BLAS's small-matrix paths (padded
+    away) and thread counts (chunks on pool threads, BLAS held at one thread, vs all on the caller)."""
+    chunk = 2048  # several chunks in a small test
     monkeypatch.setattr(fde_module, "CHUNK_TOKENS", chunk)
-    assert chunk >= fde_module.PARALLEL_MIN_TOKENS  # full chunks run the parallel kernel
-    fde = FDE(config, dim)
+    fde = FDE(config, dim, threads=2)
     rng = np.random.default_rng(11)
     sizes = [1, 2, 1, 300, 5, *rng.integers(1, 120, size=80).tolist(), chunk + 7, 1]
     sets = [unit(rng, int(n), dim) for n in sizes]
     tokens, offsets = np.vstack(sets), offsets_of(sets)
     assert len(tokens) > 3 * chunk  # several chunks, one with a lone set larger than a chunk
+    blas = ThreadpoolController()
     for batch_encode, one_encode in (
         (fde.encode_documents, fde.encode_document),
         (fde.encode_queries, fde.encode_query),
     ):
-        batch = batch_encode(tokens, offsets)
+        with blas.limit(limits=1, user_api="blas"):  # chunks on pool threads
+            batch = batch_encode(tokens, offsets)
         np.testing.assert_array_equal(batch, np.stack([one_encode(s) for s in sets]))
         np.testing.assert_array_equal(
             batch[40:45], batch_encode(np.vstack(sets[40:45]), offsets_of(sets[40:45]))
         )
-        threads = numba.get_num_threads()
-        numba.set_num_threads(1)
+        with blas.limit(limits=2, user_api="blas"):  # chunks on the caller, each sgemm on 2 threads
+            np.testing.assert_array_equal(batch_encode(tokens, offsets), batch)
+        fde.threads = 1
         try:
             np.testing.assert_array_equal(batch_encode(tokens, offsets), batch)
         finally:
-            numba.set_num_threads(threads)
+            fde.threads = 2
 
 
 def test_empty_buckets_without_fill_are_zero_not_nan() -> None:
@@ -333,6 +336,37 @@ def test_bad_dims_are_rejected() -> None:
     with pytest.raises(InvalidArgument) as caught:
         FDE(FDEConfig(2, 2, 4), 0)
     assert caught.value.field == "dim"
+    with pytest.raises(InvalidArgument) as caught:
+        FDE(FDEConfig(2, 2, 4), 8, threads=0)
+    assert caught.value.field == "threads"
+
+
+def test_chunks_go_to_pool_threads_only_with_single_threaded_blas(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Several sgemms at once each on several BLAS threads would oversubscribe the cores: helpers are
+    asked for only while BLAS runs one thread per call; the result is the same either way."""
+    monkeypatch.setattr(fde_module, "CHUNK_TOKENS", 256)
+    fde = FDE(FDEConfig(4, 3, 8), 32, threads=2)
+    tokens = unit(np.random.default_rng(5), 4000, 32)
+    offsets = np.arange(0, 4001, 40, dtype=np.int64)
+    submitted: list[object] = []
+    pool = fde_module._pool()
+
+    class SpyingPool:
+        def submit(self, work: Any) -> Any:
+            submitted.append(work)
+            return pool.submit(work)
+
+    monkeypatch.setattr(fde_module, "_pool", SpyingPool)
+    blas = ThreadpoolController()
+    results = {}
+    for blas_threads in (1, 2):
+        submitted.clear()
+        with blas.limit(limits=blas_threads, user_api="blas"):
+            results[blas_threads] = fde.encode_documents(tokens, offsets)
+        assert len(submitted) == (1 if blas_threads == 1 else 0), blas_threads
+    np.testing.assert_array_equal(results[1], results[2])
 
 
 @pytest.mark.parametrize(
@@ -364,6 +398,26 @@ def test_non_finite_tokens_are_rejected(bad: float) -> None:
     with pytest.raises(InvalidArgument, match="token 1") as caught:
         fde.encode_document(tokens)
     assert caught.value.field == "tokens"
+
+
+def test_non_finite_token_in_a_late_chunk_is_named_and_extremes_pass(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check runs per chunk on the workers: a bad token deep in a threaded batch is still found
+    and named; huge finite values, subnormals and -0.0 are not flagged."""
+    monkeypatch.setattr(fde_module, "CHUNK_TOKENS", 256)
+    fde = FDE(FDEConfig(2, 2, 4), 8, threads=2)
+    tokens = unit(np.random.default_rng(1), 5000, 8)
+    offsets = np.arange(0, 5001, 50, dtype=np.int64)
+    tokens[17, :3] = [1e30, -1e30, -0.0]
+    tokens[18, :2] = [np.finfo(np.float32).smallest_subnormal, 1e-45]
+    fde.encode_documents(tokens, offsets)  # no error
+    tokens[4321, 7] = np.inf
+    with (
+        ThreadpoolController().limit(limits=1, user_api="blas"),  # chunks on the pool threads
+        pytest.raises(InvalidArgument, match="token 4321 has a NaN or infinite value"),
+    ):
+        fde.encode_documents(tokens, offsets)
 
 
 def planted_recall(reps: int, seed: int = 0) -> float:

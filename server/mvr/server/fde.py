@@ -21,25 +21,34 @@ saved with the collection (:meth:`FDE.save`); :meth:`FDE.load` never regenerates
 stays valid whatever numpy's generators do in later versions.
 
 Speed: the projection is linear, so tokens are projected first and summed per bucket after. All R·k_sim
-hyperplane margins and all R·d_proj projected coordinates of a chunk of documents come from one BLAS
-sgemm; bucketing, scatter, averaging and filling run in one Numba ``prange`` kernel over the chunk's
-documents (each document writes only its own row: no locks). Chunks of a few thousand tokens keep the
-sgemm result in cache for the kernel and avoid batch-sized temporaries.
+hyperplane margins and all R·d_proj projected coordinates of a chunk of about a thousand tokens come
+from one BLAS sgemm (margin columns ordered bit-major, so one bit of all R codes is one vector compare);
+bucketing, scatter, averaging and filling then run over the chunk in one Numba kernel while the sgemm's
+output is still in the core's L2 cache. A batch's chunks are shared out to ``threads`` workers (the
+calling thread and pool threads), each running sgemm and kernel on one BLAS thread: handing every chunk
+from BLAS's threads to Numba's and back left the cores waiting on each other (measured 45% of the
+sgemm roofline at (20, 5, 16), 68% this way). This needs BLAS at one thread per call, which is how the
+server runs it (``mvr.server.app.limit_blas_threads``); with a multi-threaded BLAS the chunks run on
+the calling thread and BLAS parallelises each sgemm. (The count is not changed here: OpenBLAS 0.3.31
+ignores ``openblas_set_num_threads`` from other threads once the main thread has set it.)
 
 Reproducibility: results are bit-identical whatever the batching and the thread count. OpenBLAS
 rounds a row of a small product differently from the same row of a large one (gemv for one row, "direct"
 and small-matrix kernels for small products), so every sgemm is padded with zero rows to at least
 :data:`MIN_GEMM_WORK` multiply-adds: all calls then take the blocked path, whose rows depend neither on
-the other rows nor on BLAS's thread count (checked by ``tests/test_fde.py`` at realistic sizes). The
-Numba kernels use no fastmath, so they never reassociate. The caller sets the kernel's thread count
-(``numba.set_num_threads``); nothing here changes it.
+the other rows nor on BLAS's thread count (checked by ``tests/test_fde.py`` at realistic sizes). Each
+set is encoded by one thread in token order, and the Numba kernels use no fastmath, so they never
+reassociate.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -57,12 +66,10 @@ _FORMAT_VERSION = 1
 # from 2^20 up, not at 2^18; twice the measured bound for margin. A 32-token query at dim 128 and 240
 # columns pads to 69 rows (≈0.1 ms); batches are far above it.
 MIN_GEMM_WORK = 1 << 21
-# Tokens per chunk: the chunk's sgemm output stays in cache for the kernel, and each chunk costs one
-# hand-over between BLAS's and Numba's threads (measured best between 4k and 16k tokens).
-CHUNK_TOKENS = 8192
-# Below this many tokens a chunk runs the serial kernel: waking the thread pool costs more than a
-# query's whole encoding (measured ~5 ms vs ~0.1 ms with torch's OpenMP threads around).
-PARALLEL_MIN_TOKENS = 1024
+# Tokens per chunk: the chunk's sgemm output (tokens × R·(k_sim + d_proj) floats, 1.7 MB at
+# (20, 5, 16)) stays in one core's L2 for the kernel. Measured at dim 128, (20, 5, 16): 256 to 2048
+# tokens all within 2% of each other; 16k tokens (output in DRAM) 40% slower.
+CHUNK_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -128,11 +135,17 @@ def _check_int(field: str, value: object, low: int, high: int) -> None:
 class FDE:
     """An FDE for token vectors of dimension ``dim``: its config, random matrices and encoders.
 
+    ``threads``: how many threads one batch call may use (default: the CPUs this process may run on).
     Thread-safe: encoding reads the matrices only.
     """
 
     def __init__(
-        self, config: FDEConfig, dim: int, *, _matrices: dict[str, np.ndarray] | None = None
+        self,
+        config: FDEConfig,
+        dim: int,
+        *,
+        threads: int | None = None,
+        _matrices: dict[str, np.ndarray] | None = None,
     ) -> None:
         if not isinstance(config, FDEConfig):
             raise InvalidArgument("config", f"must be an FDEConfig, got {type(config).__name__}")
@@ -144,6 +157,7 @@ class FDE:
             )
         self.config = config
         self.dim = int(dim)
+        self.threads = _available_cpus() if threads is None else threads
         matrices = _matrices if _matrices is not None else _generate(config, self.dim)
         self._hyperplanes = np.ascontiguousarray(matrices["hyperplanes"], dtype=np.float32)
         projection = matrices.get("projection")
@@ -151,15 +165,28 @@ class FDE:
         self._sketch_index = matrices.get("sketch_index")
         self._sketch_sign = matrices.get("sketch_sign")
         self._check_matrices()
-        # One sgemm gives the margins (first R·k_sim columns) and, unless the projection is the
-        # identity, the R projected copies (next R·d_proj columns). A lone column would make numpy
-        # call gemv, which rounds differently: pad with a zero column.
-        parts = [self._hyperplanes] if self._projection is None else [self._hyperplanes, self._projection]
+        # One sgemm gives the margins (first R·k_sim columns, bit-major: column j·R + r is bit j of
+        # repetition r) and, unless the projection is the identity, the R projected copies (next
+        # R·d_proj columns, repetition-major). A lone column would make numpy call gemv, which rounds
+        # differently: pad with a zero column.
+        r, k = config.repetitions, config.k_sim
+        bit_major = self._hyperplanes.reshape(self.dim, r, k).transpose(0, 2, 1).reshape(self.dim, r * k)
+        parts = [bit_major] if self._projection is None else [bit_major, self._projection]
         gemm = np.hstack(parts)
         if gemm.shape[1] == 1:
             gemm = np.hstack([gemm, np.zeros((self.dim, 1), np.float32)])
         self._gemm = np.ascontiguousarray(gemm, dtype=np.float32)
         self._gemm_min_rows = max(2, math.ceil(MIN_GEMM_WORK / max(1, self.dim * self._gemm.shape[1])))
+
+    @property
+    def threads(self) -> int:
+        """Threads one batch call may use (the calling thread included)."""
+        return self._threads
+
+    @threads.setter
+    def threads(self, value: int) -> None:
+        _check_int("threads", value, 1, 1024)
+        self._threads = int(value)
 
     def _check_matrices(self) -> None:
         """Shapes of stored matrices against the config: a mismatch means a corrupt or foreign file."""
@@ -225,55 +252,72 @@ class FDE:
 
     def _encode(self, tokens: np.ndarray, offsets: np.ndarray, *, is_query: bool) -> np.ndarray:
         tokens, offsets = self._validate(tokens, offsets)
-        c = self.config
-        n_sets = len(offsets) - 1
-        out = np.empty((n_sets, self.output_dim), dtype=np.float32)
-        fill = c.fill_empty and not is_query
-        shared = self._projection is None  # identity: every repetition reads the token itself
-        margin_cols = c.repetitions * c.k_sim
-        buffer = np.empty(0, np.float32)  # sgemm output, reused across chunks
-        start = 0
-        while start < n_sets:
-            stop = _chunk_end(offsets, start)
-            first, last = int(offsets[start]), int(offsets[stop])
-            chunk_tokens = tokens[first:last]
-            products, buffer = self._products(chunk_tokens, buffer)
-            projected, proj_col = (chunk_tokens, 0) if shared else (products, margin_cols)
-            local = offsets[start : stop + 1] - first
-            inner = (
-                out[start:stop]
-                if c.final_dim is None
-                else np.empty((stop - start, self.inner_dim), np.float32)
-            )
-            parallel = last - first >= PARALLEL_MIN_TOKENS and stop - start > 1
-            scatter = _scatter_parallel if parallel else _scatter_serial
-            scatter(
-                products, projected, proj_col, local, inner, c.repetitions, c.k_sim, c.d_proj, shared,
-                not is_query, fill,
-            )  # fmt: skip
-            if c.final_dim is not None:
-                sketch = _count_sketch_parallel if parallel else _count_sketch_serial
-                sketch(inner, self._sketch_index, self._sketch_sign, out[start:stop])
-            start = stop
+        out = np.empty((len(offsets) - 1, self.output_dim), dtype=np.float32)
+        chunks = _chunk_bounds(offsets, CHUNK_TOKENS)
+        workers = min(self.threads, len(chunks))
+        if workers > 1 and _blas_threads() > 1:
+            # Several multi-threaded sgemms at once oversubscribe the cores: BLAS parallelises each
+            # chunk's sgemm instead (slower; the server runs BLAS on one thread, see the docstring).
+            workers = 1
+        next_chunk = itertools.count()  # next() on it is atomic under the GIL
+        non_finite: list[int] = []  # tokens found NaN or infinite; every worker stops at the first
+
+        def work() -> None:
+            while not non_finite and (index := next(next_chunk)) < len(chunks):
+                bad = self._encode_chunk(tokens, offsets, *chunks[index], out, is_query)
+                if bad >= 0:
+                    non_finite.append(bad)
+
+        if workers == 1:
+            work()
+        else:
+            helpers: list[Future[None]] = [_pool().submit(work) for _ in range(workers - 1)]
+            try:
+                work()  # the caller works too: progress even when the pool is busy with other calls
+            finally:
+                for helper in helpers:  # every writer into ``out`` is done before it is returned
+                    helper.result()
+        if non_finite:
+            raise InvalidArgument("tokens", f"token {min(non_finite)} has a NaN or infinite value")
         return out
 
-    def _products(self, tokens: np.ndarray, buffer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """tokens @ [hyperplanes | projections] into ``buffer`` (grown when too small), every call
-        padded with zero rows to MIN_GEMM_WORK multiply-adds (bit-reproducible, see module docstring).
-        Returns the products of ``tokens`` and the buffer."""
+    def _encode_chunk(
+        self, tokens: np.ndarray, offsets: np.ndarray, start: int, stop: int, out: np.ndarray, is_query: bool
+    ) -> int:
+        """Encodes sets ``start:stop`` into ``out[start:stop]``: one sgemm, one kernel call. Returns
+        -1, or the index of a NaN or infinite token (then nothing is encoded)."""
+        c = self.config
+        first, last = int(offsets[start]), int(offsets[stop])
+        chunk_tokens = tokens[first:last]
+        bad = _first_non_finite(chunk_tokens)
+        if bad >= 0:
+            return first + bad
+        products = self._products(chunk_tokens)
+        shared = self._projection is None  # identity: every repetition reads the token itself
+        projected, proj_col = (chunk_tokens, 0) if shared else (products, c.repetitions * c.k_sim)
+        inner = (
+            out[start:stop] if c.final_dim is None else np.empty((stop - start, self.inner_dim), np.float32)
+        )
+        average = not is_query
+        _encode_sets(
+            products, projected, proj_col, offsets[start : stop + 1] - first, inner, c.repetitions,
+            c.k_sim, c.d_proj, shared, average, average and c.fill_empty,
+        )  # fmt: skip
+        if c.final_dim is not None:
+            _count_sketch(inner, self._sketch_index, self._sketch_sign, out[start:stop])
+        return -1
+
+    def _products(self, tokens: np.ndarray) -> np.ndarray:
+        """tokens @ [hyperplanes | projections], the sgemm padded with zero rows to MIN_GEMM_WORK
+        multiply-adds (bit-reproducible, see the module docstring)."""
         n, cols = len(tokens), self._gemm.shape[1]
         if cols == 0:  # identity projection and k_sim = 0: nothing to multiply
-            return np.empty((n, 0), np.float32), buffer
-        rows = max(n, self._gemm_min_rows)
-        if buffer.size < rows * cols:
-            buffer = np.empty(rows * cols, np.float32)
-        result = buffer[: rows * cols].reshape(rows, cols)
-        if n < rows:
-            padded = np.zeros((rows, self.dim), np.float32)
+            return np.empty((n, 0), np.float32)
+        if n < self._gemm_min_rows:
+            padded = np.zeros((self._gemm_min_rows, self.dim), np.float32)
             padded[:n] = tokens
-            tokens = padded
-        np.matmul(tokens, self._gemm, out=result)
-        return result[:n], buffer
+            return np.matmul(padded, self._gemm)[:n]
+        return np.matmul(tokens, self._gemm)
 
     def _validate(self, tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tokens = np.asarray(tokens)
@@ -302,10 +346,7 @@ class FDE:
                 "is empty" if sizes[bad] == 0 else f"has negative size {int(sizes[bad])} (offsets decrease)"
             )
             raise InvalidArgument("offsets", f"set {bad} {problem}; every set needs at least one token")
-        finite = np.isfinite(tokens).all(axis=1)
-        if not finite.all():
-            row = int(np.argmin(finite))
-            raise InvalidArgument("tokens", f"token {row} has a NaN or infinite value")
+        # Finiteness is checked per chunk by the workers (one pass over data in cache, in parallel).
         return tokens, offsets
 
     # ------------------------------------------------------------------------------ persistence
@@ -328,7 +369,7 @@ class FDE:
         temporary.replace(path)
 
     @classmethod
-    def load(cls, path: str | Path) -> FDE:
+    def load(cls, path: str | Path, *, threads: int | None = None) -> FDE:
         """Reads what :meth:`save` wrote; the matrices are used as stored, never regenerated."""
         with np.load(Path(path), allow_pickle=False) as data:
             version, dim = (int(x) for x in data["meta"])
@@ -336,19 +377,59 @@ class FDE:
                 raise ValueError(f"{path}: FDE file format {version}, this build reads {_FORMAT_VERSION}")
             config = FDEConfig.from_dict(json.loads(bytes(data["config"]).decode()))
             matrices = {name: data[name] for name in data.files if name not in ("meta", "config")}
-        return cls(config, dim, _matrices=matrices)
+        return cls(config, dim, threads=threads, _matrices=matrices)
 
 
 def _single_offsets(tokens: np.ndarray) -> np.ndarray:
     return np.array([0, len(tokens)], dtype=np.int64)
 
 
-def _chunk_end(offsets: np.ndarray, start: int) -> int:
-    """End (exclusive set index) of the chunk starting at set ``start``: about CHUNK_TOKENS tokens,
-    at least one set."""
-    limit = offsets[start] + CHUNK_TOKENS
-    stop = int(np.searchsorted(offsets, limit, side="right")) - 1
-    return min(max(stop, start + 1), len(offsets) - 1)
+def _chunk_bounds(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, int]]:
+    """Consecutive (start, stop) set ranges of about ``chunk_tokens`` tokens each, at least one set."""
+    bounds = []
+    start, n_sets = 0, len(offsets) - 1
+    while start < n_sets:
+        stop = int(np.searchsorted(offsets, offsets[start] + chunk_tokens, side="right")) - 1
+        stop = min(max(stop, start + 1), n_sets)
+        bounds.append((start, stop))
+        start = stop
+    return bounds
+
+
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    """The process's FDE worker threads, made on first use (one per CPU; callers bring their own
+    thread on top)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=_available_cpus(), thread_name_prefix="mvr-fde")
+        return _POOL
+
+
+_BLAS_LOCK = threading.Lock()
+_BLAS: list[Any] | None = None  # threadpoolctl's controllers of the loaded BLAS libraries
+
+
+def _blas_threads() -> int:
+    """Threads one BLAS call may use now (the largest over the loaded BLAS libraries)."""
+    global _BLAS
+    with _BLAS_LOCK:
+        if _BLAS is None:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS = ThreadpoolController().select(user_api="blas").lib_controllers
+    return max((library.get_num_threads() for library in _BLAS), default=1)
 
 
 def _generate(config: FDEConfig, dim: int) -> dict[str, np.ndarray]:
@@ -371,77 +452,167 @@ def _generate(config: FDEConfig, dim: int) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------- kernels
 
 
-def _scatter_kernel(products, projected, proj_col, offsets, out, reps, k_sim, d_proj, shared, average, fill):
-    """One FDE row per set. ``products[t, r·k_sim + j]`` is token t's margin on hyperplane j of
-    repetition r; its projected copy for repetition r starts at ``projected[t, proj_col + r·d_proj]``
-    (at ``proj_col`` for every r when ``shared``). Writes every element of ``out``.
+@numba.njit(nogil=True, cache=True)
+def _encode_sets(products, projected, proj_col, offsets, out, reps, k_sim, d_proj, shared, average, fill):
+    """One FDE row per set, the sets one after another on this thread. ``products[t, j·reps + r]`` is
+    token t's margin on hyperplane j of repetition r; its projected copy for repetition r starts at
+    ``projected[t, proj_col + r·d_proj]`` (at ``proj_col`` for every r when ``shared``). Writes every
+    element of ``out``."""
+    longest = 0
+    for s in range(len(offsets) - 1):
+        longest = max(longest, offsets[s + 1] - offsets[s])
+    codes = np.empty(longest * reps, dtype=np.int32)  # [i·reps + r]: token i's code in repetition r
+    counts = np.empty(reps << k_sim, dtype=np.int32)  # tokens per block
+    scratch = np.empty(2 * (1 << k_sim) + 1 + longest, dtype=np.int32)  # of _fill_empty_blocks
+    for s in range(len(offsets) - 1):
+        start, stop = offsets[s], offsets[s + 1]
+        row = out[s]
+        row[:] = 0.0
+        counts[:] = 0
+        _bucket_codes(products[start:stop], codes, reps, k_sim)
+        _scatter(projected[start:stop], proj_col, codes, counts, row, reps, k_sim, d_proj, shared)
+        if average:
+            _average(counts, row, d_proj)
+        if fill:
+            _fill_empty_blocks(
+                products[start:stop], projected[start:stop], proj_col, codes, counts, scratch, row, reps,
+                k_sim, d_proj, shared,
+            )  # fmt: skip
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _bucket_codes(margins, codes, reps, k_sim):
+    """codes[i·reps + r] = plain binary code of token i's sign bits in repetition r (bit j set when
+    margin j is positive). Bit-major margins make each bit one compare over all repetitions."""
+    for i in range(len(margins)):
+        token_codes = codes[i * reps : (i + 1) * reps]
+        token_codes[:] = 0
+        for j in range(k_sim):
+            bit = margins[i, j * reps : (j + 1) * reps]
+            for r in range(reps):
+                token_codes[r] |= np.int32(bit[r] > 0.0) << j
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _scatter(projected, proj_col, codes, counts, row, reps, k_sim, d_proj, shared):
+    """Adds every token's projected copy to its block, in token order, and counts the tokens.
 
     Inner loops index short slices from 0: Numba then can prove the indices non-negative and drops
     its negative-index wraparound branch, which otherwise blocks vectorisation (2.5x on the scatter).
     """
     n_buckets = 1 << k_sim
-    for doc in numba.prange(len(offsets) - 1):
-        start, stop = offsets[doc], offsets[doc + 1]
-        n = stop - start
-        row = out[doc]
-        row[:] = 0.0
-        counts = np.zeros(reps * n_buckets, dtype=np.int32)
-        codes = np.empty(reps * n if fill else 0, dtype=np.int32)  # [r·n + i]: repetition r, token i
-        for i in range(n):
-            margins = products[start + i]
-            values = projected[start + i]
-            for r in range(reps):
-                code = _bucket_code(margins[r * k_sim : (r + 1) * k_sim])
-                if fill:
-                    codes[r * n + i] = code
-                block = r * n_buckets + code
-                counts[block] += 1
-                src = proj_col if shared else proj_col + r * d_proj
-                target = row[block * d_proj : (block + 1) * d_proj]
-                source = values[src : src + d_proj]
-                for c in range(d_proj):
-                    target[c] += source[c]
-        if not average:
-            continue
+    for i in range(len(projected)):
+        values = projected[i]
+        token_codes = codes[i * reps : (i + 1) * reps]
         for r in range(reps):
+            block = r * n_buckets + token_codes[r]
+            counts[block] += 1
             src = proj_col if shared else proj_col + r * d_proj
-            for b in range(n_buckets):
-                block = r * n_buckets + b
-                target = row[block * d_proj : (block + 1) * d_proj]
-                if counts[block] > 1:
-                    divisor = np.float32(counts[block])
-                    for c in range(d_proj):
-                        target[c] /= divisor
-                elif counts[block] == 0 and fill:
-                    best = start + _nearest_token(
-                        products[start:stop],
-                        projected[start:stop],
-                        codes[r * n : (r + 1) * n],
-                        r,
-                        k_sim,
-                        b,
-                        src,
-                        d_proj,
-                    )
-                    source = projected[best, src : src + d_proj]
-                    for c in range(d_proj):
-                        target[c] = source[c]
+            target = row[block * d_proj : (block + 1) * d_proj]
+            source = values[src : src + d_proj]
+            for c in range(d_proj):
+                target[c] += source[c]
 
 
-_scatter_parallel = numba.njit(parallel=True, cache=True)(_scatter_kernel)
-_scatter_serial = numba.njit(parallel=False, cache=True)(_scatter_kernel)
+@numba.njit(nogil=True, cache=True, inline="always")
+def _average(counts, row, d_proj):
+    """Divides each block with more than one token by its count (IEEE division, as the definition)."""
+    for block in range(len(counts)):
+        if counts[block] > 1:
+            divisor = np.float32(counts[block])
+            target = row[block * d_proj : (block + 1) * d_proj]
+            for c in range(d_proj):
+                target[c] /= divisor
 
 
-@numba.njit(cache=True, inline="always")
-def _bucket_code(margins):
-    """Plain binary code of the sign bits: bit j set when margin j is positive (branch-free)."""
-    code = 0
-    for j in range(len(margins)):
-        code |= np.int32(margins[j] > 0.0) << j
-    return code
+@numba.njit(nogil=True, cache=True)
+def _fill_empty_blocks(
+    margins, projected, proj_col, codes, counts, scratch, row, reps, k_sim, d_proj, shared
+):
+    """Every empty block gets the projected copy of the token whose code is nearest to the bucket in
+    Hamming distance; ties go to the smallest total |margin| over the differing bits (the token
+    closest to crossing into the bucket), then to the lexicographically smallest projected vector —
+    nothing depends on the order of the tokens (identical vectors fill identically).
+
+    Per repetition with an empty bucket, the tokens are grouped by bucket (a counting sort on the
+    block counts), so each empty bucket visits the occupied buckets, then only the tokens of those
+    at the nearest distance (a scan of every token per empty bucket cost 4× more at k_sim = 5).
+    ``scratch``: int32, at least 2·2^k_sim + 1 + (tokens in the set).
+    """
+    n_buckets = 1 << k_sim
+    n = len(margins)
+    occupied = scratch[:n_buckets]  # the distinct codes of this repetition
+    begin = scratch[n_buckets : 2 * n_buckets + 1]  # tokens of bucket b: members[begin[b]:begin[b + 1]]
+    members = scratch[2 * n_buckets + 1 : 2 * n_buckets + 1 + n]
+    for r in range(reps):
+        block_counts = counts[r * n_buckets : (r + 1) * n_buckets]
+        n_occupied = 0
+        begin[0] = 0
+        for b in range(n_buckets):
+            if block_counts[b] > 0:
+                occupied[n_occupied] = b
+                n_occupied += 1
+            begin[b + 1] = begin[b] + block_counts[b]
+        if n_occupied == n_buckets:
+            continue
+        for i in range(n):  # counting sort, begin[b] advancing to the end of bucket b ...
+            code = codes[i * reps + r]
+            members[begin[code]] = i
+            begin[code] += 1
+        for b in range(n_buckets - 1, -1, -1):  # ... and back to its start
+            begin[b + 1] = begin[b]
+        begin[0] = 0
+        src = proj_col if shared else proj_col + r * d_proj
+        for bucket in range(n_buckets):
+            if block_counts[bucket] > 0:
+                continue
+            nearest = k_sim + 1
+            for o in range(n_occupied):
+                nearest = min(nearest, _popcount(occupied[o] ^ bucket))
+            best = -1
+            best_margin = np.inf
+            for o in range(n_occupied):
+                code = occupied[o]
+                differing = code ^ bucket
+                if _popcount(differing) != nearest:
+                    continue
+                for q in range(begin[code], begin[code + 1]):
+                    i = members[q]
+                    margin = _crossing_margin(margins, i, differing, r, reps, k_sim)
+                    if (
+                        best < 0
+                        or margin < best_margin
+                        or (margin == best_margin and _smaller_vector(projected, i, best, src, d_proj))
+                    ):
+                        best, best_margin = i, margin
+            block = r * n_buckets + bucket
+            target = row[block * d_proj : (block + 1) * d_proj]
+            source = projected[best, src : src + d_proj]
+            for c in range(d_proj):
+                target[c] = source[c]
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(nogil=True, cache=True, inline="always")
+def _crossing_margin(margins, i, differing, r, reps, k_sim):
+    """Σ |margin| of token i over the bits in ``differing`` (repetition r), in bit order."""
+    margin = 0.0
+    for j in range(k_sim):
+        if (differing >> j) & 1:
+            margin += abs(margins[i, j * reps + r])
+    return margin
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _smaller_vector(projected, i, j, src, d_proj):
+    """Whether token i's projected copy is lexicographically smaller than token j's."""
+    mine, theirs = projected[i, src : src + d_proj], projected[j, src : src + d_proj]
+    for c in range(d_proj):
+        if mine[c] != theirs[c]:
+            return mine[c] < theirs[c]
+    return False
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
 def _popcount(x):
     """Set bits of a non-negative int32 (codes have at most MAX_K_SIM bits)."""
     x = x - ((x >> 1) & 0x55555555)
@@ -450,45 +621,27 @@ def _popcount(x):
     return (x * 0x01010101 & 0xFFFFFFFF) >> 24
 
 
-@numba.njit(cache=True)
-def _nearest_token(products, projected, codes, r, k_sim, bucket, src, d_proj):
-    """Index (in the set) of the token whose repetition-r code is nearest to ``bucket`` in Hamming
-    distance; ties: smallest total |margin| over the differing bits, then the lexicographically
-    smallest projected vector (identical vectors fill identically, so any of them is the answer)."""
-    nearest = k_sim + 1
-    for i in range(len(codes)):  # pass 1, branch-free: the smallest distance
-        nearest = min(nearest, _popcount(codes[i] ^ bucket))
-    best = -1
-    best_margin = np.inf
-    for i in range(len(codes)):  # pass 2: tie-breaks among the tokens at that distance
-        differing = codes[i] ^ bucket
-        if _popcount(differing) != nearest:
-            continue
-        margins = products[i, r * k_sim : (r + 1) * k_sim]
-        margin = 0.0
-        for j in range(k_sim):
-            if (differing >> j) & 1:
-                margin += abs(margins[j])
-        better = best < 0 or margin < best_margin
-        if not better and margin == best_margin:
-            mine, theirs = projected[i, src : src + d_proj], projected[best, src : src + d_proj]
-            for c in range(d_proj):
-                if mine[c] != theirs[c]:
-                    better = mine[c] < theirs[c]
-                    break
-        if better:
-            best, best_margin = i, margin
-    return best
+@numba.njit(nogil=True, cache=True)
+def _first_non_finite(tokens):
+    """Row of the first token with a NaN or infinite value, or -1: exponent bits all set, tested on
+    the integer view so the loop vectorises (a float test would need fastmath)."""
+    bits = tokens.view(np.uint32)
+    exponent = np.uint32(0x7F800000)
+    for i in range(bits.shape[0]):
+        row = bits[i]
+        bad = False
+        for c in range(len(row)):
+            bad |= (row[c] & exponent) == exponent
+        if bad:
+            return i
+    return -1
 
 
-def _count_sketch_kernel(inner, index, sign, final):
-    """final[doc, index[j]] += sign[j] · inner[doc, j], j in order (deterministic)."""
-    for doc in numba.prange(inner.shape[0]):
-        row = final[doc]
+@numba.njit(nogil=True, cache=True)
+def _count_sketch(inner, index, sign, final):
+    """final[s, index[j]] += sign[j] · inner[s, j], j in order (deterministic)."""
+    for s in range(inner.shape[0]):
+        row = final[s]
         row[:] = 0.0
         for j in range(inner.shape[1]):
-            row[index[j]] += sign[j] * inner[doc, j]
-
-
-_count_sketch_parallel = numba.njit(parallel=True, cache=True)(_count_sketch_kernel)
-_count_sketch_serial = numba.njit(parallel=False, cache=True)(_count_sketch_kernel)
+            row[index[j]] += sign[j] * inner[s, j]
