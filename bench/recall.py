@@ -25,6 +25,7 @@ sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client"), str(ROOT / "bench")]
 
 from mvr.server.app import limit_blas_threads  # noqa: E402
 from mvr.server.collection import CollectionManager, DocumentInput  # noqa: E402
+from mvr.server.fde import available_cpus  # noqa: E402
 from mvr.server.rerank import maxsim  # noqa: E402
 from synthetic import make_corpus, make_queries  # noqa: E402
 
@@ -73,7 +74,9 @@ def main() -> None:
     )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        manager = CollectionManager(Path(tmp), index_threads=args.index_threads, save_interval_s=3600)
+        manager = CollectionManager(
+            Path(tmp), index_threads=args.index_threads, fde_threads=available_cpus(), save_interval_s=3600
+        )
         for spec in args.configs:
             reps, k_sim, d_proj = (int(x) for x in spec.split(","))
             name = f"r{reps}-k{k_sim}-d{d_proj}"

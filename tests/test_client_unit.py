@@ -194,3 +194,13 @@ def test_checkpoint_round_trip_and_resume_offsets(tmp_path: Path) -> None:
     other.write_text("{}\n")
     with pytest.raises(SystemExit, match="does not belong"):
         cli.read_checkpoint(state, other)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "minimum"),
+    [("--workers", "0", 1), ("--fde-threads", "-1", 0), ("--query-max-batch", "0", 1)],
+)
+def test_serve_rejects_bad_counts_naming_the_flag(flag: str, value: str, minimum: int) -> None:
+    """Checked before anything loads: the error names the flag, its bound and the value given."""
+    with pytest.raises(SystemExit, match=f"{flag} must be at least {minimum}, got {value}"):
+        cli.main(["serve", flag, value])

@@ -341,13 +341,10 @@ def test_bad_dims_are_rejected() -> None:
     assert caught.value.field == "threads"
 
 
-def test_chunks_go_to_pool_threads_only_with_single_threaded_blas(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Several sgemms at once each on several BLAS threads would oversubscribe the cores: helpers are
-    asked for only while BLAS runs one thread per call; the result is the same either way."""
+def test_pool_threads_take_chunks_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """threads=1 (the default, safe under a multi-threaded BLAS) never touches the pool; threads=2
+    asks for one helper; the result is the same either way."""
     monkeypatch.setattr(fde_module, "CHUNK_TOKENS", 256)
-    fde = FDE(FDEConfig(4, 3, 8), 32, threads=2)
     tokens = unit(np.random.default_rng(5), 4000, 32)
     offsets = np.arange(0, 4001, 40, dtype=np.int64)
     submitted: list[object] = []
@@ -359,13 +356,13 @@ def test_chunks_go_to_pool_threads_only_with_single_threaded_blas(
             return pool.submit(work)
 
     monkeypatch.setattr(fde_module, "_pool", SpyingPool)
-    blas = ThreadpoolController()
+    assert FDE(FDEConfig(4, 3, 8), 32).threads == 1
     results = {}
-    for blas_threads in (1, 2):
+    for threads in (1, 2):
         submitted.clear()
-        with blas.limit(limits=blas_threads, user_api="blas"):
-            results[blas_threads] = fde.encode_documents(tokens, offsets)
-        assert len(submitted) == (1 if blas_threads == 1 else 0), blas_threads
+        fde = FDE(FDEConfig(4, 3, 8), 32, threads=threads)
+        results[threads] = fde.encode_documents(tokens, offsets)
+        assert len(submitted) == threads - 1
     np.testing.assert_array_equal(results[1], results[2])
 
 

@@ -63,6 +63,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     _add(serve, "--query-max-wait-ms", "MVR_QUERY_MAX_WAIT_MS", 2.0, float, "wait for more queries to batch")
     _add(serve, "--index-threads", "MVR_INDEX_THREADS", 1, int, "hnswlib threads of the background indexer")
+    _add(serve, "--fde-threads", "MVR_FDE_THREADS", 0, int, "threads per FDE batch encode (0: every CPU)")
     _add(serve, "--log-format", "MVR_LOG_FORMAT", "json", str, "json or text")
     _add(serve, "--log-level", "MVR_LOG_LEVEL", "INFO", str, "DEBUG, INFO, WARNING, ERROR")
     _add(serve, "--metrics-port", "MVR_METRICS_PORT", 0, int, "Prometheus /metrics port (0: off)")
@@ -72,6 +73,17 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
 def _serve(args: argparse.Namespace) -> int:
     if args.log_format not in ("json", "text"):
         raise SystemExit(f"error: --log-format must be json or text, got {args.log_format!r}")
+    for flag, minimum in (
+        ("workers", 1),
+        ("query_threads", 1),
+        ("query_max_batch", 1),
+        ("index_threads", 1),
+        ("fde_threads", 0),
+        ("max_message_mb", 1),
+    ):
+        if getattr(args, flag) < minimum:
+            name = "--" + flag.replace("_", "-")
+            raise SystemExit(f"error: {name} must be at least {minimum}, got {getattr(args, flag)}")
     # Before torch loads its OpenMP runtime: idle OpenMP workers sleep instead of spinning. Spinning
     # workers took the cores that Numba, BLAS and other requests needed (bench/search_load.py: a text
     # search went from 40 ms to 23 ms in-process with PASSIVE).
@@ -90,6 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
             query_max_batch=args.query_max_batch,
             query_max_wait_ms=args.query_max_wait_ms,
             index_threads=args.index_threads,
+            fde_threads=args.fde_threads,
             log_format=args.log_format,
             log_level=args.log_level,
             metrics_port=args.metrics_port,

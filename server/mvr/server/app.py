@@ -30,6 +30,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from mvr.server import service
+from mvr.server.fde import available_cpus
 
 log = logging.getLogger("mvr.server")
 
@@ -48,6 +49,7 @@ class ServerConfig:
     query_max_batch: int = 32  # text queries encoded together at most
     query_max_wait_ms: float = 2.0  # how long the first query of a batch waits for company
     index_threads: int = 1
+    fde_threads: int = 0  # threads per FDE batch; 0: every CPU this process may use
     log_format: str = "json"
     log_level: str = "INFO"
     grace_s: float = 30.0
@@ -158,6 +160,7 @@ class Server:
             self.config.data_dir,
             encoder_loader=load_encoder,
             index_threads=self.config.index_threads,
+            fde_threads=self.config.fde_threads or available_cpus(),
             query_threads=self.config.query_threads,
             query_max_batch=self.config.query_max_batch,
             query_max_wait_ms=self.config.query_max_wait_ms,

@@ -200,6 +200,7 @@ class Collection:
         query_encode: Callable[[str], np.ndarray] | None = None,
         text_error: MvrError | None = None,
         index_threads: int = 1,
+        fde_threads: int = 1,
         save_interval_s: float = 60.0,
     ) -> None:
         self.directory = directory
@@ -210,7 +211,7 @@ class Collection:
         self._index_threads = index_threads
         self._save_interval_s = save_interval_s
         self.store = Store(directory, config.dim, config.vector_dtype)
-        self.fde = FDE.load(directory / FDE_FILE)
+        self.fde = FDE.load(directory / FDE_FILE, threads=fde_threads)
         self._index_params = IndexParams(self.fde.output_dim, config.hnsw.m, config.hnsw.ef_construction)
         self._write_lock = threading.Lock()  # one writer
         self._index_mutex = threading.Lock()  # HNSW membership: indexer inserts vs deletes
@@ -657,6 +658,7 @@ class CollectionManager:
         encoder_loader: EncoderLoader | None = None,
         *,
         index_threads: int = 1,
+        fde_threads: int = 1,
         query_threads: int = 1,
         query_max_batch: int = 32,
         query_max_wait_ms: float = 2.0,
@@ -666,6 +668,7 @@ class CollectionManager:
         self.root.mkdir(parents=True, exist_ok=True)
         self._encoder_loader = encoder_loader
         self._index_threads = index_threads
+        self._fde_threads = fde_threads
         self._query_threads = query_threads
         self._query_batching = {"max_batch": query_max_batch, "max_wait_ms": query_max_wait_ms}
         self._save_interval_s = save_interval_s
@@ -692,6 +695,7 @@ class CollectionManager:
             query_encode=query_encode,
             text_error=text_error,
             index_threads=self._index_threads,
+            fde_threads=self._fde_threads,
             save_interval_s=self._save_interval_s,
         )
 

@@ -27,10 +27,12 @@ bucketing, scatter, averaging and filling then run over the chunk in one Numba k
 output is still in the core's L2 cache. A batch's chunks are shared out to ``threads`` workers (the
 calling thread and pool threads), each running sgemm and kernel on one BLAS thread: handing every chunk
 from BLAS's threads to Numba's and back left the cores waiting on each other (measured 45% of the
-sgemm roofline at (20, 5, 16), 68% this way). This needs BLAS at one thread per call, which is how the
-server runs it (``mvr.server.app.limit_blas_threads``); with a multi-threaded BLAS the chunks run on
-the calling thread and BLAS parallelises each sgemm. (The count is not changed here: OpenBLAS 0.3.31
-ignores ``openblas_set_num_threads`` from other threads once the main thread has set it.)
+sgemm roofline at (20, 5, 16), 74% this way). ``threads`` > 1 assumes BLAS on one thread per call,
+which is how the server runs it (``mvr.server.app.limit_blas_threads``): with a multi-threaded BLAS,
+each of the concurrent sgemms would fan out over every core. The default, one thread, is safe under
+any BLAS setting (BLAS then parallelises each chunk's sgemm). The BLAS thread count is not changed
+here: it is process-wide, and OpenBLAS 0.3.31 ignores ``openblas_set_num_threads`` from other threads
+once the main thread has set it.
 
 Reproducibility: results are bit-identical whatever the batching and the thread count. OpenBLAS
 rounds a row of a small product differently from the same row of a large one (gemv for one row, "direct"
@@ -135,8 +137,9 @@ def _check_int(field: str, value: object, low: int, high: int) -> None:
 class FDE:
     """An FDE for token vectors of dimension ``dim``: its config, random matrices and encoders.
 
-    ``threads``: how many threads one batch call may use (default: the CPUs this process may run on).
-    Thread-safe: encoding reads the matrices only.
+    ``threads``: how many threads one batch call may use, the caller's included (default 1; more
+    assumes BLAS on one thread per call, see the module docstring). Thread-safe: encoding reads the
+    matrices only.
     """
 
     def __init__(
@@ -144,7 +147,7 @@ class FDE:
         config: FDEConfig,
         dim: int,
         *,
-        threads: int | None = None,
+        threads: int = 1,
         _matrices: dict[str, np.ndarray] | None = None,
     ) -> None:
         if not isinstance(config, FDEConfig):
@@ -157,7 +160,7 @@ class FDE:
             )
         self.config = config
         self.dim = int(dim)
-        self.threads = _available_cpus() if threads is None else threads
+        self.threads = threads
         matrices = _matrices if _matrices is not None else _generate(config, self.dim)
         self._hyperplanes = np.ascontiguousarray(matrices["hyperplanes"], dtype=np.float32)
         projection = matrices.get("projection")
@@ -255,10 +258,6 @@ class FDE:
         out = np.empty((len(offsets) - 1, self.output_dim), dtype=np.float32)
         chunks = _chunk_bounds(offsets, CHUNK_TOKENS)
         workers = min(self.threads, len(chunks))
-        if workers > 1 and _blas_threads() > 1:
-            # Several multi-threaded sgemms at once oversubscribe the cores: BLAS parallelises each
-            # chunk's sgemm instead (slower; the server runs BLAS on one thread, see the docstring).
-            workers = 1
         next_chunk = itertools.count()  # next() on it is atomic under the GIL
         non_finite: list[int] = []  # tokens found NaN or infinite; every worker stops at the first
 
@@ -369,7 +368,7 @@ class FDE:
         temporary.replace(path)
 
     @classmethod
-    def load(cls, path: str | Path, *, threads: int | None = None) -> FDE:
+    def load(cls, path: str | Path, *, threads: int = 1) -> FDE:
         """Reads what :meth:`save` wrote; the matrices are used as stored, never regenerated."""
         with np.load(Path(path), allow_pickle=False) as data:
             version, dim = (int(x) for x in data["meta"])
@@ -396,7 +395,7 @@ def _chunk_bounds(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, int
     return bounds
 
 
-def _available_cpus() -> int:
+def available_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -413,23 +412,8 @@ def _pool() -> ThreadPoolExecutor:
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=_available_cpus(), thread_name_prefix="mvr-fde")
+            _POOL = ThreadPoolExecutor(max_workers=available_cpus(), thread_name_prefix="mvr-fde")
         return _POOL
-
-
-_BLAS_LOCK = threading.Lock()
-_BLAS: list[Any] | None = None  # threadpoolctl's controllers of the loaded BLAS libraries
-
-
-def _blas_threads() -> int:
-    """Threads one BLAS call may use now (the largest over the loaded BLAS libraries)."""
-    global _BLAS
-    with _BLAS_LOCK:
-        if _BLAS is None:
-            from threadpoolctl import ThreadpoolController
-
-            _BLAS = ThreadpoolController().select(user_api="blas").lib_controllers
-    return max((library.get_num_threads() for library in _BLAS), default=1)
 
 
 def _generate(config: FDEConfig, dim: int) -> dict[str, np.ndarray]:
