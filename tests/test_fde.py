@@ -443,3 +443,23 @@ def test_planted_neighbours_are_found_and_recall_does_not_fall_with_repetitions(
     recalls = [planted_recall(reps) for reps in (2, 5, 20)]
     assert recalls[-1] >= 0.95, recalls
     assert recalls == sorted(recalls), recalls
+
+
+def test_out_receives_the_result_and_is_checked() -> None:
+    fde = FDE(FDEConfig(3, 2, 4), 8, threads=2)
+    tokens = unit(np.random.default_rng(2), 50, 8)
+    offsets = np.array([0, 20, 21, 50], dtype=np.int64)
+    out = np.full((3, fde.output_dim), np.nan, np.float32)
+    assert fde.encode_documents(tokens, offsets, out=out) is out
+    np.testing.assert_array_equal(out, fde.encode_documents(tokens, offsets))
+    assert fde.encode_queries(tokens, offsets, out=out) is out
+    np.testing.assert_array_equal(out, fde.encode_queries(tokens, offsets))
+    for bad in (
+        np.empty((2, fde.output_dim), np.float32),
+        np.empty((3, fde.output_dim), np.float64),
+        np.empty((fde.output_dim, 3), np.float32).T,
+        [[0.0] * fde.output_dim] * 3,
+    ):
+        with pytest.raises(InvalidArgument, match="C-contiguous float32 array") as caught:
+            fde.encode_documents(tokens, offsets, out=bad)
+        assert caught.value.field == "out"

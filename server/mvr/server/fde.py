@@ -24,7 +24,7 @@ Speed: the projection is linear, so tokens are projected first and summed per bu
 hyperplane margins and all R·d_proj projected coordinates of a chunk of about a thousand tokens come
 from one BLAS sgemm (margin columns ordered bit-major, so one bit of all R codes is one vector compare);
 bucketing, scatter, averaging and filling then run over the chunk in one Numba kernel while the sgemm's
-output is still in the core's L2 cache. A batch's chunks are shared out to ``threads`` workers (the
+output is still in cache. A batch's chunks are shared out to ``threads`` workers (the
 calling thread and pool threads), each running sgemm and kernel on one BLAS thread: handing every chunk
 from BLAS's threads to Numba's and back left the cores waiting on each other (measured 45% of the
 sgemm roofline at (20, 5, 16), 74% this way). ``threads`` > 1 assumes BLAS on one thread per call,
@@ -69,8 +69,9 @@ _FORMAT_VERSION = 1
 # columns pads to 69 rows (≈0.1 ms); batches are far above it.
 MIN_GEMM_WORK = 1 << 21
 # Tokens per chunk: the chunk's sgemm output (tokens × R·(k_sim + d_proj) floats, 1.7 MB at
-# (20, 5, 16)) stays in one core's L2 for the kernel. Measured at dim 128, (20, 5, 16): 256 to 2048
-# tokens all within 2% of each other; 16k tokens (output in DRAM) 40% slower.
+# (20, 5, 16)) is still in cache (L2/L3) for the kernel, and the Python work per chunk (~30 µs) is
+# under 1% of the chunk's sgemm. At dim 384, (20, 5, 16), 256 to 2048 tokens measured within this
+# machine's run-to-run noise (±10%).
 CHUNK_TOKENS = 1024
 
 
@@ -232,18 +233,24 @@ class FDE:
 
     # ------------------------------------------------------------------------------ encoding
 
-    def encode_queries(self, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    def encode_queries(
+        self, tokens: np.ndarray, offsets: np.ndarray, *, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Query FDEs (block = SUM of tokens, no filling) of a ragged batch.
 
         ``tokens``: float32 (n, dim), the sets one after another; ``offsets``: int64 (m + 1,), set i is
-        ``tokens[offsets[i]:offsets[i + 1]]``. Returns float32 (m, output_dim).
+        ``tokens[offsets[i]:offsets[i + 1]]``. Returns float32 (m, output_dim): ``out`` if given (a
+        C-contiguous float32 array of that shape, reused by callers that encode batch after batch:
+        a fresh result costs a page fault per 4 KiB on first touch), else a new array.
         """
-        return self._encode(tokens, offsets, is_query=True)
+        return self._encode(tokens, offsets, out, is_query=True)
 
-    def encode_documents(self, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    def encode_documents(
+        self, tokens: np.ndarray, offsets: np.ndarray, *, out: np.ndarray | None = None
+    ) -> np.ndarray:
         """Document FDEs (block = AVERAGE of tokens, empty blocks filled if configured); as
         :meth:`encode_queries`."""
-        return self._encode(tokens, offsets, is_query=False)
+        return self._encode(tokens, offsets, out, is_query=False)
 
     def encode_query(self, tokens: np.ndarray) -> np.ndarray:
         """The FDE of one query, tokens (n, dim) → (output_dim,) float32."""
@@ -253,9 +260,22 @@ class FDE:
         """The FDE of one document, tokens (n, dim) → (output_dim,) float32."""
         return self.encode_documents(tokens, _single_offsets(tokens))[0]
 
-    def _encode(self, tokens: np.ndarray, offsets: np.ndarray, *, is_query: bool) -> np.ndarray:
+    def _encode(
+        self, tokens: np.ndarray, offsets: np.ndarray, out: np.ndarray | None, *, is_query: bool
+    ) -> np.ndarray:
         tokens, offsets = self._validate(tokens, offsets)
-        out = np.empty((len(offsets) - 1, self.output_dim), dtype=np.float32)
+        shape = (len(offsets) - 1, self.output_dim)
+        if out is None:
+            out = np.empty(shape, dtype=np.float32)
+        elif not (
+            isinstance(out, np.ndarray)
+            and out.shape == shape
+            and out.dtype == np.float32
+            and out.flags.c_contiguous
+            and out.flags.writeable
+        ):
+            got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise InvalidArgument("out", f"must be a writeable C-contiguous float32 array {shape}, got {got}")
         chunks = _chunk_bounds(offsets, CHUNK_TOKENS)
         workers = min(self.threads, len(chunks))
         next_chunk = itertools.count()  # next() on it is atomic under the GIL
