@@ -463,3 +463,31 @@ def test_out_receives_the_result_and_is_checked() -> None:
         with pytest.raises(InvalidArgument, match="C-contiguous float32 array") as caught:
             fde.encode_documents(tokens, offsets, out=bad)
         assert caught.value.field == "out"
+
+
+def test_encode_finishes_on_the_caller_while_the_pool_is_busy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller takes chunks too, and a helper still queued when the chunks are gone is cancelled:
+    a batch never waits for other calls' work occupying the pool."""
+    import threading
+
+    monkeypatch.setattr(fde_module, "CHUNK_TOKENS", 256)
+    pool = fde_module._pool()
+    release = threading.Event()
+    blockers = [pool.submit(release.wait, 30) for _ in range(pool._max_workers)]
+    try:
+        fde = FDE(FDEConfig(4, 3, 8), 32, threads=2)
+        tokens = unit(np.random.default_rng(6), 3000, 32)
+        offsets = np.arange(0, 3001, 30, dtype=np.int64)
+        done = threading.Event()
+        results = []
+        caller = threading.Thread(
+            target=lambda: (results.append(fde.encode_documents(tokens, offsets)), done.set())
+        )
+        caller.start()
+        assert done.wait(20), "the encode waited for the busy pool"
+        fde.threads = 1
+        np.testing.assert_array_equal(results[0], fde.encode_documents(tokens, offsets))
+    finally:
+        release.set()
+        for blocker in blockers:
+            blocker.result()

@@ -294,8 +294,12 @@ class FDE:
             try:
                 work()  # the caller works too: progress even when the pool is busy with other calls
             finally:
-                for helper in helpers:  # every writer into ``out`` is done before it is returned
-                    helper.result()
+                # Every chunk is taken once the caller's loop ends: a helper still queued behind other
+                # calls' work is cancelled rather than waited for; a running one may be mid-chunk,
+                # and every writer into ``out`` is done before it is returned.
+                for helper in helpers:
+                    if not helper.cancel():
+                        helper.result()
         if non_finite:
             raise InvalidArgument("tokens", f"token {min(non_finite)} has a NaN or infinite value")
         return out
