@@ -420,6 +420,7 @@ def _chunk_bounds(offsets: np.ndarray, chunk_tokens: int) -> list[tuple[int, int
 
 
 def available_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, not the machine's count)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
