@@ -90,6 +90,29 @@ def test_matches_the_slow_reference(config: FDEConfig, n: int, seed: int) -> Non
     )
 
 
+@settings(max_examples=25, deadline=None)
+@given(
+    k_sim=st.integers(5, 6),
+    d_proj=st.sampled_from([4, 16]),  # 16 = the token dim: identity
+    n=st.integers(20, 120),
+    duplicates=st.integers(0, 10),
+    seed=st.integers(0, 2**16),
+)
+def test_matches_the_slow_reference_with_many_buckets_and_ties(
+    k_sim: int, d_proj: int, n: int, duplicates: int, seed: int
+) -> None:
+    """Realistic bucket counts (32–64 per repetition, many empty, many filled from the same few
+    occupied buckets) and repeated tokens (exact fill ties), through the threaded batch path."""
+    fde = FDE(FDEConfig(3, k_sim, d_proj, seed=seed % 7), 16, threads=2)
+    rng = np.random.default_rng(seed)
+    tokens = unit(rng, n, 16)
+    tokens[:duplicates] = tokens[n - 1]  # identical tokens tie on margin and on vector
+    sets = [tokens, tokens[: max(1, n // 3)], tokens[n // 2 :]]
+    batch = fde.encode_documents(np.vstack(sets), offsets_of(sets))
+    for row, one in zip(batch, sets, strict=True):
+        np.testing.assert_allclose(row, reference(fde, one, False), rtol=1e-4, atol=1e-5)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     reps=st.integers(1, 6),
