@@ -496,7 +496,7 @@ def test_encode_finishes_on_the_caller_while_the_pool_is_busy(monkeypatch: pytes
     monkeypatch.setattr(fde_module, "CHUNK_TOKENS", 256)
     pool = fde_module._pool()
     release = threading.Event()
-    blockers = [pool.submit(release.wait, 30) for _ in range(pool._max_workers)]
+    blockers = [pool.submit(release.wait, 30) for _ in range(fde_module.available_cpus())]  # all of them
     try:
         fde = FDE(FDEConfig(4, 3, 8), 32, threads=2)
         tokens = unit(np.random.default_rng(6), 3000, 32)
