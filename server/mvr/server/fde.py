@@ -545,7 +545,8 @@ def _fill_empty_blocks(
 
     Per repetition with an empty bucket, the tokens are grouped by bucket (a counting sort on the
     block counts), so each empty bucket visits the occupied buckets, then only the tokens of those
-    at the nearest distance (a scan of every token per empty bucket cost 4× more at k_sim = 5).
+    at the nearest distance (one pass over every token for all empty buckets at once measured
+    slower at k_sim = 5).
     ``scratch``: int32, at least 2·2^k_sim + 1 + (tokens in the set).
     """
     n_buckets = 1 << k_sim
