@@ -221,7 +221,7 @@ def make_topic_queries(
     queries = []
     for doc in sources.tolist():
         document = corpus.document(doc)
-        copies = int(round(spec.query_tokens * spec.query_copy_share))
+        copies = round(spec.query_tokens * spec.query_copy_share)
         picked = document[rng.integers(0, len(document), size=copies)]
         topics = corpus.topics[doc]
         other_words = topics[
