@@ -24,9 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client"), str(ROOT / "bench")]
 
 from mvr.server.app import limit_blas_threads  # noqa: E402
-from mvr.server.collection import CollectionManager, DocumentInput  # noqa: E402
 from mvr.server.fde import available_cpus  # noqa: E402
+from mvr.server.manager import CollectionManager  # noqa: E402
 from mvr.server.rerank import maxsim  # noqa: E402
+from mvr.server.values import DocumentInput  # noqa: E402
 from synthetic import make_corpus, make_queries  # noqa: E402
 
 

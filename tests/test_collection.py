@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mvr.server.collection import CollectionManager, DocumentInput
 from mvr.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mvr.server.index import INDEX_FILE
+from mvr.server.manager import CollectionManager
 from mvr.server.store import VECTORS
+from mvr.server.values import DocumentInput
 
 DIM = 16
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 from mvr.v1 import collection_service_pb2 as cpb
 from mvr.v1 import collection_service_pb2_grpc as cgrpc
 from mvr.v1 import document_service_pb2 as dpb
@@ -93,12 +94,32 @@ def check_everything_acknowledged_is_intact(target: str, acknowledged: list[str]
             assert hits[0].id == doc_id
 
 
-def test_acknowledged_documents_survive_kill_9(tmp_path: Path) -> None:
+def coded_documents(target: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        collection = cgrpc.CollectionServiceStub(channel).GetCollection(
+            cpb.GetCollectionRequest(name="collections/crash"), timeout=60
+        )
+    return collection.collection.stats.coded_documents
+
+
+@pytest.mark.parametrize(
+    "token_storage",
+    [
+        cpb.TokenStorage(disable_codes=True),
+        # the codec is trained within the first second and documents are coded while the kills land
+        cpb.TokenStorage(residual_bits=4, train_after_tokens=1024, centroids=64),
+    ],
+    ids=["vectors", "codes"],
+)
+def test_acknowledged_documents_survive_kill_9(tmp_path: Path, token_storage: cpb.TokenStorage) -> None:
     data_dir = tmp_path / "data"
     server = start_server(data_dir, "none", tmp_path / "server-0.log")
     with grpc.insecure_channel(server.target) as channel:
         cgrpc.CollectionServiceStub(channel).CreateCollection(
-            cpb.CreateCollectionRequest(collection_id="crash", collection=cpb.Collection(dim=DIM)), timeout=60
+            cpb.CreateCollectionRequest(
+                collection_id="crash", collection=cpb.Collection(dim=DIM, token_storage=token_storage)
+            ),
+            timeout=60,
         )
     acknowledged: list[str] = []
     rng = random.Random(42)
@@ -111,5 +132,11 @@ def test_acknowledged_documents_survive_kill_9(tmp_path: Path) -> None:
         writer.join(60)
         assert acknowledged, "nothing was acknowledged before the kill"
         server = start_server(data_dir, "none", tmp_path / f"server-{round_index + 1}.log")
+        check_everything_acknowledged_is_intact(server.target, acknowledged)
+    if not token_storage.disable_codes:
+        deadline = time.monotonic() + 60
+        while coded_documents(server.target) < len(acknowledged) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert coded_documents(server.target) >= len(acknowledged)  # and still intact once coded:
         check_everything_acknowledged_is_intact(server.target, acknowledged)
     assert stop_server(server) == 0

@@ -11,7 +11,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Collection(_message.Message):
-    __slots__ = ("name", "encoder", "dim", "fde", "hnsw", "storage_dtype", "stats", "create_time")
+    __slots__ = ("name", "encoder", "dim", "fde", "hnsw", "storage_dtype", "stats", "create_time", "token_storage")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ENCODER_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,7 @@ class Collection(_message.Message):
     STORAGE_DTYPE_FIELD_NUMBER: _ClassVar[int]
     STATS_FIELD_NUMBER: _ClassVar[int]
     CREATE_TIME_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_STORAGE_FIELD_NUMBER: _ClassVar[int]
     name: str
     encoder: EncoderSpec
     dim: int
@@ -28,7 +29,26 @@ class Collection(_message.Message):
     storage_dtype: _types_pb2.DType
     stats: CollectionStats
     create_time: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., encoder: _Optional[_Union[EncoderSpec, _Mapping]] = ..., dim: _Optional[int] = ..., fde: _Optional[_Union[FdeParams, _Mapping]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., storage_dtype: _Optional[_Union[_types_pb2.DType, str]] = ..., stats: _Optional[_Union[CollectionStats, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    token_storage: TokenStorage
+    def __init__(self, name: _Optional[str] = ..., encoder: _Optional[_Union[EncoderSpec, _Mapping]] = ..., dim: _Optional[int] = ..., fde: _Optional[_Union[FdeParams, _Mapping]] = ..., hnsw: _Optional[_Union[HnswParams, _Mapping]] = ..., storage_dtype: _Optional[_Union[_types_pb2.DType, str]] = ..., stats: _Optional[_Union[CollectionStats, _Mapping]] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., token_storage: _Optional[_Union[TokenStorage, _Mapping]] = ...) -> None: ...
+
+class TokenStorage(_message.Message):
+    __slots__ = ("residual_bits", "disable_codes", "keep_vectors", "centroids", "train_after_tokens", "trained_centroids", "precision")
+    RESIDUAL_BITS_FIELD_NUMBER: _ClassVar[int]
+    DISABLE_CODES_FIELD_NUMBER: _ClassVar[int]
+    KEEP_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    CENTROIDS_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_AFTER_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TRAINED_CENTROIDS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    residual_bits: int
+    disable_codes: bool
+    keep_vectors: bool
+    centroids: int
+    train_after_tokens: int
+    trained_centroids: int
+    precision: _types_pb2.TokenPrecision
+    def __init__(self, residual_bits: _Optional[int] = ..., disable_codes: _Optional[bool] = ..., keep_vectors: _Optional[bool] = ..., centroids: _Optional[int] = ..., train_after_tokens: _Optional[int] = ..., trained_centroids: _Optional[int] = ..., precision: _Optional[_Union[_types_pb2.TokenPrecision, str]] = ...) -> None: ...
 
 class EncoderSpec(_message.Message):
     __slots__ = ("model", "format", "weights_sha256", "dim", "query_maxlen", "doc_maxlen")
@@ -75,7 +95,7 @@ class HnswParams(_message.Message):
     def __init__(self, m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ...) -> None: ...
 
 class CollectionStats(_message.Message):
-    __slots__ = ("documents", "tokens", "indexed_documents", "bytes_on_disk", "bytes_in_memory")
+    __slots__ = ("documents", "tokens", "indexed_documents", "bytes_on_disk", "bytes_in_memory", "coded_documents")
     class BytesOnDiskEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -95,12 +115,14 @@ class CollectionStats(_message.Message):
     INDEXED_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     BYTES_ON_DISK_FIELD_NUMBER: _ClassVar[int]
     BYTES_IN_MEMORY_FIELD_NUMBER: _ClassVar[int]
+    CODED_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     documents: int
     tokens: int
     indexed_documents: int
     bytes_on_disk: _containers.ScalarMap[str, int]
     bytes_in_memory: _containers.ScalarMap[str, int]
-    def __init__(self, documents: _Optional[int] = ..., tokens: _Optional[int] = ..., indexed_documents: _Optional[int] = ..., bytes_on_disk: _Optional[_Mapping[str, int]] = ..., bytes_in_memory: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    coded_documents: int
+    def __init__(self, documents: _Optional[int] = ..., tokens: _Optional[int] = ..., indexed_documents: _Optional[int] = ..., bytes_on_disk: _Optional[_Mapping[str, int]] = ..., bytes_in_memory: _Optional[_Mapping[str, int]] = ..., coded_documents: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("collection_id", "collection")

@@ -27,7 +27,7 @@ class Query(_message.Message):
     def __init__(self, text: _Optional[str] = ..., vectors: _Optional[_Union[_types_pb2.Vectors, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "candidates", "ef", "filter", "explain")
+    __slots__ = ("collection", "query", "top_k", "candidates", "ef", "filter", "explain", "probe", "centroid_candidates")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,8 @@ class SearchRequest(_message.Message):
     EF_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FIELD_NUMBER: _ClassVar[int]
+    CENTROID_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: Query
     top_k: int
@@ -49,7 +51,9 @@ class SearchRequest(_message.Message):
     ef: int
     filter: _containers.ScalarMap[str, str]
     explain: bool
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., top_k: _Optional[int] = ..., candidates: _Optional[int] = ..., ef: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., explain: _Optional[bool] = ...) -> None: ...
+    probe: int
+    centroid_candidates: int
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., top_k: _Optional[int] = ..., candidates: _Optional[int] = ..., ef: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., explain: _Optional[bool] = ..., probe: _Optional[int] = ..., centroid_candidates: _Optional[int] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "query_token_count")
@@ -60,7 +64,7 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., query_token_count: _Optional[int] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "metadata", "explanation")
+    __slots__ = ("id", "score", "metadata", "explanation", "precision")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -72,11 +76,13 @@ class Hit(_message.Message):
     SCORE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     metadata: _containers.ScalarMap[str, str]
     explanation: _containers.RepeatedCompositeFieldContainer[TokenMatch]
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., explanation: _Optional[_Iterable[_Union[TokenMatch, _Mapping]]] = ...) -> None: ...
+    precision: _types_pb2.TokenPrecision
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., explanation: _Optional[_Iterable[_Union[TokenMatch, _Mapping]]] = ..., precision: _Optional[_Union[_types_pb2.TokenPrecision, str]] = ...) -> None: ...
 
 class TokenMatch(_message.Message):
     __slots__ = ("query_token", "document_token", "score")

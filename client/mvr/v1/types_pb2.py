@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mvr/v1/types.proto\x12\x06mvr.v1\"D\n\x07Vectors\x12\x1c\n\x05\x64type\x18\x01 \x01(\x0e\x32\r.mvr.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c*D\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02\x42G\n\ndev.mvr.v1P\x01Z.github.com/mvr-project/mvr/gen/go/mvr/v1;mvrv1\xaa\x02\x06Mvr.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mvr/v1/types.proto\x12\x06mvr.v1\"D\n\x07Vectors\x12\x1c\n\x05\x64type\x18\x01 \x01(\x0e\x32\r.mvr.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c*D\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02*\xf7\x01\n\x0eTokenPrecision\x12\x1f\n\x1bTOKEN_PRECISION_UNSPECIFIED\x10\x00\x12\x1b\n\x17TOKEN_PRECISION_FLOAT32\x10\x01\x12\x1b\n\x17TOKEN_PRECISION_FLOAT16\x10\x02\x12!\n\x1dTOKEN_PRECISION_RESIDUAL_1BIT\x10\x03\x12!\n\x1dTOKEN_PRECISION_RESIDUAL_2BIT\x10\x04\x12!\n\x1dTOKEN_PRECISION_RESIDUAL_4BIT\x10\x05\x12!\n\x1dTOKEN_PRECISION_RESIDUAL_8BIT\x10\x06\x42G\n\ndev.mvr.v1P\x01Z.github.com/mvr-project/mvr/gen/go/mvr/v1;mvrv1\xaa\x02\x06Mvr.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\ndev.mvr.v1P\001Z.github.com/mvr-project/mvr/gen/go/mvr/v1;mvrv1\252\002\006Mvr.V1'
   _globals['_DTYPE']._serialized_start=100
   _globals['_DTYPE']._serialized_end=168
+  _globals['_TOKENPRECISION']._serialized_start=171
+  _globals['_TOKENPRECISION']._serialized_end=418
   _globals['_VECTORS']._serialized_start=30
   _globals['_VECTORS']._serialized_end=98
 # @@protoc_insertion_point(module_scope)

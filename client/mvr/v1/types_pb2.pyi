@@ -12,9 +12,26 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DTYPE_UNSPECIFIED: _ClassVar[DType]
     DTYPE_FLOAT32: _ClassVar[DType]
     DTYPE_FLOAT16: _ClassVar[DType]
+
+class TokenPrecision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOKEN_PRECISION_UNSPECIFIED: _ClassVar[TokenPrecision]
+    TOKEN_PRECISION_FLOAT32: _ClassVar[TokenPrecision]
+    TOKEN_PRECISION_FLOAT16: _ClassVar[TokenPrecision]
+    TOKEN_PRECISION_RESIDUAL_1BIT: _ClassVar[TokenPrecision]
+    TOKEN_PRECISION_RESIDUAL_2BIT: _ClassVar[TokenPrecision]
+    TOKEN_PRECISION_RESIDUAL_4BIT: _ClassVar[TokenPrecision]
+    TOKEN_PRECISION_RESIDUAL_8BIT: _ClassVar[TokenPrecision]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT16: DType
+TOKEN_PRECISION_UNSPECIFIED: TokenPrecision
+TOKEN_PRECISION_FLOAT32: TokenPrecision
+TOKEN_PRECISION_FLOAT16: TokenPrecision
+TOKEN_PRECISION_RESIDUAL_1BIT: TokenPrecision
+TOKEN_PRECISION_RESIDUAL_2BIT: TokenPrecision
+TOKEN_PRECISION_RESIDUAL_4BIT: TokenPrecision
+TOKEN_PRECISION_RESIDUAL_8BIT: TokenPrecision
 
 class Vectors(_message.Message):
     __slots__ = ("dtype", "shape", "data")

@@ -133,8 +133,8 @@ class Server:
 
     def load(self) -> None:
         """Loads the default model and every collection, then reports SERVING."""
-        from mvr.server.collection import CollectionManager
         from mvr.server.encoder import Encoder
+        from mvr.server.manager import CollectionManager
 
         started = time.perf_counter()
         encoders: dict[tuple[str, int | None, int | None], Encoder] = {}

@@ -1,191 +1,48 @@
-"""Collections: the engine between the service and the encoder / FDE / index / store / rerank.
+"""A collection: the write path and the wiring of its stages.
 
-Owns the configuration of each collection, the write path (validate → encode → FDE → durable store →
-background HNSW insertion), the search path (query FDE → HNSW candidates + exact scan of the
-not-yet-indexed tail → exact MaxSim rerank) and the life of collections on disk
-(:class:`CollectionManager`).
+Owns a collection's state in memory and the rules that tie its stages together: the write path
+(validate → encode → FDE → durable store → pending batch for the :mod:`mvr.server.indexer`), deletes,
+the metadata index, reads, and stats. The search cascade lives in :mod:`mvr.server.search`; training,
+coding, graph insertion and compaction in :mod:`mvr.server.indexer`; the registry of collections in
+:mod:`mvr.server.manager`.
 
 Consistency rules:
 
 * A write returns only once the store has it durably (see :mod:`mvr.server.store`); from that moment a
   search sees it, through the in-memory *pending* FDEs scanned exactly until the background indexer
-  has moved them into HNSW.
+  has moved them into HNSW, and through the graph until it is coded too.
 * Writes to one collection are serialised; searches never wait for them. Every document version has a
   fresh label; a search resolves candidate labels against the live catalog, so a replaced or deleted
   version is never returned and a document is seen entirely or not at all.
-* The HNSW file is a cache: on open, labels in the graph that are no longer live are marked deleted
-  and live labels missing from it are re-encoded from the stored vectors and queued for insertion.
+* The HNSW file and the token index are caches: on open, labels in the graph that are no longer live
+  are marked deleted, live labels missing from it are re-encoded from the stored tokens and queued for
+  insertion, and the token index is rebuilt from the code file.
 """
 
 from __future__ import annotations
 
 import logging
-import re
-import shutil
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from mvr.server.encoder import Encoder, EncoderSpec
-from mvr.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MvrError, NotFound
-from mvr.server.fde import FDE, FDEConfig
+from mvr.server.config import CollectionConfig
+from mvr.server.encoder import Encoder
+from mvr.server.errors import FailedPrecondition, InvalidArgument, MvrError, NotFound
+from mvr.server.fde import FDE
 from mvr.server.index import HnswIndex, IndexParams
-from mvr.server.rerank import maxsim
-from mvr.server.store import NewDocument, Record, Store, gather
+from mvr.server.indexer import COMPACT_MIN_DEAD_BYTES, Indexer
+from mvr.server.search import PendingBatch, Searcher, SearchParams
+from mvr.server.store import NewDocument, Record, Store
+from mvr.server.tokens import TokenIndex
+from mvr.server.values import CollectionStats, Document, DocumentInput, Hit, UpsertResult
 
 log = logging.getLogger("mvr.collection")
 
-NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 MAX_ID_BYTES = 512
-MAX_TOP_K = 1000
-MAX_CANDIDATES = 10_000
-# Default first-stage candidates: max(MIN_DEFAULT_CANDIDATES, 10·top_k). bench/recall.py at 100k
-# documents: C=100 left recall@10 at 0.71 (the FDE ranking, not HNSW, was the limit), see
-# bench/results/recall_100k.json for the value chosen.
-MIN_DEFAULT_CANDIDATES = 300
 FDE_FILE = "fde.npz"
-INDEX_CHUNK = 128  # documents per hnswlib add_items call: bounds how long a delete waits
-COMPACT_MIN_DEAD_BYTES = 16 << 20
-
-
-# ---------------------------------------------------------------------------------------- config
-
-
-@dataclass(frozen=True)
-class HNSWParams:
-    """HNSW graph parameters (hnswlib, inner product over FDEs)."""
-
-    m: int = 16
-    ef_construction: int = 200
-    ef_search: int = 200
-
-    def __post_init__(self) -> None:
-        _check_range("collection.hnsw.m", self.m, 2, 128)
-        _check_range("collection.hnsw.ef_construction", self.ef_construction, self.m, 4096)
-        _check_range("collection.hnsw.ef_search", self.ef_search, 1, 100_000)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> HNSWParams:
-        return cls(**data)
-
-
-def default_fde(dim: int) -> FDEConfig:
-    """Server default FDE: R=20, k_sim=3, d_proj=16 (2,560 dims), chosen by bench/recall.py's sweep
-    (see bench/results/recall.json); d_proj is capped at the token dim (tiny test dims)."""
-    return FDEConfig(repetitions=20, k_sim=3, d_proj=min(16, dim), fill_empty=True, final_dim=None, seed=0)
-
-
-@dataclass(frozen=True)
-class CollectionConfig:
-    """Everything fixed at creation; stored in the collection's catalog as JSON."""
-
-    name: str
-    dim: int
-    encoder: EncoderSpec | None
-    fde: FDEConfig
-    hnsw: HNSWParams
-    vector_dtype: str = "float16"
-    created_at: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "name": self.name,
-            "dim": self.dim,
-            "encoder": None if self.encoder is None else self.encoder.to_dict(),
-            "fde": self.fde.to_dict(),
-            "hnsw": self.hnsw.to_dict(),
-            "vector_dtype": self.vector_dtype,
-            "created_at": self.created_at,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict) -> CollectionConfig:
-        return cls(
-            name=data["name"],
-            dim=data["dim"],
-            encoder=None if data["encoder"] is None else EncoderSpec.from_dict(data["encoder"]),
-            fde=FDEConfig.from_dict(data["fde"]),
-            hnsw=HNSWParams.from_dict(data["hnsw"]),
-            vector_dtype=data["vector_dtype"],
-            created_at=data["created_at"],
-        )
-
-
-def _check_range(field_name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidArgument(field_name, f"must be an integer in [{low}, {high}], got {value!r}")
-
-
-# ---------------------------------------------------------------------------------------- values
-
-
-@dataclass
-class DocumentInput:
-    """A document to write: exactly one of ``text`` and ``vectors`` (float32 (n, dim))."""
-
-    id: str
-    vectors: np.ndarray | None = None
-    text: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class Document:
-    id: str
-    text: str | None
-    metadata: dict[str, str]
-    vectors: np.ndarray | None
-    n_tokens: int
-    truncated: bool
-
-
-@dataclass
-class UpsertResult:
-    id: str
-    created: bool
-    n_tokens: int
-    truncated: bool
-
-
-@dataclass
-class TokenMatch:
-    query_token: int
-    doc_token: int
-    score: float
-
-
-@dataclass
-class Hit:
-    id: str
-    score: float
-    metadata: dict[str, str]
-    explanation: list[TokenMatch] | None = None
-
-
-@dataclass
-class CollectionStats:
-    documents: int
-    tokens: int
-    indexed: int
-    bytes_on_disk: dict[str, int]
-    bytes_in_memory: dict[str, int]
-
-
-@dataclass(frozen=True)
-class PendingBatch:
-    """Acknowledged documents not yet in HNSW: their labels and FDEs, scanned exactly by searches."""
-
-    labels: np.ndarray  # int64 (m,)
-    fdes: np.ndarray  # float32 (m, fde dim)
-
-
-# ------------------------------------------------------------------------------------ collection
 
 
 class Collection:
@@ -208,24 +65,35 @@ class Collection:
         self._encoder = encoder
         self._query_encode = query_encode
         self._text_error = text_error
-        self._index_threads = index_threads
-        self._save_interval_s = save_interval_s
-        self.store = Store(directory, config.dim, config.vector_dtype)
+        self.index_threads = index_threads
+        self.store = Store(
+            directory,
+            config.dim,
+            config.vector_dtype,
+            keep_vectors=config.tokens.keep_vectors or not config.tokens.coded,
+        )
         self.fde = FDE.load(directory / FDE_FILE, threads=fde_threads)
         self._index_params = IndexParams(self.fde.output_dim, config.hnsw.m, config.hnsw.ef_construction)
-        self._write_lock = threading.Lock()  # one writer
-        self._index_mutex = threading.Lock()  # HNSW membership: indexer inserts vs deletes
+        self.write_lock = threading.Lock()  # one writer
+        self.index_mutex = threading.Lock()  # HNSW membership: indexer inserts vs deletes
         self._meta_lock = threading.Lock()
         self._meta_index: dict[tuple[str, str], set[int]] = {}
-        self._pending: list[PendingBatch] = []
-        self._pending_changed = threading.Condition()
-        self._closed = False
-        self._dirty = False
+        self.pending: list[PendingBatch] = []
+        self.pending_changed = threading.Condition()
+        self.closed = False
+        self.dirty = False
         self._last_save = time.monotonic()
         for record in self.store.records.values():
             self._index_metadata(record)
+        self.tokens: TokenIndex | None = None
+        if self.store.codec is not None:
+            self.tokens = TokenIndex(self.store.codec)
+            self.tokens.rebuild(list(self.store.records.values()), self.store.codes_mapping)
+        self.searcher = Searcher(
+            config, self.store, self.fde, lambda: self.index, lambda: self.pending, lambda: self.tokens
+        )
         self.index = self._open_index()
-        self._indexer = threading.Thread(target=self._index_loop, name=f"indexer-{config.name}", daemon=True)
+        self._indexer = Indexer(self, save_interval_s)
         self._indexer.start()
 
     # ------------------------------------------------------------------------------ open
@@ -235,17 +103,17 @@ class Collection:
         index = None if fresh else HnswIndex.load(self.directory, self._index_params)
         if index is None:
             index = HnswIndex(self._index_params, capacity=max(1024, len(self.store.records)))
-            self._dirty = True
+            self.dirty = True
         live = set(self.store.by_label)
         in_graph = index.labels()
         stale = sorted(in_graph - live)
         if stale:
             index.mark_deleted(stale)
-            self._dirty = True
+            self.dirty = True
         missing = [self.store.by_label[label] for label in sorted(live - in_graph)]
         for start in range(0, len(missing), 1024):
             chunk = missing[start : start + 1024]
-            self._pending.append(
+            self.pending.append(
                 PendingBatch(np.array([r.label for r in chunk], np.int64), self._document_fdes(chunk))
             )
         if missing:
@@ -256,7 +124,7 @@ class Collection:
         return index
 
     def _document_fdes(self, records: Sequence[Record]) -> np.ndarray:
-        tokens, offsets = gather(records, self.config.dim)
+        tokens, offsets, _ = self.searcher.token_matrix(records)
         return self.fde.encode_documents(tokens, offsets)
 
     # ------------------------------------------------------------------------------ text
@@ -284,7 +152,7 @@ class Collection:
         tokens = np.concatenate([d.vectors for d in prepared])
         offsets = np.concatenate([[0], np.cumsum([len(d.vectors) for d in prepared])]).astype(np.int64)
         fdes = self.fde.encode_documents(tokens, offsets)
-        with self._write_lock:
+        with self.write_lock:
             self._check_open()
             records, replaced = self.store.upsert(prepared)
             for old in replaced:
@@ -293,12 +161,12 @@ class Collection:
             for record in records:
                 self._index_metadata(record)
             self._retire([old.label for old in replaced if old is not None])
-            with self._pending_changed:
-                self._pending = [
-                    *self._pending,
+            with self.pending_changed:
+                self.pending = [
+                    *self.pending,
                     PendingBatch(np.array([r.label for r in records], np.int64), fdes),
                 ]
-                self._pending_changed.notify_all()
+                self.pending_changed.notify_all()
         return [
             UpsertResult(r.id, old is None, r.n_tokens, r.truncated)
             for r, old in zip(records, replaced, strict=True)
@@ -375,7 +243,7 @@ class Collection:
             )
 
     def delete(self, ids: Sequence[str]) -> list[bool]:
-        with self._write_lock:
+        with self.write_lock:
             self._check_open()
             removed = self.store.delete(ids)
             for record in removed:
@@ -385,15 +253,18 @@ class Collection:
         return [r is not None for r in removed]
 
     def _retire(self, labels: list[int]) -> None:
-        """Removes replaced/deleted versions from HNSW (those still pending are skipped by the indexer)."""
+        """Removes replaced/deleted versions from HNSW and the token index (those still pending are
+        skipped by the indexer)."""
         if not labels:
             return
-        with self._index_mutex:
+        with self.index_mutex:
             in_graph = self.index.labels()
             indexed = [label for label in labels if label in in_graph]
             if indexed:
                 self.index.mark_deleted(indexed)
-                self._dirty = True
+                self.dirty = True
+        if self.tokens is not None:
+            self.tokens.retire(labels)
 
     # ------------------------------------------------------------------------------ metadata
 
@@ -426,7 +297,7 @@ class Collection:
             id=record.id,
             text=self.store.text_of(doc_id),
             metadata=dict(record.metadata),
-            vectors=record.vectors().astype(np.float32),
+            vectors=self._vectors_of(record),
             n_tokens=record.n_tokens,
             truncated=record.truncated,
         )
@@ -445,22 +316,33 @@ class Collection:
                     id=record.id,
                     text=self.store.text_of(doc_id),
                     metadata=dict(record.metadata),
-                    vectors=record.vectors().astype(np.float32) if include_vectors else None,
+                    vectors=self._vectors_of(record) if include_vectors else None,
                     n_tokens=record.n_tokens,
                     truncated=record.truncated,
                 )
             )
         return page, (ids[page_size - 1] if len(ids) > page_size else None)
 
+    def _vectors_of(self, record: Record) -> np.ndarray:
+        """A document's tokens at the best precision kept: its stored vectors while it has them (a coded
+        document keeps them until the next compaction unless the collection keeps them for good),
+        else its decoded codes."""
+        if record.has_vectors:
+            return record.vectors().astype(np.float32)
+        tokens, _, _ = self.searcher.token_matrix([record])
+        return tokens
+
     # ------------------------------------------------------------------------------ search
 
     def search(
         self,
-        query: np.ndarray,
+        query: np.ndarray | str,
         top_k: int = 10,
         *,
         candidates: int | None = None,
         ef: int | None = None,
+        probe: int | None = None,
+        centroid_candidates: int | None = None,
         filter: dict[str, str] | None = None,
         explain: bool = False,
     ) -> list[Hit]:
@@ -468,135 +350,51 @@ class Collection:
             query = self.encode_query(query)
         query = np.ascontiguousarray(query, dtype=np.float32)
         self._validate_vectors(query, "query.vectors")
-        _check_range("top_k", top_k, 1, MAX_TOP_K)
-        n_candidates = candidates if candidates is not None else max(MIN_DEFAULT_CANDIDATES, 10 * top_k)
-        if not top_k <= n_candidates <= MAX_CANDIDATES:
-            raise InvalidArgument(
-                "candidates", f"must be between top_k ({top_k}) and {MAX_CANDIDATES}, got {n_candidates}"
-            )
+        params = SearchParams(top_k, candidates, ef, probe, centroid_candidates, explain)
         allowed = self._matching(filter) if filter else None
-        if allowed is not None and len(allowed) <= n_candidates:
-            labels = np.fromiter(allowed, dtype=np.int64, count=len(allowed))  # few matches: score them all
-        else:
-            # unset: 2·C (HNSW recall of the FDE top-C was 0.96 at ef=C, 0.98 at 2·C, 100k docs)
-            ef_search = max(ef, n_candidates) if ef else max(self.config.hnsw.ef_search, 2 * n_candidates)
-            labels = self._first_stage(self.fde.encode_query(query), n_candidates, ef_search, allowed)
-        return self._rerank(query, labels, top_k, explain)
+        return self.searcher.search(query, params, allowed)
 
-    def _first_stage(self, query_fde: np.ndarray, k: int, ef: int, allowed: set[int] | None) -> np.ndarray:
-        """Top-k labels by FDE inner product: HNSW over indexed documents, exact over pending ones."""
-        graph_labels, graph_scores = self.index.search(
-            query_fde, k, ef, None if allowed is None else allowed.__contains__
-        )
-        labels, scores = [graph_labels], [graph_scores]
-        for batch in self._pending:  # the list is replaced, never mutated: a consistent snapshot
-            batch_scores = batch.fdes @ query_fde
-            keep = (
-                np.ones(len(batch.labels), bool) if allowed is None else np.isin(batch.labels, list(allowed))
-            )
-            labels.append(batch.labels[keep])
-            scores.append(batch_scores[keep])
-        all_labels, all_scores = np.concatenate(labels), np.concatenate(scores)
-        if len(all_labels) > k:
-            top = np.argpartition(-all_scores, k - 1)[:k]
-            all_labels = all_labels[top]
-        return all_labels
+    # ------------------------------------------------------------------------------ indexer hooks
 
-    def _rerank(self, query: np.ndarray, labels: np.ndarray, top_k: int, explain: bool) -> list[Hit]:
-        by_label = self.store.by_label
-        records = []
-        seen = set()
-        for label in labels.tolist():
-            record = by_label.get(label)  # replaced or deleted versions drop out here
-            if record is not None and label not in seen:
-                seen.add(label)
-                records.append(record)
-        if not records:
-            return []
-        tokens, offsets = gather(records, self.config.dim)
-        scored = maxsim(query, tokens, offsets, explain=explain)
-        order = sorted(range(len(records)), key=lambda i: (-float(scored.scores[i]), records[i].id))[:top_k]
-        hits = []
-        for i in order:
-            explanation = None
-            if explain:
-                explanation = [
-                    TokenMatch(q, int(scored.best_tokens[q, i]), float(scored.token_scores[q, i]))
-                    for q in range(len(query))
-                ]
-            hits.append(Hit(records[i].id, float(scored.scores[i]), dict(records[i].metadata), explanation))
-        return hits
+    def save_due(self, interval_s: float) -> bool:
+        return self.dirty and time.monotonic() - self._last_save >= interval_s
 
-    # ------------------------------------------------------------------------------ indexing
-
-    def _index_loop(self) -> None:
-        while True:
-            with self._pending_changed:
-                while not self._pending and not self._closed and not self._save_due():
-                    self._pending_changed.wait(timeout=1.0)
-                if self._closed:
-                    return
-                batch = self._pending[0] if self._pending else None
-            try:
-                if batch is not None:
-                    self._insert(batch)
-                elif self._save_due():
-                    self.save_index()
-                    self.maybe_compact()  # idle: a good moment to reclaim replaced/deleted vectors
-            except Exception:
-                log.exception("indexer failed; retrying in 1 s", extra={"collection": self.config.name})
-                time.sleep(1.0)
-
-    def _save_due(self) -> bool:
-        return self._dirty and time.monotonic() - self._last_save >= self._save_interval_s
-
-    def _insert(self, batch: PendingBatch) -> None:
-        for start in range(0, len(batch.labels), INDEX_CHUNK):
-            if self._closed:
-                return  # shutting down: the rest is replayed from the store on the next open
-            with self._index_mutex:
-                labels = batch.labels[start : start + INDEX_CHUNK]
-                live = np.array([label in self.store.by_label for label in labels.tolist()], bool)
-                if live.any():
-                    self.index.add(
-                        labels[live], batch.fdes[start : start + INDEX_CHUNK][live], self._index_threads
-                    )
-                    self._dirty = True
-                    # a version replaced or deleted while it was being added
-                    gone = [int(x) for x in labels[live] if int(x) not in self.store.by_label]
-                    if gone:
-                        self.index.mark_deleted(gone)
-        with self._pending_changed:
-            self._pending = [b for b in self._pending if b is not batch]
-            self._pending_changed.notify_all()
+    def notify_progress(self) -> None:
+        with self.pending_changed:
+            self.pending_changed.notify_all()
 
     def save_index(self) -> None:
-        with self._index_mutex:
+        with self.index_mutex:
             self.index.save(self.directory)
-            self._dirty = False
+            self.dirty = False
             self._last_save = time.monotonic()
 
     def flush(self, timeout_s: float | None = None) -> None:
-        """Waits until every acknowledged document is in HNSW, then saves the index."""
+        """Waits until every acknowledged document is in HNSW and, once the collection has enough
+        tokens for a codec, coded; then saves the index and compacts if dead bytes dominate."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with self._pending_changed:
-            while self._pending and not self._closed:
+        with self.pending_changed:
+            while self._indexer.busy() and not self.closed:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise TimeoutError(
                         f"collection {self.config.name!r}: index not caught up in {timeout_s} s"
                     )
-                self._pending_changed.wait(timeout=remaining)
+                self.pending_changed.wait(timeout=0.5 if remaining is None else min(remaining, 0.5))
         self.save_index()
+        self.maybe_compact()
 
     def compact(self) -> int:
-        """Reclaims the space of replaced and deleted versions in the vector file."""
-        with self._write_lock:
-            return self.store.compact()
+        """Reclaims the space of replaced and deleted versions, and of vectors superseded by codes."""
+        with self.write_lock:
+            reclaimed = self.store.compact()
+            if self.tokens is not None:
+                self.tokens.rebuild(list(self.store.records.values()), self.store.codes_mapping)
+            return reclaimed
 
     def maybe_compact(self) -> None:
         dead = self.store.dead_bytes()
-        if dead >= COMPACT_MIN_DEAD_BYTES and dead * 2 >= self.store.vectors_end:
+        if dead >= COMPACT_MIN_DEAD_BYTES and dead * 2 >= self.store.vectors_end + self.store.codes_end:
             reclaimed = self.compact()
             log.info("compacted", extra={"collection": self.config.name, "bytes_reclaimed": reclaimed})
 
@@ -604,7 +402,7 @@ class Collection:
 
     def stats(self) -> CollectionStats:
         records = list(self.store.records.values())
-        pending = self._pending
+        pending = self.pending
         live_pending = (
             sum(int(np.isin(b.labels, list(self.store.by_label)).sum()) for b in pending) if pending else 0
         )
@@ -612,221 +410,39 @@ class Collection:
         on_disk = self.store.bytes_on_disk()
         on_disk["hnsw"] = index_file.stat().st_size if index_file.exists() else 0
         on_disk["fde_matrices"] = (self.directory / FDE_FILE).stat().st_size
+        snapshot = None if self.tokens is None else self.tokens.snapshot
+        in_memory = {
+            "hnsw": self.index.bytes_in_memory(),
+            "pending_fde": sum(b.fdes.nbytes for b in pending),
+            "catalog": len(records) * 200,  # estimate: one small Python record per document
+        }
+        if snapshot is not None:
+            in_memory["token_index"] = snapshot.nbytes()
         return CollectionStats(
             documents=len(records),
-            tokens=sum(r.n_tokens for r in records),
+            tokens=self.store.live_tokens,
             indexed=len(records) - live_pending,
             bytes_on_disk=on_disk,
-            bytes_in_memory={
-                "hnsw": self.index.bytes_in_memory(),
-                "pending_fde": sum(b.fdes.nbytes for b in pending),
-                "catalog": len(records) * 200,  # estimate: one small Python record per document
-            },
+            bytes_in_memory=in_memory,
+            coded=sum(1 for r in records if r.coded),
+            centroids=0 if self.store.codec is None else self.store.codec.n_centroids,
         )
 
     # ------------------------------------------------------------------------------ life
 
     def _check_open(self) -> None:
-        if self._closed:
+        if self.closed:
             raise FailedPrecondition(f"collection {self.config.name!r} is closed (deleted or shutting down)")
 
     def close(self, save: bool = True) -> None:
         """Stops the indexer and saves the graph as it is. Shutdown never waits for the backlog: the
         store holds every acknowledged document, and the next open replays what the graph lacks."""
-        if self._closed:
+        if self.closed:
             return
-        with self._write_lock, self._pending_changed:
-            self._closed = True
-            self._pending_changed.notify_all()
+        with self.write_lock, self.pending_changed:
+            self.closed = True
+            self.pending_changed.notify_all()
         self._indexer.join(timeout=30)
         if save:
             self.save_index()
         self.store.close()
-
-
-# --------------------------------------------------------------------------------------- manager
-
-EncoderLoader = Callable[[str, int | None, int | None], Encoder]
-
-
-class CollectionManager:
-    """All collections under ``data_dir/collections/``: create, open at start, look up, delete."""
-
-    def __init__(
-        self,
-        data_dir: Path,
-        encoder_loader: EncoderLoader | None = None,
-        *,
-        index_threads: int = 1,
-        fde_threads: int = 1,
-        query_threads: int = 1,
-        query_max_batch: int = 32,
-        query_max_wait_ms: float = 2.0,
-        save_interval_s: float = 60.0,
-    ) -> None:
-        self.root = Path(data_dir) / "collections"
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._encoder_loader = encoder_loader
-        self._index_threads = index_threads
-        self._fde_threads = fde_threads
-        self._query_threads = query_threads
-        self._query_batching = {"max_batch": query_max_batch, "max_wait_ms": query_max_wait_ms}
-        self._save_interval_s = save_interval_s
-        self._lock = threading.Lock()  # the set of collections
-        self._batchers_lock = threading.Lock()
-        self._batchers: dict[int, object] = {}
-        self._collections: dict[str, Collection] = {}
-        for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
-            if directory.name.startswith("."):
-                shutil.rmtree(directory, ignore_errors=True)  # a creation or deletion cut short
-                continue
-            self._collections[directory.name] = self._open(directory)
-
-    def _open(self, directory: Path) -> Collection:
-        data = Store.config_at(directory)
-        if data is None:
-            raise RuntimeError(f"{directory} has no collection config")
-        config = CollectionConfig.from_dict(data)
-        encoder, query_encode, text_error = self._text_path(config)
-        return Collection(
-            directory,
-            config,
-            encoder=encoder,
-            query_encode=query_encode,
-            text_error=text_error,
-            index_threads=self._index_threads,
-            fde_threads=self._fde_threads,
-            save_interval_s=self._save_interval_s,
-        )
-
-    def _text_path(self, config: CollectionConfig):
-        """The collection's encoder and query function, or the error that text operations will raise."""
-        spec = config.encoder
-        if spec is None:
-            return None, None, None
-        if self._encoder_loader is None:
-            return None, None, FailedPrecondition(f"collection {config.name!r}: this server loads no models")
-        try:
-            encoder = self._encoder_loader(spec.model, spec.query_maxlen, spec.doc_maxlen)
-            spec.check_compatible(encoder.spec)
-        except MvrError as error:
-            log.error("collection model unavailable", extra={"collection": config.name, "error": str(error)})
-            return None, None, FailedPrecondition(f"collection {config.name!r}: {error}")
-        return encoder, self._query_function(encoder), None
-
-    def _query_function(self, encoder: Encoder) -> Callable[[str], np.ndarray]:
-        from mvr.server.batcher import QueryBatcher
-
-        with self._batchers_lock:
-            batcher = self._batchers.get(id(encoder))
-            if batcher is None:
-                batcher = QueryBatcher(
-                    encoder.encode_queries, threads=self._query_threads, **self._query_batching
-                )
-                self._batchers[id(encoder)] = batcher
-        return lambda text: batcher.submit(text).vectors
-
-    def create(
-        self,
-        name: str,
-        *,
-        model: str | None,
-        dim: int | None,
-        fde: dict | None = None,
-        hnsw: dict | None = None,
-        vector_dtype: str = "float16",
-        query_maxlen: int | None = None,
-        doc_maxlen: int | None = None,
-    ) -> CollectionConfig:
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            raise InvalidArgument(
-                "collection_id",
-                f"{name!r} must be 1-63 characters of [a-z0-9_-], starting with a letter or digit",
-            )
-        if vector_dtype not in ("float16", "float32"):
-            raise InvalidArgument(
-                "collection.storage_dtype", f"must be float16 or float32, got {vector_dtype!r}"
-            )
-        encoder_spec = None
-        if model is None:
-            if dim is None:
-                raise InvalidArgument(
-                    "collection.dim", "is required for a collection without an encoder model"
-                )
-            _check_range("collection.dim", dim, 1, 4096)
-        else:
-            if self._encoder_loader is None:
-                raise FailedPrecondition(
-                    "this server loads no models: create the collection with dim and no model"
-                )
-            encoder = self._encoder_loader(model, query_maxlen, doc_maxlen)
-            if dim is not None and dim != encoder.dim:
-                raise InvalidArgument(
-                    "collection.dim", f"is {dim}, but model {model!r} produces {encoder.dim}-d vectors"
-                )
-            dim, encoder_spec = encoder.dim, encoder.spec
-        fde_config = _with_overrides(default_fde(dim), fde or {}, "collection.fde")
-        hnsw_params = _with_overrides(HNSWParams(), hnsw or {}, "collection.hnsw")
-        config = CollectionConfig(name, dim, encoder_spec, fde_config, hnsw_params, vector_dtype, time.time())
-        with self._lock:
-            if name in self._collections:
-                raise AlreadyExists(f"collection {name!r} already exists")
-            staging = self.root / f".creating-{name}"
-            shutil.rmtree(staging, ignore_errors=True)
-            try:
-                FDE(fde_config, dim).save(_mkdir(staging) / FDE_FILE)
-            except InvalidArgument as error:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise InvalidArgument(
-                    f"collection.fde.{error.field}", str(error).split(": ", 1)[-1]
-                ) from error
-            store = Store(staging, dim, vector_dtype)
-            store.write_config(config.to_dict())
-            store.close()
-            staging.rename(self.root / name)  # the collection appears whole or not at all
-            self._collections[name] = self._open(self.root / name)
-        log.info("collection created", extra={"collection": name, "config": config.to_dict()})
-        return config
-
-    def get(self, name: str) -> Collection:
-        collection = self._collections.get(name)
-        if collection is None:
-            raise NotFound(f"collection {name!r} not found")
-        return collection
-
-    def list(self) -> list[CollectionConfig]:
-        return [self._collections[name].config for name in sorted(self._collections)]
-
-    def delete(self, name: str) -> None:
-        with self._lock:
-            collection = self.get(name)
-            del self._collections[name]
-        collection.close(save=False)
-        doomed = self.root / f".deleting-{name}"
-        (self.root / name).rename(doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
-        log.info("collection deleted", extra={"collection": name})
-
-    def close(self) -> None:
-        for collection in list(self._collections.values()):
-            collection.close()
-        for batcher in self._batchers.values():
-            batcher.close()
-
-
-def _mkdir(path: Path) -> Path:
-    path.mkdir(parents=True)
-    return path
-
-
-def _with_overrides(defaults, overrides: dict, prefix: str):
-    """A config dataclass with some fields replaced; unknown fields and bad values name the field."""
-    fields = defaults.to_dict()
-    for key in overrides:
-        if key not in fields:
-            raise InvalidArgument(f"{prefix}.{key}", "is not a parameter")
-    try:
-        return type(defaults).from_dict({**fields, **overrides})
-    except InvalidArgument as error:
-        field_name = error.field if error.field.startswith(prefix) else f"{prefix}.{error.field}"
-        raise InvalidArgument(field_name, str(error).split(": ", 1)[-1]) from error

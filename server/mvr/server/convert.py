@@ -16,17 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
-from mvr.server.collection import (
-    CollectionConfig,
-    CollectionStats,
-    Document,
-    DocumentInput,
-    Hit,
-    HNSWParams,
-    UpsertResult,
-)
+from mvr.server.config import CollectionConfig, HNSWParams
 from mvr.server.errors import InvalidArgument
 from mvr.server.fde import FDEConfig
+from mvr.server.values import CollectionStats, Document, DocumentInput, Hit, UpsertResult
 from mvr.v1 import collection_service_pb2 as cpb
 from mvr.v1 import document_service_pb2 as dpb
 from mvr.v1 import search_service_pb2 as spb
@@ -156,6 +149,65 @@ class CreateCollectionArgs:
     vector_dtype: str
     query_maxlen: int | None
     doc_maxlen: int | None
+    tokens: dict[str, object]
+
+
+def token_storage_args(message: cpb.TokenStorage) -> dict[str, object]:
+    """The TokenStorage overrides a CreateCollection request sets (unset fields: server defaults)."""
+    if message.trained_centroids or message.precision:
+        field = "trained_centroids" if message.trained_centroids else "precision"
+        raise InvalidArgument(f"collection.token_storage.{field}", "is output only; leave it unset")
+    if message.disable_codes and message.residual_bits:
+        raise InvalidArgument(
+            "collection.token_storage.residual_bits",
+            f"is {message.residual_bits}, but disable_codes is set: codes are off",
+        )
+    tokens: dict[str, object] = {}
+    if message.disable_codes:
+        tokens["residual_bits"] = 0
+    elif message.residual_bits:
+        tokens["residual_bits"] = message.residual_bits
+    if message.keep_vectors:
+        tokens["keep_vectors"] = True
+    if message.centroids:
+        tokens["centroids"] = message.centroids
+    if message.train_after_tokens:
+        tokens["train_after_tokens"] = message.train_after_tokens
+    return tokens
+
+
+_RESIDUAL_PRECISION = {
+    1: tpb.TOKEN_PRECISION_RESIDUAL_1BIT,
+    2: tpb.TOKEN_PRECISION_RESIDUAL_2BIT,
+    4: tpb.TOKEN_PRECISION_RESIDUAL_4BIT,
+    8: tpb.TOKEN_PRECISION_RESIDUAL_8BIT,
+}
+_PRECISION_BY_NAME = {
+    "float32": tpb.TOKEN_PRECISION_FLOAT32,
+    "float16": tpb.TOKEN_PRECISION_FLOAT16,
+    **{f"residual{bits}": value for bits, value in _RESIDUAL_PRECISION.items()},
+}
+
+
+def precision_to_proto(name: str) -> int:
+    return _PRECISION_BY_NAME[name]
+
+
+def token_storage_to_proto(config: CollectionConfig, trained_centroids: int) -> cpb.TokenStorage:
+    storage = config.tokens
+    if not storage.coded or storage.keep_vectors:
+        precision = precision_to_proto(config.vector_dtype)
+    else:
+        precision = _RESIDUAL_PRECISION[storage.residual_bits]
+    return cpb.TokenStorage(
+        residual_bits=storage.residual_bits,
+        disable_codes=not storage.coded,
+        keep_vectors=storage.keep_vectors,
+        centroids=storage.centroids,
+        train_after_tokens=storage.train_after_tokens,
+        trained_centroids=trained_centroids,
+        precision=precision,
+    )
 
 
 def create_collection_args(request: cpb.CreateCollectionRequest) -> CreateCollectionArgs:
@@ -200,6 +252,7 @@ def create_collection_args(request: cpb.CreateCollectionRequest) -> CreateCollec
         vector_dtype=vector_dtype,
         query_maxlen=collection.encoder.query_maxlen or None,
         doc_maxlen=collection.encoder.doc_maxlen or None,
+        tokens=token_storage_args(collection.token_storage),
     )
 
 
@@ -239,11 +292,15 @@ def stats_to_proto(stats: CollectionStats) -> cpb.CollectionStats:
         indexed_documents=stats.indexed,
         bytes_on_disk=stats.bytes_on_disk,
         bytes_in_memory=stats.bytes_in_memory,
+        coded_documents=stats.coded,
     )
 
 
 def collection_to_proto(
-    config: CollectionConfig, fde_output_dim: int, stats: CollectionStats | None = None
+    config: CollectionConfig,
+    fde_output_dim: int,
+    stats: CollectionStats | None = None,
+    trained_centroids: int = 0,
 ) -> cpb.Collection:
     message = cpb.Collection(
         name=collection_name(config.name),
@@ -252,6 +309,7 @@ def collection_to_proto(
         fde=fde_to_proto(config.fde, fde_output_dim),
         hnsw=hnsw_to_proto(config.hnsw),
         storage_dtype=storage_dtype_for_vectors(config.vector_dtype),
+        token_storage=token_storage_to_proto(config, trained_centroids),
     )
     created = getattr(config, "created_at", None)
     if created:
@@ -342,7 +400,9 @@ def failed_batch_statuses(ids: list[str], failed_index: int | None, message: str
 def hits_to_proto(hits: list[Hit]) -> list[spb.Hit]:
     messages = []
     for hit in hits:
-        message = spb.Hit(id=hit.id, score=hit.score, metadata=hit.metadata)
+        message = spb.Hit(
+            id=hit.id, score=hit.score, metadata=hit.metadata, precision=precision_to_proto(hit.precision)
+        )
         if hit.explanation is not None:
             message.explanation.extend(
                 spb.TokenMatch(query_token=m.query_token, document_token=m.doc_token, score=m.score)

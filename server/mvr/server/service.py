@@ -2,7 +2,7 @@
 
 Owns: request validation that is about the wire (names, page tokens, limits on batch sizes), the
 mapping of engine errors to gRPC status codes, and nothing else. Every RPC unpacks its request with
-:mod:`mvr.server.convert`, calls the engine (:class:`~mvr.server.collection.CollectionManager`), and
+:mod:`mvr.server.convert`, calls the engine (:class:`~mvr.server.manager.CollectionManager`), and
 packs the answer. gRPC types never go below this module.
 
 Status codes (one engine error class each, see :mod:`mvr.server.errors`):
@@ -25,7 +25,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from mvr.server import convert
-from mvr.server.collection import Collection, CollectionManager
+from mvr.server.collection import Collection
 from mvr.server.encoder import Encoder
 from mvr.server.errors import (
     AlreadyExists,
@@ -36,6 +36,7 @@ from mvr.server.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from mvr.server.manager import CollectionManager
 from mvr.v1 import collection_service_pb2 as cpb
 from mvr.v1 import collection_service_pb2_grpc as cgrpc
 from mvr.v1 import document_service_pb2 as dpb
@@ -176,6 +177,7 @@ class CollectionService(cgrpc.CollectionServiceServicer):
             vector_dtype=args.vector_dtype,
             query_maxlen=args.query_maxlen,
             doc_maxlen=args.doc_maxlen,
+            tokens=args.tokens,
         )
         collection = self.engine.manager.get(config.name)
         return cpb.CreateCollectionResponse(collection=self._describe(collection, with_stats=True))
@@ -203,7 +205,10 @@ class CollectionService(cgrpc.CollectionServiceServicer):
     @staticmethod
     def _describe(collection: Collection, *, with_stats: bool) -> cpb.Collection:
         stats = collection.stats() if with_stats else None
-        return convert.collection_to_proto(collection.config, collection.fde.output_dim, stats)
+        codec = collection.store.codec
+        return convert.collection_to_proto(
+            collection.config, collection.fde.output_dim, stats, 0 if codec is None else codec.n_centroids
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -363,14 +368,21 @@ class SearchService(sgrpc.SearchServiceServicer):
         query = self._query(request.query, f"{prefix}query")
         if isinstance(query, str):
             query = collection.encode_query(query)
-        hits = collection.search(
-            query,
-            top_k,
-            candidates=candidates,
-            ef=request.ef or None,
-            filter=dict(request.filter) or None,
-            explain=request.explain,
-        )
+        try:
+            hits = collection.search(
+                query,
+                top_k,
+                candidates=candidates,
+                ef=request.ef or None,
+                probe=request.probe or None,
+                centroid_candidates=request.centroid_candidates or None,
+                filter=dict(request.filter) or None,
+                explain=request.explain,
+            )
+        except InvalidArgument as error:  # the engine names the field within one search
+            if not prefix or error.field.startswith(prefix):
+                raise
+            raise InvalidArgument(prefix + error.field, str(error).split(": ", 1)[-1]) from error
         return spb.SearchResponse(hits=convert.hits_to_proto(hits), query_token_count=query.shape[0])
 
     @staticmethod

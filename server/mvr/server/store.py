@@ -5,9 +5,15 @@ Owns what survives a crash. Layout of a collection directory::
     catalog.sqlite   SQLite in WAL mode, synchronous=FULL: the config, and one row per live document
                      (external id ↔ internal label, text, metadata, offset and length of its vectors),
                      tombstones of replaced/deleted labels, and the state (next label, vectors end).
-    vectors.bin      token vectors of every stored document version, back to back, row-major, in the
+    vectors.bin      token vectors of stored document versions, back to back, row-major, in the
                      collection's storage dtype (float16 by default). Append-only between compactions;
-                     preallocated in doubling steps (sparse), memory-mapped for reads.
+                     preallocated in doubling steps (sparse), memory-mapped for reads. Every write lands
+                     here first; once a document is also in codes.bin, compaction drops its vectors
+                     unless the collection keeps full precision.
+    codes.bin        compressed tokens (see :mod:`mvr.server.codec`) of the documents coded so far, one
+                     block per document: n uint16 centroid ids, then n packed residuals. Appended by the
+                     background indexer with the same write order as vectors.bin; the codec they need is
+                     a row of the ``codecs`` table, committed before the first code that uses it.
 
 Write order (what makes an acknowledged write durable and a crash harmless):
 
@@ -33,11 +39,12 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numba
 import numpy as np
+from mvr.server.codec import Codec
 
 CATALOG = "catalog.sqlite"
 VECTORS = "vectors.bin"
@@ -56,7 +63,10 @@ CREATE TABLE IF NOT EXISTS documents (
     truncated INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS tombstones (label INTEGER PRIMARY KEY, n_tokens INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS codecs (version INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
+CODES = "codes.bin"
+NO_OFFSET = -1  # a document without vectors (dropped after coding) or without codes (not coded yet)
 
 
 @dataclass(frozen=True)
@@ -66,12 +76,25 @@ class Record:
     label: int
     id: str
     metadata: dict[str, str]
-    offset: int  # byte offset in the vector file
+    offset: int  # byte offset in the vector file, NO_OFFSET once its vectors were dropped
     n_tokens: int
     truncated: bool
-    segment: VectorSegment  # the mapping that holds its vectors
+    segment: MappedFile  # the mapping that holds its vectors
+    code_offset: int = NO_OFFSET  # byte offset of its block in the code file, NO_OFFSET until coded
+    code_segment: MappedFile | None = None  # the mapping that holds its codes
+
+    @property
+    def has_vectors(self) -> bool:
+        return self.offset != NO_OFFSET
+
+    @property
+    def coded(self) -> bool:
+        return self.code_offset != NO_OFFSET
 
     def vectors(self) -> np.ndarray:
+        """The stored vectors in the storage dtype (only while the document still has them)."""
+        if not self.has_vectors:
+            raise ValueError(f"document {self.id!r} keeps only its codes")
         return self.segment.read(self.offset, self.n_tokens)
 
 
@@ -86,18 +109,74 @@ class NewDocument:
     truncated: bool
 
 
-class VectorSegment:
-    """A read-only memory map of the vector file, valid for every offset below its capacity."""
+class MappedFile:
+    """A read-only memory map of an append-only file, valid for every offset below its capacity."""
 
     def __init__(self, path: Path, capacity: int, dim: int, dtype: np.dtype) -> None:
         self.dim, self.dtype, self.capacity = dim, dtype, capacity
         with path.open("rb") as handle:
             self._map = mmap.mmap(handle.fileno(), capacity, access=mmap.ACCESS_READ)
-        self._array = np.frombuffer(self._map, dtype=np.uint8)
+        self.bytes = np.frombuffer(self._map, dtype=np.uint8)
 
     def read(self, offset: int, n_tokens: int) -> np.ndarray:
         size = n_tokens * self.dim * self.dtype.itemsize
-        return self._array[offset : offset + size].view(self.dtype).reshape(n_tokens, self.dim)
+        return self.bytes[offset : offset + size].view(self.dtype).reshape(n_tokens, self.dim)
+
+
+class AppendFile:
+    """One append-only data file: durable appends at ``end`` (pwrite + fdatasync), capacity grown in
+    doubling steps (sparse), and the current read-only mapping."""
+
+    def __init__(self, path: Path, end: int, dim: int, dtype: np.dtype) -> None:
+        self.path, self.end, self._dim, self._dtype = path, end, dim, dtype
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        capacity = max(_MIN_CAPACITY, os.fstat(self._fd).st_size, end)
+        os.ftruncate(self._fd, capacity)
+        self.mapping = MappedFile(path, capacity, dim, dtype)
+
+    def append(self, blob: bytes) -> int:
+        """Writes ``blob`` durably at ``end``; returns its offset. The caller commits the new end."""
+        offset = self.end
+        self._ensure_capacity(offset + len(blob))
+        written = os.pwrite(self._fd, blob, offset)
+        if written != len(blob):
+            raise OSError(f"short write to {self.path}: {written} of {len(blob)} bytes")
+        os.fdatasync(self._fd)
+        return offset
+
+    def _ensure_capacity(self, end: int) -> None:
+        if end <= self.mapping.capacity:
+            return
+        capacity = self.mapping.capacity
+        while capacity < end:
+            capacity *= 2
+        os.ftruncate(self._fd, capacity)  # sparse: no bytes written until used
+        self.mapping = MappedFile(self.path, capacity, self._dim, self._dtype)
+
+    def replaced(self, end: int) -> None:
+        """The file at ``path`` was replaced by a compacted copy ending at ``end``: reopen and remap."""
+        os.close(self._fd)
+        self._fd = os.open(self.path, os.O_RDWR)
+        self.end = end
+        self.mapping = MappedFile(self.path, os.fstat(self._fd).st_size, self._dim, self._dtype)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+def write_compacted(path: Path, blocks: Iterable[bytes]) -> list[int]:
+    """Writes ``blocks`` back to back into ``path`` (fsynced); returns their offsets."""
+    offsets, position = [], 0
+    with path.open("wb") as handle:
+        for block in blocks:
+            handle.write(block)
+            offsets.append(position)
+            position += len(block)
+        handle.truncate(max(_MIN_CAPACITY, position))
+        handle.flush()
+        os.fsync(handle.fileno())
+    offsets.append(position)
+    return offsets
 
 
 # float16 → float32 by table lookup: NumPy's astype converts at ~6 ns an element here, which made the
@@ -106,22 +185,51 @@ _HALF_TO_FLOAT = np.arange(1 << 16, dtype=np.uint16).view(np.float16).astype(np.
 
 
 @numba.njit(cache=True)
-def _half_to_float(source, table, out):
-    for i in range(source.size):
-        out[i] = table[source[i]]
+def _gather_half(source, starts, counts, targets, table, out):
+    """out[targets[r] + e] ← float32(source[starts[r] + e]) for e < counts[r]: float16 elements."""
+    for r in range(starts.shape[0]):
+        start, target = starts[r], targets[r]
+        for e in range(counts[r]):
+            out[target + e] = table[source[start + e]]
+
+
+@numba.njit(cache=True)
+def _gather_float(source, starts, counts, targets, out):
+    for r in range(starts.shape[0]):
+        out[targets[r] : targets[r] + counts[r]] = source[starts[r] : starts[r] + counts[r]]
+
+
+def token_offsets(records: Sequence[Record]) -> np.ndarray:
+    """Row offsets (len + 1) of the records' tokens stacked back to back."""
+    offsets = np.zeros(len(records) + 1, dtype=np.int64)
+    np.cumsum(np.fromiter((r.n_tokens for r in records), np.int64, len(records)), out=offsets[1:])
+    return offsets
+
+
+def gather_vectors(records: Sequence[Record], dim: int, out: np.ndarray, rows: np.ndarray) -> None:
+    """Stored vectors of ``records`` (all with vectors) into float32 ``out``, record i at row
+    ``rows[i]``. One kernel call per mapping (one, except across a compaction)."""
+    by_mapping: dict[int, list[int]] = {}
+    for i, record in enumerate(records):
+        by_mapping.setdefault(id(record.segment), []).append(i)
+    flat = out.reshape(-1)
+    for members in by_mapping.values():
+        mapping = records[members[0]].segment
+        itemsize = mapping.dtype.itemsize
+        starts = np.fromiter((records[i].offset // itemsize for i in members), np.int64, len(members))
+        counts = np.fromiter((records[i].n_tokens * dim for i in members), np.int64, len(members))
+        targets = rows[members] * dim
+        if itemsize == 2:
+            _gather_half(mapping.bytes.view(np.uint16), starts, counts, targets, _HALF_TO_FLOAT, flat)
+        else:
+            _gather_float(mapping.bytes.view(np.float32), starts, counts, targets, flat)
 
 
 def gather(records: Sequence[Record], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """The records' token vectors back to back as one float32 (n, dim) matrix, and their offsets."""
-    offsets = np.zeros(len(records) + 1, dtype=np.int64)
-    np.cumsum([r.n_tokens for r in records], out=offsets[1:])
+    """The records' stored vectors back to back as one float32 (n, dim) matrix, and their offsets."""
+    offsets = token_offsets(records)
     out = np.empty((int(offsets[-1]), dim), dtype=np.float32)
-    for record, start, stop in zip(records, offsets[:-1], offsets[1:], strict=True):
-        source = record.vectors()
-        if source.dtype.itemsize == 2:
-            _half_to_float(source.reshape(-1).view(np.uint16), _HALF_TO_FLOAT, out[start:stop].reshape(-1))
-        else:
-            out[start:stop] = source
+    gather_vectors(records, dim, out, offsets[:-1])
     return out, offsets
 
 
@@ -129,27 +237,31 @@ class Store:
     """The catalog and vectors of one collection. One writer at a time (the caller serialises writes);
     any number of concurrent readers."""
 
-    def __init__(self, directory: Path, dim: int, dtype: str) -> None:
+    def __init__(self, directory: Path, dim: int, dtype: str, *, keep_vectors: bool = True) -> None:
         self.directory = directory
         self.dim = dim
         self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.keep_vectors = keep_vectors  # False: a coded document's vectors are dropped at compaction
         self._row_bytes = dim * self.dtype.itemsize
         directory.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(directory / CATALOG, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(documents)")}
+        if "code_offset" not in columns:  # a collection written before codes existed
+            self._db.execute(
+                f"ALTER TABLE documents ADD COLUMN code_offset INTEGER NOT NULL DEFAULT {NO_OFFSET}"
+            )
         self._db_lock = threading.Lock()  # sqlite3 connections are not safe for concurrent use
-        self._vector_path = directory / VECTORS
         self._recover_compaction()
-        self._fd = os.open(self._vector_path, os.O_RDWR | os.O_CREAT, 0o644)
-        self.vectors_end = self._state("vectors_end", 0)
         self.next_label = self._state("next_label", 0)
-        capacity = max(_MIN_CAPACITY, os.fstat(self._fd).st_size, self.vectors_end)
-        os.ftruncate(self._fd, capacity)
-        self._segment = VectorSegment(self._vector_path, capacity, dim, self.dtype)
+        self._vectors = AppendFile(directory / VECTORS, self._state("vectors_end", 0), dim, self.dtype)
+        self._codes = AppendFile(directory / CODES, self._state("codes_end", 0), 1, np.dtype(np.uint8))
+        self.codec = self._load_codec()
         self.records: dict[str, Record] = {}
         self.by_label: dict[int, Record] = {}
+        self.live_tokens = 0  # tokens of the live documents
         self._load_records()
 
     # ------------------------------------------------------------------------------ config
@@ -186,47 +298,90 @@ class Store:
         row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
         return default if row is None else int(row[0])
 
+    @property
+    def vectors_end(self) -> int:
+        return self._vectors.end
+
+    @property
+    def codes_end(self) -> int:
+        return self._codes.end
+
+    @property
+    def codes_mapping(self) -> MappedFile:
+        return self._codes.mapping
+
     def _load_records(self) -> None:
         rows = self._db.execute(
-            "SELECT label, id, metadata, vec_offset, n_tokens, truncated FROM documents"
+            "SELECT label, id, metadata, vec_offset, n_tokens, truncated, code_offset FROM documents"
         ).fetchall()
-        for label, doc_id, metadata, offset, n_tokens, truncated in rows:
+        vectors, codes = self._vectors.mapping, self._codes.mapping
+        for label, doc_id, metadata, offset, n_tokens, truncated, code_offset in rows:
             record = Record(
-                label, doc_id, json.loads(metadata), offset, n_tokens, bool(truncated), self._segment
+                label,
+                doc_id,
+                json.loads(metadata),
+                offset,
+                n_tokens,
+                bool(truncated),
+                vectors,
+                code_offset,
+                codes,
             )
             self.records[doc_id] = record
             self.by_label[label] = record
+            self.live_tokens += n_tokens
+
+    # ------------------------------------------------------------------------------ codes
+
+    def _load_codec(self) -> Codec | None:
+        row = self._db.execute("SELECT data FROM codecs ORDER BY version DESC LIMIT 1").fetchone()
+        return None if row is None else Codec.from_bytes(row[0])
+
+    def set_codec(self, codec: Codec) -> None:
+        """Commits the collection's codec. One per collection for now: codes name no version."""
+        if self.codec is not None:
+            raise ValueError("the collection already has a codec")
+        with self._db_lock:
+            self._db.execute("INSERT INTO codecs (version, data) VALUES (1, ?)", (codec.to_bytes(),))
+        self.codec = codec
+
+    def add_codes(self, records: Sequence[Record], blocks: Sequence[bytes]) -> list[Record]:
+        """Stores the code blocks of ``records`` durably (same write order as :meth:`upsert`) and swaps
+        in records that point at them; returns the new records of the versions still live."""
+        offset = self._codes.append(b"".join(blocks))
+        offsets = np.cumsum([offset] + [len(b) for b in blocks]).tolist()
+        with self._db_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "UPDATE documents SET code_offset = ? WHERE label = ?",
+                    [(o, r.label) for o, r in zip(offsets, records, strict=False)],
+                )
+                self._set_state({"codes_end": offsets[-1]})
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        self._codes.end = offsets[-1]
+        mapping, coded = self._codes.mapping, []
+        for record, code_offset in zip(records, offsets, strict=False):
+            if self.by_label.get(record.label) is not record:
+                continue  # replaced or deleted meanwhile: its code block is dead bytes
+            current = replace(record, code_offset=code_offset, code_segment=mapping)
+            self.records[current.id] = current
+            self.by_label[current.label] = current
+            coded.append(current)
+        return coded
 
     # ------------------------------------------------------------------------------ writes
-
-    def _ensure_capacity(self, end: int) -> None:
-        if end <= self._segment.capacity:
-            return
-        capacity = self._segment.capacity
-        while capacity < end:
-            capacity *= 2
-        os.ftruncate(self._fd, capacity)  # sparse: no bytes written until used
-        self._segment = VectorSegment(self._vector_path, capacity, self.dim, self.dtype)
-
-    def _append_vectors(self, docs: Sequence[NewDocument]) -> list[int]:
-        """Step 1 of a write: the vectors, durable, past the current end. Returns their offsets."""
-        blob = b"".join(np.ascontiguousarray(d.vectors, dtype=self.dtype).tobytes() for d in docs)
-        offsets, position = [], self.vectors_end
-        for doc in docs:
-            offsets.append(position)
-            position += len(doc.vectors) * self._row_bytes
-        self._ensure_capacity(position)
-        written = os.pwrite(self._fd, blob, self.vectors_end)
-        if written != len(blob):
-            raise OSError(f"short write to {self._vector_path}: {written} of {len(blob)} bytes")
-        os.fdatasync(self._fd)
-        return offsets
 
     def upsert(self, docs: Sequence[NewDocument]) -> tuple[list[Record], list[Record | None]]:
         """Stores a batch atomically and durably. Returns the new records and, per document, the record
         it replaced (None for a new id)."""
-        offsets = self._append_vectors(docs)
-        new_end = offsets[-1] + len(docs[-1].vectors) * self._row_bytes
+        blob = b"".join(np.ascontiguousarray(d.vectors, dtype=self.dtype).tobytes() for d in docs)
+        start = self._vectors.append(blob)
+        offsets = (start + self._row_bytes * np.cumsum([0] + [len(d.vectors) for d in docs])).tolist()
+        new_end = offsets.pop()
         replaced = [self.records.get(d.id) for d in docs]
         labels = list(range(self.next_label, self.next_label + len(docs)))
         with self._db_lock:
@@ -256,17 +411,22 @@ class Store:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        self.vectors_end, self.next_label = new_end, labels[-1] + 1
+        self._vectors.end, self.next_label = new_end, labels[-1] + 1
+        mapping, codes = self._vectors.mapping, self._codes.mapping
         records = [
-            Record(label, d.id, dict(d.metadata), offset, len(d.vectors), d.truncated, self._segment)
+            Record(
+                label, d.id, dict(d.metadata), offset, len(d.vectors), d.truncated, mapping, NO_OFFSET, codes
+            )
             for label, d, offset in zip(labels, docs, offsets, strict=True)
         ]
         for record in records:
             self.records[record.id] = record
             self.by_label[record.label] = record
+            self.live_tokens += record.n_tokens
         for record in replaced:
             if record is not None:
                 self.by_label.pop(record.label, None)
+                self.live_tokens -= record.n_tokens
         return records, replaced
 
     def delete(self, ids: Iterable[str]) -> list[Record | None]:
@@ -291,6 +451,7 @@ class Store:
             for record in present:
                 self.records.pop(record.id, None)
                 self.by_label.pop(record.label, None)
+                self.live_tokens -= record.n_tokens
         return removed
 
     def _set_state(self, values: dict[str, int]) -> None:
@@ -311,87 +472,122 @@ class Store:
             ).fetchall()
         return [row[0] for row in rows]
 
+    def _needs_vectors(self, record: Record) -> bool:
+        return record.has_vectors and (self.keep_vectors or not record.coded)
+
+    def _code_bytes(self, record: Record) -> int:
+        return (
+            0 if not record.coded or self.codec is None else record.n_tokens * (2 + self.codec.residual_bytes)
+        )
+
+    def live_bytes(self) -> tuple[int, int]:
+        """(vector bytes, code bytes) that a compaction would keep."""
+        records = list(self.records.values())
+        vectors = sum(r.n_tokens for r in records if self._needs_vectors(r)) * self._row_bytes
+        return vectors, sum(self._code_bytes(r) for r in records)
+
     def dead_bytes(self) -> int:
-        with self._db_lock:
-            (tokens,) = self._db.execute("SELECT COALESCE(SUM(n_tokens), 0) FROM tombstones").fetchone()
-        return int(tokens) * self._row_bytes
+        """Bytes a compaction would reclaim: replaced and deleted versions, and the vectors of coded
+        documents when the collection keeps codes only."""
+        vectors, codes = self.live_bytes()
+        return self.vectors_end - vectors + self.codes_end - codes
 
     def bytes_on_disk(self) -> dict[str, int]:
         sqlite_bytes = sum(
             p.stat().st_size for p in self.directory.glob(CATALOG + "*") if p.is_file()
         )  # the database, its WAL and shared-memory files
-        return {"vectors": self.vectors_end, "sqlite": sqlite_bytes}
+        return {"vectors": self.vectors_end, "codes": self.codes_end, "sqlite": sqlite_bytes}
 
     # ------------------------------------------------------------------------------ compaction
 
     def compact(self) -> int:
-        """Rewrites the vector file with only live documents; returns the bytes reclaimed.
+        """Rewrites the vector and code files with only what live documents need; returns the bytes
+        reclaimed.
 
-        The caller holds the write lock; searches go on, reading records that point into the old map
+        The caller holds the write lock; searches go on, reading records that point into the old maps
         until the new records are swapped in."""
-        before = self.vectors_end
-        live = sorted(self.records.values(), key=lambda r: r.offset)
-        temporary = self.directory / (VECTORS + ".compact")
-        new_offsets, position = [], 0
-        with temporary.open("wb") as handle:
-            for record in live:
-                data = record.vectors().tobytes()
-                handle.write(data)
-                new_offsets.append(position)
-                position += len(data)
-            handle.truncate(max(_MIN_CAPACITY, position))
-            handle.flush()
-            os.fsync(handle.fileno())
-        # The SQLite commit is the switch: before it, the old file and old offsets stand (a leftover
-        # .compact file is deleted on open); after it, the new offsets stand and the rename is
+        before = self.vectors_end + self.codes_end
+        live = sorted(self.records.values(), key=lambda r: r.label)
+        with_vectors = [r for r in live if self._needs_vectors(r)]
+        with_codes = [r for r in live if r.coded]
+        vector_temp = self.directory / (VECTORS + ".compact")
+        code_temp = self.directory / (CODES + ".compact")
+        vector_offsets = write_compacted(vector_temp, (r.vectors().tobytes() for r in with_vectors))
+        code_offsets = write_compacted(
+            code_temp,
+            (
+                r.code_segment.bytes[r.code_offset : r.code_offset + self._code_bytes(r)].tobytes()
+                for r in with_codes
+            ),
+        )
+        new_vector = dict(zip((r.label for r in with_vectors), vector_offsets, strict=False))
+        new_code = dict(zip((r.label for r in with_codes), code_offsets, strict=False))
+        # The SQLite commit is the switch: before it, the old files and old offsets stand (leftover
+        # .compact files are deleted on open); after it, the new offsets stand and the renames are
         # completed on open if a crash came first (see _recover_compaction).
         with self._db_lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany(
-                    "UPDATE documents SET vec_offset = ? WHERE label = ?",
-                    [(offset, r.label) for offset, r in zip(new_offsets, live, strict=True)],
+                    "UPDATE documents SET vec_offset = ?, code_offset = ? WHERE label = ?",
+                    [
+                        (new_vector.get(r.label, NO_OFFSET), new_code.get(r.label, NO_OFFSET), r.label)
+                        for r in live
+                    ],
                 )
                 self._db.execute("DELETE FROM tombstones")
-                self._set_state({"vectors_end": position, "compacted_pending_rename": 1})
+                self._set_state(
+                    {
+                        "vectors_end": vector_offsets[-1],
+                        "codes_end": code_offsets[-1],
+                        "compacted_pending_rename": 1,
+                    }
+                )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
-                temporary.unlink(missing_ok=True)
+                vector_temp.unlink(missing_ok=True)
+                code_temp.unlink(missing_ok=True)
                 raise
-        self._finish_compaction(temporary)
-        segment = VectorSegment(self._vector_path, os.fstat(self._fd).st_size, self.dim, self.dtype)
-        self._segment, self.vectors_end = segment, position
-        for record, offset in zip(live, new_offsets, strict=True):
-            moved = Record(
-                record.label, record.id, record.metadata, offset, record.n_tokens, record.truncated, segment
+        self._finish_compaction(vector_offsets[-1], code_offsets[-1])
+        vectors, codes = self._vectors.mapping, self._codes.mapping
+        for record in live:
+            moved = replace(
+                record,
+                offset=new_vector.get(record.label, NO_OFFSET),
+                segment=vectors,
+                code_offset=new_code.get(record.label, NO_OFFSET),
+                code_segment=codes,
             )
             self.records[moved.id] = moved
             self.by_label[moved.label] = moved
-        return before - position
+        return before - self.vectors_end - self.codes_end
 
     def _recover_compaction(self) -> None:
-        temporary = self.directory / (VECTORS + ".compact")
-        if self._state("compacted_pending_rename", 0):
-            if temporary.exists():
-                os.replace(temporary, self._vector_path)
-            self._db.execute("DELETE FROM state WHERE key = 'compacted_pending_rename'")
-        else:
-            temporary.unlink(missing_ok=True)
+        for name in (VECTORS, CODES):
+            temporary = self.directory / (name + ".compact")
+            if self._state("compacted_pending_rename", 0):
+                if temporary.exists():
+                    os.replace(temporary, self.directory / name)
+            else:
+                temporary.unlink(missing_ok=True)
+        self._db.execute("DELETE FROM state WHERE key = 'compacted_pending_rename'")
 
-    def _finish_compaction(self, temporary: Path) -> None:
-        os.replace(temporary, self._vector_path)
+    def _finish_compaction(self, vectors_end: int, codes_end: int) -> None:
+        for name in (VECTORS, CODES):
+            os.replace(self.directory / (name + ".compact"), self.directory / name)
         directory_fd = os.open(self.directory, os.O_RDONLY)
         try:
             os.fsync(directory_fd)
         finally:
             os.close(directory_fd)
-        os.close(self._fd)
-        self._fd = os.open(self._vector_path, os.O_RDWR)
+        self._vectors.replaced(vectors_end)
+        self._codes.replaced(codes_end)
         with self._db_lock:
             self._db.execute("DELETE FROM state WHERE key = 'compacted_pending_rename'")
 
     def close(self) -> None:
         with self._db_lock:
             self._db.close()
-        os.close(self._fd)
+        self._vectors.close()
+        self._codes.close()

@@ -1,0 +1,176 @@
+"""The compressed token store and the cascade's cheap stages, measured stage by stage, without the server.
+
+On the topic-clustered corpus (bench/synthetic.py) with its exact Chamfer truth, for each number of
+centroids K and residual bits b:
+
+* train / encode cost (spherical k-means on a sample; nearest centroid + packed residual per token);
+* the ceiling: recall@10 of exact MaxSim over *all* documents decoded from the codes (what no search
+  knob can beat at that precision);
+* the cascade: probe_lists (n_probe centroids per query token → top ``keep`` documents), then
+  centroid interaction → top ``rerank``, then exact MaxSim on the decoded tokens of those → top 10:
+  recall of each stage's survivors and its time per query, one thread.
+
+    python bench/codec.py [--docs 10000] [--centroids 1024 4096] [--bits 2 4] [--out results/codec_10k.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "server"), str(ROOT / "bench")]
+
+from mvr.server import candidates, codec  # noqa: E402
+from mvr.server.app import limit_blas_threads  # noqa: E402
+from mvr.server.rerank import maxsim  # noqa: E402
+from synthetic import exact_top_k, topic_dataset  # noqa: E402
+
+
+def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
+    return float(
+        np.mean([len(set(f.tolist()) & set(t.tolist())) / len(t) for f, t in zip(found, truth, strict=True)])
+    )
+
+
+def distinct_centroids(ids: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    per_doc = [np.unique(ids[offsets[i] : offsets[i + 1]]) for i in range(len(offsets) - 1)]
+    doc_offsets = np.zeros(len(per_doc) + 1, np.int64)
+    np.cumsum([len(p) for p in per_doc], out=doc_offsets[1:])
+    return np.concatenate(per_doc).astype(np.uint16), doc_offsets
+
+
+def run_config(corpus, queries, truth, n_centroids: int, bits: int, args) -> dict:
+    tokens, offsets = corpus.tokens, corpus.offsets
+    rng = np.random.default_rng(0)
+    sample_size = min(len(tokens), max(args.sample_per_centroid * n_centroids, 65_536))
+    sample = tokens[np.sort(rng.choice(len(tokens), sample_size, replace=False))]
+    started = time.perf_counter()
+    trained = codec.train(sample, n_centroids, bits, iterations=args.iterations)
+    train_s = time.perf_counter() - started
+    started = time.perf_counter()
+    ids, packed = trained.encode(tokens)
+    encode_s = time.perf_counter() - started
+    decoded = trained.decode(ids, packed)
+    ceiling_ids, _ = exact_top_k(decoded, offsets, queries, 10)
+    result = {
+        "centroids": n_centroids,
+        "bits": bits,
+        "sample_tokens": sample_size,
+        "train_s": round(train_s, 2),
+        "encode_tokens_per_s": round(len(tokens) / encode_s),
+        "bytes_per_token": 2 + trained.residual_bytes,
+        "ceiling_recall_at_10": recall(list(ceiling_ids), truth),
+        "cascade": [],
+    }
+    print(json.dumps({k: v for k, v in result.items() if k != "cascade"}), flush=True)
+    doc_cids, doc_offsets = distinct_centroids(ids, offsets)
+    blocks = np.frombuffer(
+        b"".join(
+            ids[a:b].astype("<u2").tobytes() + packed[a:b].tobytes()
+            for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
+        ),
+        dtype=np.uint8,
+    )
+    block_offsets = offsets[:-1] * (2 + trained.residual_bytes)
+    list_offsets, list_slots = candidates.build_lists(doc_cids, doc_offsets, corpus.n_docs, n_centroids)
+    alive = np.ones(corpus.n_docs, np.uint8)
+    table = trained.decode_table()
+    for n_probe in args.probes:
+        for keep in args.keep:
+            for rerank in args.rerank:
+                stage_s = np.zeros(4)
+                kept_found, ci_found, final_found = [], [], []
+                for query in queries:
+                    t0 = time.perf_counter()
+                    sims = query @ trained.centroids.T
+                    probes = candidates.probe_table(sims, n_probe)
+                    slots, _ = candidates.probe_lists(
+                        sims, probes, list_offsets, list_slots, corpus.n_docs, alive, keep
+                    )
+                    t1 = time.perf_counter()
+                    ci = candidates.centroid_interaction(
+                        np.ascontiguousarray(sims.T), doc_cids, doc_offsets, slots
+                    )
+                    best = slots[np.argsort(-ci)[:rerank]]
+                    t2 = time.perf_counter()
+                    counts = offsets[best + 1] - offsets[best]
+                    local = np.zeros(len(best) + 1, np.int64)
+                    np.cumsum(counts, out=local[1:])
+                    out = np.empty((int(local[-1]), trained.dim), np.float32)
+                    codec.decode_blocks(
+                        blocks, block_offsets[best], counts, local[:-1], trained.centroids, table, out
+                    )
+                    t3 = time.perf_counter()
+                    exact = maxsim(query, out, local).scores
+                    final = best[np.argsort(-exact)[:10]]
+                    t4 = time.perf_counter()
+                    stage_s += [t1 - t0, t2 - t1, t3 - t2, t4 - t3]
+                    kept_found.append(slots)
+                    ci_found.append(best)
+                    final_found.append(final)
+                row = {
+                    "n_probe": n_probe,
+                    "keep": keep,
+                    "rerank": rerank,
+                    "recall_probe_kept": recall(kept_found, truth),
+                    "recall_ci_kept": recall(ci_found, truth),
+                    "recall_at_10": recall(final_found, truth),
+                    "ms_per_query": dict(
+                        zip(
+                            ["probe", "centroid_interaction", "decode", "maxsim"],
+                            (stage_s / len(queries) * 1e3).round(3).tolist(),
+                            strict=True,
+                        )
+                    ),
+                }
+                row["ms_per_query"]["total"] = round(sum(row["ms_per_query"].values()), 3)
+                print(json.dumps(row), flush=True)
+                result["cascade"].append(row)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--docs", type=int, default=10_000)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--centroids", type=int, nargs="+", default=[1024, 4096])
+    parser.add_argument("--bits", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--probes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--keep", type=int, nargs="+", default=[1000, 4000])
+    parser.add_argument("--rerank", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--sample-per-centroid", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "codec_10k.json")
+    args = parser.parse_args()
+    limit_blas_threads()
+    started = time.perf_counter()
+    corpus, queries, truth = topic_dataset(args.docs, args.queries)
+    print(f"data: {corpus.n_docs} docs, {len(corpus.tokens)} tokens, {time.perf_counter() - started:.1f} s")
+    results = [run_config(corpus, queries, truth, k, b, args) for k in args.centroids for b in args.bits]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps(
+            {
+                "command": " ".join(sys.argv),
+                "machine": platform.machine(),
+                "docs": corpus.n_docs,
+                "tokens": len(corpus.tokens),
+                "queries": len(queries),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

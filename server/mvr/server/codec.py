@@ -1,0 +1,293 @@
+"""Token codec: per-collection centroids + b-bit residuals (the PLAID compression of token vectors).
+
+Owns training (spherical k-means on a sample of the collection's tokens, then per-dimension quantile
+buckets of the residuals), encoding (nearest centroid + each residual dimension's bucket, packed
+``bits`` per dimension) and decoding into contiguous float32 buffers, all over contiguous arrays
+(BLAS for the nearest-centroid search, Numba for packing and unpacking).
+
+A token costs ``2 + dim·bits/8`` bytes (a uint16 centroid id and the packed residual): 66 bytes at
+128 dimensions and 4 bits, against 256 for float16. The centroid ids double as the vocabulary of the
+inverted lists and of the centroid-interaction pass (:mod:`mvr.server.candidates`).
+
+Unlike PLAID, bucket boundaries and reconstruction values are per dimension (a residual's spread
+differs by dimension), and decoded tokens are renormalised to unit length, as the encoder's are.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba
+import numpy as np
+
+SUPPORTED_BITS = (1, 2, 4, 8)
+MAX_CENTROIDS = 1 << 16  # ids are stored as uint16
+_ASSIGN_CHUNK = 4096  # tokens per GEMM in the nearest-centroid search: (4096 × K) float32 scratch
+
+
+def default_centroids(n_tokens: int) -> int:
+    """Centroids for a collection of ``n_tokens`` tokens: a power of two near 4·√n, within [256, 8192].
+
+    PLAID uses 16·√n (16,384 at 1.15M tokens). bench/codec.py measured on the topic-clustered
+    corpus that the finer vocabulary buys no recall once the residual is kept at 4 bits, while it
+    multiplies the cost of encoding every token (one GEMM row against every centroid)."""
+    target = 4.0 * np.sqrt(max(n_tokens, 1))
+    return int(min(8192, max(256, 1 << int(np.floor(np.log2(target))))))
+
+
+@dataclass(frozen=True)
+class Codec:
+    """Trained centroids and residual quantiser of one collection. Immutable once trained."""
+
+    centroids: np.ndarray  # float32 (K, dim), unit rows
+    cutoffs: np.ndarray  # float32 (dim, 2**bits - 1): bucket boundaries per dimension, ascending
+    values: np.ndarray  # float32 (dim, 2**bits): reconstruction value of each bucket per dimension
+    bits: int
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroids.shape[1])
+
+    @property
+    def n_centroids(self) -> int:
+        return int(self.centroids.shape[0])
+
+    @property
+    def residual_bytes(self) -> int:
+        """Bytes of one token's packed residual."""
+        return self.dim * self.bits // 8
+
+    # ------------------------------------------------------------------------------ coding
+
+    def assign(self, tokens: np.ndarray) -> np.ndarray:
+        """Nearest centroid (largest inner product) of each token: uint16 (n,)."""
+        return nearest_centroids(tokens, self.centroids)
+
+    def encode(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(centroid ids uint16 (n,), packed residuals uint8 (n, residual_bytes)) of float32 tokens."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.float32)
+        ids = self.assign(tokens)
+        packed = np.empty((len(tokens), self.residual_bytes), dtype=np.uint8)
+        _encode_residuals(tokens, self.centroids, ids, self.cutoffs, self.bits, packed)
+        return ids, packed
+
+    def decode(self, ids: np.ndarray, packed: np.ndarray) -> np.ndarray:
+        """float32 (n, dim) unit vectors back from :meth:`encode`'s output."""
+        data = np.frombuffer(ids.astype("<u2").tobytes() + packed.tobytes(), dtype=np.uint8)
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        zero = np.zeros(1, dtype=np.int64)
+        decode_blocks(data, zero, np.array([len(ids)]), zero, self.centroids, self._byte_table(), out)
+        return out
+
+    def _byte_table(self) -> np.ndarray:
+        table = self.__dict__.get("_table")
+        if table is None:
+            table = byte_table(self.values, self.bits)
+            object.__setattr__(self, "_table", table)  # a cache derived from frozen fields
+        return table
+
+    def decode_table(self) -> np.ndarray:
+        """(residual_bytes, 256, dims per byte) float32: what each byte value adds to its dimensions."""
+        return self._byte_table()
+
+    # ------------------------------------------------------------------------------ persistence
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            centroids=self.centroids,
+            cutoffs=self.cutoffs,
+            values=self.values,
+            bits=np.array(self.bits),
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Codec:
+        with np.load(io.BytesIO(data)) as arrays:
+            return cls(
+                np.ascontiguousarray(arrays["centroids"], np.float32),
+                np.ascontiguousarray(arrays["cutoffs"], np.float32),
+                np.ascontiguousarray(arrays["values"], np.float32),
+                int(arrays["bits"]),
+            )
+
+    def save(self, path: Path) -> None:
+        path.write_bytes(self.to_bytes())
+
+    @classmethod
+    def load(cls, path: Path) -> Codec:
+        return cls.from_bytes(path.read_bytes())
+
+
+# ---------------------------------------------------------------------------------------- training
+
+
+def train(sample: np.ndarray, n_centroids: int, bits: int, *, iterations: int = 8, seed: int = 0) -> Codec:
+    """Spherical k-means over ``sample`` (float32 (n, dim), unit rows), then residual buckets at the
+    per-dimension quantiles of the sample's residuals."""
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
+    sample = np.ascontiguousarray(sample, dtype=np.float32)
+    if not 1 <= n_centroids <= min(MAX_CENTROIDS, len(sample)):
+        raise ValueError(f"n_centroids must be in [1, {min(MAX_CENTROIDS, len(sample))}], got {n_centroids}")
+    rng = np.random.default_rng(seed)
+    centroids = sample[rng.choice(len(sample), n_centroids, replace=False)].copy()
+    for _ in range(iterations):
+        ids = nearest_centroids(sample, centroids)
+        sums = np.zeros_like(centroids)
+        counts = np.zeros(n_centroids, dtype=np.int64)
+        _accumulate(sample, ids, sums, counts)
+        empty = counts == 0
+        if empty.any():  # re-seed an empty cluster at a random token rather than leave it dead
+            sums[empty] = sample[rng.choice(len(sample), int(empty.sum()), replace=False)]
+        centroids = _normalise(sums)
+    ids = nearest_centroids(sample, centroids)
+    residuals = sample - centroids[ids]
+    cutoffs, values = _quantile_buckets(residuals, bits)
+    return Codec(centroids, cutoffs, values, bits)
+
+
+def _quantile_buckets(residuals: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    levels = 1 << bits
+    edges = np.quantile(residuals, np.linspace(0.0, 1.0, levels + 1)[1:-1], axis=0).T  # (dim, levels-1)
+    cutoffs = np.ascontiguousarray(edges, dtype=np.float32)
+    values = np.empty((residuals.shape[1], levels), dtype=np.float32)
+    for j in range(residuals.shape[1]):
+        column = residuals[:, j]
+        bucket = np.searchsorted(cutoffs[j], column, side="right")
+        sums = np.bincount(bucket, weights=column, minlength=levels)
+        counts = np.bincount(bucket, minlength=levels)
+        # an empty bucket (ties at a quantile) takes the midpoint of its boundaries
+        bounds = np.concatenate([[column.min()], cutoffs[j], [column.max()]])
+        midpoints = (bounds[:-1] + bounds[1:]) / 2
+        values[j] = np.where(counts > 0, sums / np.maximum(counts, 1), midpoints)
+    return cutoffs, values
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
+
+
+def nearest_centroids(tokens: np.ndarray, centroids: np.ndarray) -> np.ndarray:
+    """argmax over centroids of ⟨token, centroid⟩, one chunked float32 GEMM: uint16 (n,)."""
+    out = np.empty(len(tokens), dtype=np.uint16)
+    scratch = np.empty((min(_ASSIGN_CHUNK, len(tokens)), len(centroids)), dtype=np.float32)
+    for start in range(0, len(tokens), _ASSIGN_CHUNK):
+        chunk = tokens[start : start + _ASSIGN_CHUNK]
+        scores = scratch[: len(chunk)]
+        np.matmul(chunk, centroids.T, out=scores)
+        out[start : start + len(chunk)] = scores.argmax(axis=1)
+    return out
+
+
+@numba.njit(cache=True)
+def _accumulate(sample, ids, sums, counts):
+    for i in range(sample.shape[0]):
+        c = ids[i]
+        counts[c] += 1
+        for j in range(sample.shape[1]):
+            sums[c, j] += sample[i, j]
+
+
+# ---------------------------------------------------------------------------------------- kernels
+
+
+@numba.njit(cache=True)
+def _encode_residuals(tokens, centroids, ids, cutoffs, bits, packed):
+    per_byte = 8 // bits
+    n_cut = cutoffs.shape[1]
+    packed[:] = 0
+    for i in range(tokens.shape[0]):
+        c = ids[i]
+        for j in range(tokens.shape[1]):
+            r = tokens[i, j] - centroids[c, j]
+            code = 0
+            while code < n_cut and r >= cutoffs[j, code]:
+                code += 1
+            packed[i, j // per_byte] |= np.uint8(code << ((j % per_byte) * bits))
+
+
+def byte_table(values: np.ndarray, bits: int) -> np.ndarray:
+    """(dim·bits/8, 256, 8/bits) float32: the residual values a packed byte stands for."""
+    dim = values.shape[0]
+    per_byte = 8 // bits
+    mask = (1 << bits) - 1
+    byte_values = np.arange(256)
+    table = np.empty((dim // per_byte, 256, per_byte), dtype=np.float32)
+    for slot in range(per_byte):
+        codes = (byte_values >> (slot * bits)) & mask  # (256,)
+        table[:, :, slot] = values[slot::per_byte][:, codes]
+    return table
+
+
+# ---------------------------------------------------------------------------------------- blocks
+# A document's codes on disk: one block of n little-endian uint16 centroid ids, then n packed residuals.
+
+
+def block_size(n_tokens: int, residual_bytes: int) -> int:
+    return n_tokens * (2 + residual_bytes)
+
+
+def encode_block(codec: Codec, tokens: np.ndarray) -> bytes:
+    """One document's block (see :func:`block_size`)."""
+    ids, packed = codec.encode(tokens)
+    return ids.astype("<u2").tobytes() + packed.tobytes()
+
+
+@numba.njit(cache=True)
+def _block_id(data, offset, t):
+    return np.int64(data[offset + 2 * t]) | (np.int64(data[offset + 2 * t + 1]) << 8)
+
+
+@numba.njit(cache=True)
+def decode_blocks(data, offsets, counts, targets, centroids, table, out):
+    """Decodes block r (at byte ``offsets[r]`` of ``data``, ``counts[r]`` tokens) into rows
+    ``targets[r] :`` of ``out`` (float32 (rows, dim)): centroid + residual, renormalised."""
+    n_bytes, _, per_byte = table.shape
+    dim = centroids.shape[1]
+    for r in range(offsets.shape[0]):
+        offset, n = offsets[r], counts[r]
+        residuals = offset + 2 * n
+        for t in range(n):
+            c = _block_id(data, offset, t)
+            row = targets[r] + t
+            base = residuals + t * n_bytes
+            norm = np.float32(0.0)
+            for b in range(n_bytes):
+                value = data[base + b]
+                for s in range(per_byte):
+                    j = b * per_byte + s
+                    x = centroids[c, j] + table[b, value, s]
+                    out[row, j] = x
+                    norm += x * x
+            scale = np.float32(1.0) / np.sqrt(norm) if norm > 0 else np.float32(0.0)
+            for j in range(dim):
+                out[row, j] *= scale
+
+
+@numba.njit(cache=True)
+def distinct_centroids(data, offsets, counts, n_centroids):
+    """Each block's distinct centroid ids, ascending, back to back: (ids uint16, per-block offsets)."""
+    total = 0
+    for r in range(counts.shape[0]):
+        total += counts[r]
+    ids = np.empty(total, dtype=np.uint16)
+    block_offsets = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+    mark = np.full(n_centroids, -1, dtype=np.int64)
+    n = 0
+    for r in range(offsets.shape[0]):
+        first = n
+        for t in range(counts[r]):
+            c = _block_id(data, offsets[r], t)
+            if mark[c] != r:
+                mark[c] = r
+                ids[n] = c
+                n += 1
+        ids[first:n].sort()
+        block_offsets[r + 1] = n
+    return ids[:n].copy(), block_offsets

@@ -1,0 +1,140 @@
+"""Collection configuration: everything fixed when a collection is created, persisted as JSON in its
+catalog, with the validation that names the offending field."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+from mvr.server.codec import MAX_CENTROIDS, SUPPORTED_BITS
+from mvr.server.encoder import EncoderSpec
+from mvr.server.errors import InvalidArgument
+from mvr.server.fde import FDEConfig
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class HNSWParams:
+    """HNSW graph parameters (hnswlib, inner product over FDEs)."""
+
+    m: int = 16
+    ef_construction: int = 200
+    ef_search: int = 200
+
+    def __post_init__(self) -> None:
+        check_range("collection.hnsw.m", self.m, 2, 128)
+        check_range("collection.hnsw.ef_construction", self.ef_construction, self.m, 4096)
+        check_range("collection.hnsw.ef_search", self.ef_search, 1, 100_000)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> HNSWParams:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TokenStorage:
+    """How a collection keeps its token vectors (see :mod:`mvr.server.codec`).
+
+    ``residual_bits`` > 0: once the collection holds ``train_after_tokens`` tokens, the indexer trains
+    centroids and codes every document (centroid id + residual at that many bits per dimension);
+    searches then run the full cascade. 4 bits (66 bytes a token at 128 dims) is the default; 2 is the
+    compact setting (34 bytes); 0 keeps only the float vectors and searches by FDE + exact MaxSim.
+    ``keep_vectors``: keep the float vectors of coded documents too, so that final scores are exact
+    at the storage dtype instead of over decoded codes (≈ 4× the bytes at 4 bits, float16).
+    ``centroids``: 0 chooses from the token count at training (:func:`mvr.server.codec.default_centroids`)."""
+
+    residual_bits: int = 4
+    keep_vectors: bool = False
+    centroids: int = 0
+    train_after_tokens: int = 1 << 18
+
+    def __post_init__(self) -> None:
+        if self.residual_bits not in (0, *SUPPORTED_BITS):
+            raise InvalidArgument(
+                "residual_bits",
+                f"must be 0 (no codes) or one of {SUPPORTED_BITS}, got {self.residual_bits!r}",
+            )
+        if not isinstance(self.keep_vectors, bool):
+            raise InvalidArgument("keep_vectors", f"must be a boolean, got {self.keep_vectors!r}")
+        if self.centroids != 0:
+            check_range("centroids", self.centroids, 16, MAX_CENTROIDS)
+        check_range("train_after_tokens", self.train_after_tokens, 1024, 1 << 40)
+
+    @property
+    def coded(self) -> bool:
+        return self.residual_bits > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TokenStorage:
+        return cls(**data)
+
+
+def default_fde(dim: int) -> FDEConfig:
+    """Server default FDE: R=20, k_sim=3, d_proj=16 (2,560 dims), chosen by bench/recall.py's sweep
+    (see bench/results/recall.json); d_proj is capped at the token dim (tiny test dims)."""
+    return FDEConfig(repetitions=20, k_sim=3, d_proj=min(16, dim), fill_empty=True, final_dim=None, seed=0)
+
+
+@dataclass(frozen=True)
+class CollectionConfig:
+    """Everything fixed at creation; stored in the collection's catalog as JSON."""
+
+    name: str
+    dim: int
+    encoder: EncoderSpec | None
+    fde: FDEConfig
+    hnsw: HNSWParams
+    vector_dtype: str = "float16"
+    created_at: float = 0.0
+    tokens: TokenStorage = field(default_factory=TokenStorage)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "dim": self.dim,
+            "encoder": None if self.encoder is None else self.encoder.to_dict(),
+            "fde": self.fde.to_dict(),
+            "hnsw": self.hnsw.to_dict(),
+            "vector_dtype": self.vector_dtype,
+            "created_at": self.created_at,
+            "tokens": self.tokens.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CollectionConfig:
+        return cls(
+            name=data["name"],
+            dim=data["dim"],
+            encoder=None if data["encoder"] is None else EncoderSpec.from_dict(data["encoder"]),
+            fde=FDEConfig.from_dict(data["fde"]),
+            hnsw=HNSWParams.from_dict(data["hnsw"]),
+            vector_dtype=data["vector_dtype"],
+            created_at=data["created_at"],
+            # collections created before codes existed keep their float vectors only
+            tokens=TokenStorage.from_dict(data.get("tokens", {"residual_bits": 0})),
+        )
+
+
+def check_range(field_name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgument(field_name, f"must be an integer in [{low}, {high}], got {value!r}")
+
+
+def with_overrides(defaults, overrides: dict, prefix: str):
+    """A config dataclass with some fields replaced; unknown fields and bad values name the field."""
+    fields = defaults.to_dict()
+    for key in overrides:
+        if key not in fields:
+            raise InvalidArgument(f"{prefix}.{key}", "is not a parameter")
+    try:
+        return type(defaults).from_dict({**fields, **overrides})
+    except InvalidArgument as error:
+        field_name = error.field if error.field.startswith(prefix) else f"{prefix}.{error.field}"
+        raise InvalidArgument(field_name, str(error).split(": ", 1)[-1]) from error

@@ -1,0 +1,215 @@
+"""The background work of one collection, on one thread, so that writes are acknowledged at the speed
+of the durable store and searches never wait for it.
+
+Owns, in order of priority:
+
+1. **Pending batches** (acknowledged, not yet in the graph): insert their FDEs into HNSW and, once the
+   collection has a codec, code their tokens (codes.bin + catalog, then the token index).
+2. **Training**: once the collection holds ``train_after_tokens`` tokens (and nothing is pending), a
+   sample of its stored tokens trains the codec (:func:`mvr.server.codec.train`), committed to the
+   catalog; then every document written before it is coded (the *backfill*), in label order.
+3. **Housekeeping** when idle: save the graph, compact the files when dead bytes dominate.
+
+Codes are appended in ascending label order (what the token index requires); a search sees a document
+first through the pending scan, then the graph, then also the token index, never through none.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+from mvr.server import codec as codec_module
+from mvr.server.search import PendingBatch
+from mvr.server.store import Record, gather
+from mvr.server.tokens import TokenIndex
+
+if TYPE_CHECKING:
+    from mvr.server.collection import Collection
+
+log = logging.getLogger("mvr.indexer")
+
+INDEX_CHUNK = 128  # documents per hnswlib add_items call: bounds how long a delete waits
+CODE_CHUNK = 256  # documents per code append during the backfill
+COMPACT_MIN_DEAD_BYTES = 16 << 20
+TRAIN_SAMPLE_PER_CENTROID = 32  # bench/codec.py: more buys no recall, and k-means time is linear in it
+TRAIN_ITERATIONS = 6
+TRAIN_SAMPLE_SPREAD = 16
+
+
+class Indexer:
+    """The indexer thread of ``collection``; see the module docstring."""
+
+    def __init__(self, collection: Collection, save_interval_s: float) -> None:
+        self._c = collection
+        self._save_interval_s = save_interval_s
+        self._backfill_due = collection.store.codec is not None
+        self._thread = threading.Thread(
+            target=self._loop, name=f"indexer-{collection.config.name}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout=timeout)
+
+    # ------------------------------------------------------------------------------ loop
+
+    def _loop(self) -> None:
+        c = self._c
+        while True:
+            with c.pending_changed:
+                while not c.pending and not c.closed and not self._idle_work_due():
+                    c.pending_changed.wait(timeout=1.0)
+                if c.closed:
+                    return
+                batch = c.pending[0] if c.pending else None
+            try:
+                if batch is not None:
+                    self._insert(batch)
+                elif self._training_due():
+                    self._train()
+                elif self._backfill_due:
+                    self._backfill()
+                elif c.tokens is not None and c.tokens.tail():
+                    c.tokens.relist()
+                    c.notify_progress()
+                elif c.save_due(self._save_interval_s):
+                    c.save_index()
+                    c.maybe_compact()  # idle: a good moment to reclaim replaced/deleted vectors
+            except Exception:
+                log.exception("indexer failed; retrying in 1 s", extra={"collection": c.config.name})
+                time.sleep(1.0)
+
+    def _idle_work_due(self) -> bool:
+        c = self._c
+        tail = c.tokens is not None and c.tokens.tail() > 0
+        return self._training_due() or self._backfill_due or tail or c.save_due(self._save_interval_s)
+
+    def busy(self) -> bool:
+        """Whether acknowledged documents are still waiting for the graph, the codec or their codes."""
+        c = self._c
+        tail = c.tokens is not None and c.tokens.tail() > 0
+        return bool(c.pending) or self._training_due() or self._backfill_due or tail
+
+    # ------------------------------------------------------------------------------ graph + codes
+
+    def _insert(self, batch: PendingBatch) -> None:
+        c = self._c
+        for start in range(0, len(batch.labels), INDEX_CHUNK):
+            if c.closed:
+                return  # shutting down: the rest is replayed from the store on the next open
+            labels = batch.labels[start : start + INDEX_CHUNK]
+            with c.index_mutex:
+                live = np.array([label in c.store.by_label for label in labels.tolist()], bool)
+                if live.any():
+                    c.index.add(labels[live], batch.fdes[start : start + INDEX_CHUNK][live], c.index_threads)
+                    c.dirty = True
+                    # a version replaced or deleted while it was being added
+                    gone = [int(x) for x in labels[live] if int(x) not in c.store.by_label]
+                    if gone:
+                        c.index.mark_deleted(gone)
+            if c.tokens is not None and not self._backfill_due:
+                self._code([c.store.by_label[x] for x in labels.tolist() if x in c.store.by_label])
+        with c.pending_changed:
+            c.pending = [b for b in c.pending if b is not batch]
+            c.pending_changed.notify_all()
+
+    def _code(self, records: Sequence[Record]) -> None:
+        """Codes records (ascending labels) that still have vectors and no codes."""
+        c = self._c
+        todo = [r for r in records if r.has_vectors and not r.coded]
+        if not todo or c.tokens is None:
+            return
+        tokens, offsets = gather(todo, c.config.dim)
+        ids, packed = c.store.codec.encode(tokens)
+        blocks = [
+            ids[a:b].astype("<u2").tobytes() + packed[a:b].tobytes()
+            for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
+        ]
+        with c.write_lock:  # the catalog swap must not race an upsert replacing the same id
+            if c.closed:
+                return
+            coded = c.store.add_codes(todo, blocks)
+            c.tokens.append(coded, c.store.codes_mapping)
+
+    # ------------------------------------------------------------------------------ training
+
+    def _training_due(self) -> bool:
+        c = self._c
+        storage = c.config.tokens
+        return (
+            storage.coded
+            and c.store.codec is None
+            and not c.pending
+            and c.store.live_tokens >= storage.train_after_tokens
+        )
+
+    def _train(self) -> None:
+        c = self._c
+        storage = c.config.tokens
+        n_tokens = c.store.live_tokens
+        n_centroids = storage.centroids or codec_module.default_centroids(n_tokens)
+        sample = self._sample(max(TRAIN_SAMPLE_PER_CENTROID * n_centroids, 1 << 16))
+        n_centroids = min(n_centroids, len(sample))
+        started = time.perf_counter()
+        trained = codec_module.train(sample, n_centroids, storage.residual_bits, iterations=TRAIN_ITERATIONS)
+        with c.write_lock:
+            if c.closed:
+                return
+            c.store.set_codec(trained)
+            c.tokens = TokenIndex(trained)
+            self._backfill_due = True
+        log.info(
+            "codec trained",
+            extra={
+                "collection": c.config.name,
+                "centroids": n_centroids,
+                "bits": storage.residual_bits,
+                "sample_tokens": len(sample),
+                "seconds": round(time.perf_counter() - started, 2),
+            },
+        )
+
+    def _sample(self, n_tokens: int) -> np.ndarray:
+        """About ``n_tokens`` stored token vectors, drawn uniformly from the tokens of up to
+        ``TRAIN_SAMPLE_SPREAD`` times as many documents as they fill: whole documents alone would cover
+        too few topics (measured: recall@10 0.946 instead of 0.958 at the same sample size)."""
+        records = [r for r in self._c.store.records.values() if r.has_vectors]
+        rng = np.random.default_rng(len(records))
+        order = rng.permutation(len(records))
+        counts = np.fromiter((records[i].n_tokens for i in order), np.int64, len(order))
+        n_docs = int(np.searchsorted(np.cumsum(counts), TRAIN_SAMPLE_SPREAD * n_tokens)) + 1
+        keep = min(1.0, n_tokens / max(int(counts[:n_docs].sum()), 1))
+        parts = []
+        for start in range(0, n_docs, 1024):
+            tokens, _ = gather(
+                [records[i] for i in order[start : min(start + 1024, n_docs)]], self._c.config.dim
+            )
+            parts.append(tokens[rng.random(len(tokens)) < keep])
+        return np.concatenate(parts)
+
+    def _backfill(self) -> None:
+        """Codes the documents written before the codec, in label order, a chunk at a time; returns
+        early when new batches are pending (their graph insertion must not wait behind it)."""
+        c = self._c
+        uncoded = sorted(
+            (r for r in c.store.records.values() if r.has_vectors and not r.coded), key=lambda r: r.label
+        )
+        for start in range(0, len(uncoded), CODE_CHUNK):
+            if c.closed or c.pending:
+                return
+            self._code(
+                [
+                    c.store.by_label[r.label]
+                    for r in uncoded[start : start + CODE_CHUNK]
+                    if r.label in c.store.by_label
+                ]
+            )
+        self._backfill_due = False
+        c.notify_progress()

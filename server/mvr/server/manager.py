@@ -1,0 +1,205 @@
+"""The registry of collections under ``data_dir/collections/``: create, open at start, look up, delete."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from mvr.server.collection import FDE_FILE, Collection
+from mvr.server.config import (
+    NAME_PATTERN,
+    CollectionConfig,
+    HNSWParams,
+    TokenStorage,
+    check_range,
+    default_fde,
+    with_overrides,
+)
+from mvr.server.encoder import Encoder
+from mvr.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MvrError, NotFound
+from mvr.server.fde import FDE
+from mvr.server.store import Store
+
+log = logging.getLogger("mvr.collection")
+
+
+EncoderLoader = Callable[[str, int | None, int | None], Encoder]
+
+
+class CollectionManager:
+    """All collections under ``data_dir/collections/``: create, open at start, look up, delete."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        encoder_loader: EncoderLoader | None = None,
+        *,
+        index_threads: int = 1,
+        fde_threads: int = 1,
+        query_threads: int = 1,
+        query_max_batch: int = 32,
+        query_max_wait_ms: float = 2.0,
+        save_interval_s: float = 60.0,
+    ) -> None:
+        self.root = Path(data_dir) / "collections"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._encoder_loader = encoder_loader
+        self._index_threads = index_threads
+        self._fde_threads = fde_threads
+        self._query_threads = query_threads
+        self._query_batching = {"max_batch": query_max_batch, "max_wait_ms": query_max_wait_ms}
+        self._save_interval_s = save_interval_s
+        self._lock = threading.Lock()  # the set of collections
+        self._batchers_lock = threading.Lock()
+        self._batchers: dict[int, object] = {}
+        self._collections: dict[str, Collection] = {}
+        for directory in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            if directory.name.startswith("."):
+                shutil.rmtree(directory, ignore_errors=True)  # a creation or deletion cut short
+                continue
+            self._collections[directory.name] = self._open(directory)
+
+    def _open(self, directory: Path) -> Collection:
+        data = Store.config_at(directory)
+        if data is None:
+            raise RuntimeError(f"{directory} has no collection config")
+        config = CollectionConfig.from_dict(data)
+        encoder, query_encode, text_error = self._text_path(config)
+        return Collection(
+            directory,
+            config,
+            encoder=encoder,
+            query_encode=query_encode,
+            text_error=text_error,
+            index_threads=self._index_threads,
+            fde_threads=self._fde_threads,
+            save_interval_s=self._save_interval_s,
+        )
+
+    def _text_path(self, config: CollectionConfig):
+        """The collection's encoder and query function, or the error that text operations will raise."""
+        spec = config.encoder
+        if spec is None:
+            return None, None, None
+        if self._encoder_loader is None:
+            return None, None, FailedPrecondition(f"collection {config.name!r}: this server loads no models")
+        try:
+            encoder = self._encoder_loader(spec.model, spec.query_maxlen, spec.doc_maxlen)
+            spec.check_compatible(encoder.spec)
+        except MvrError as error:
+            log.error("collection model unavailable", extra={"collection": config.name, "error": str(error)})
+            return None, None, FailedPrecondition(f"collection {config.name!r}: {error}")
+        return encoder, self._query_function(encoder), None
+
+    def _query_function(self, encoder: Encoder) -> Callable[[str], np.ndarray]:
+        from mvr.server.batcher import QueryBatcher
+
+        with self._batchers_lock:
+            batcher = self._batchers.get(id(encoder))
+            if batcher is None:
+                batcher = QueryBatcher(
+                    encoder.encode_queries, threads=self._query_threads, **self._query_batching
+                )
+                self._batchers[id(encoder)] = batcher
+        return lambda text: batcher.submit(text).vectors
+
+    def create(
+        self,
+        name: str,
+        *,
+        model: str | None,
+        dim: int | None,
+        fde: dict | None = None,
+        hnsw: dict | None = None,
+        tokens: dict | None = None,
+        vector_dtype: str = "float16",
+        query_maxlen: int | None = None,
+        doc_maxlen: int | None = None,
+    ) -> CollectionConfig:
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise InvalidArgument(
+                "collection_id",
+                f"{name!r} must be 1-63 characters of [a-z0-9_-], starting with a letter or digit",
+            )
+        if vector_dtype not in ("float16", "float32"):
+            raise InvalidArgument(
+                "collection.storage_dtype", f"must be float16 or float32, got {vector_dtype!r}"
+            )
+        encoder_spec = None
+        if model is None:
+            if dim is None:
+                raise InvalidArgument(
+                    "collection.dim", "is required for a collection without an encoder model"
+                )
+            check_range("collection.dim", dim, 1, 4096)
+        else:
+            if self._encoder_loader is None:
+                raise FailedPrecondition(
+                    "this server loads no models: create the collection with dim and no model"
+                )
+            encoder = self._encoder_loader(model, query_maxlen, doc_maxlen)
+            if dim is not None and dim != encoder.dim:
+                raise InvalidArgument(
+                    "collection.dim", f"is {dim}, but model {model!r} produces {encoder.dim}-d vectors"
+                )
+            dim, encoder_spec = encoder.dim, encoder.spec
+        fde_config = with_overrides(default_fde(dim), fde or {}, "collection.fde")
+        hnsw_params = with_overrides(HNSWParams(), hnsw or {}, "collection.hnsw")
+        token_storage = with_overrides(TokenStorage(), tokens or {}, "collection.tokens")
+        config = CollectionConfig(
+            name, dim, encoder_spec, fde_config, hnsw_params, vector_dtype, time.time(), token_storage
+        )
+        with self._lock:
+            if name in self._collections:
+                raise AlreadyExists(f"collection {name!r} already exists")
+            staging = self.root / f".creating-{name}"
+            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                FDE(fde_config, dim).save(_mkdir(staging) / FDE_FILE)
+            except InvalidArgument as error:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise InvalidArgument(
+                    f"collection.fde.{error.field}", str(error).split(": ", 1)[-1]
+                ) from error
+            store = Store(staging, dim, vector_dtype)
+            store.write_config(config.to_dict())
+            store.close()
+            staging.rename(self.root / name)  # the collection appears whole or not at all
+            self._collections[name] = self._open(self.root / name)
+        log.info("collection created", extra={"collection": name, "config": config.to_dict()})
+        return config
+
+    def get(self, name: str) -> Collection:
+        collection = self._collections.get(name)
+        if collection is None:
+            raise NotFound(f"collection {name!r} not found")
+        return collection
+
+    def list(self) -> list[CollectionConfig]:
+        return [self._collections[name].config for name in sorted(self._collections)]
+
+    def delete(self, name: str) -> None:
+        with self._lock:
+            collection = self.get(name)
+            del self._collections[name]
+        collection.close(save=False)
+        doomed = self.root / f".deleting-{name}"
+        (self.root / name).rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+        log.info("collection deleted", extra={"collection": name})
+
+    def close(self) -> None:
+        for collection in list(self._collections.values()):
+            collection.close()
+        for batcher in self._batchers.values():
+            batcher.close()
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True)
+    return path

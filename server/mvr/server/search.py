@@ -1,0 +1,248 @@
+"""The search cascade of one collection: each stage cheap next to the one after it.
+
+Stages, for a query of m token vectors (numbers: bench/codec.py and bench/vs_peers.py):
+
+1. **Graph**: the query's FDE → HNSW top ``candidates`` (plus an exact FDE scan of documents the
+   indexer has not inserted yet). The MUVERA first stage; it alone sees documents not coded yet. In a
+   coded collection it returns a quarter as many, and they go to the exact stage directly: the
+   centroid stages cannot tell apart documents whose tokens share centroids, the FDE still can.
+2. **Probe** (coded collections): query tokens × centroids (one small GEMM), then every query token
+   walks the inverted lists of its ``probe`` best centroids; documents found are ranked by that
+   imputed sum (:func:`mvr.server.candidates.probe_lists`) and the best ``centroid_candidates`` kept.
+3. **Centroid interaction**: the probe's candidates, plus the recent documents not yet in the
+   inverted lists, scored by MaxSim over their distinct centroids; best ``candidates`` kept.
+4. **Exact**: those and the graph's candidates, over their token vectors (decoded from the codes, or
+   the stored float vectors where the collection keeps them and for documents not coded yet), by
+   exact MaxSim; best ``top_k``.
+
+Liveness is settled at stage 4 against the store's catalog: a replaced or deleted version can be a
+candidate but is never scored or returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from mvr.server.candidates import centroid_interaction, probe_lists, probe_table
+from mvr.server.codec import decode_blocks
+from mvr.server.config import CollectionConfig
+from mvr.server.errors import InvalidArgument
+from mvr.server.fde import FDE
+from mvr.server.index import HnswIndex
+from mvr.server.rerank import maxsim
+from mvr.server.store import Record, Store, gather_vectors, token_offsets
+from mvr.server.tokens import TokenIndex, TokenSnapshot
+from mvr.server.values import Hit, TokenMatch
+
+MAX_TOP_K = 1000
+MAX_CANDIDATES = 10_000
+MAX_PROBE = 64
+MAX_CENTROID_CANDIDATES = 100_000
+# Defaults, set by bench/codec.py and bench/vs_peers.py on the topic-clustered corpus (10k documents):
+# exactly scored candidates max(DEFAULT_CANDIDATES, 10·top_k); the probe keeps DEFAULT_CENTROID_CANDIDATES
+# for centroid interaction. Collections without codes rerank more: the FDE alone ranks less well.
+DEFAULT_CANDIDATES = 128
+DEFAULT_CANDIDATES_UNCODED = 300
+DEFAULT_PROBE = 2
+DEFAULT_CENTROID_CANDIDATES = 1000
+GRAPH_SHARE = 4  # coded collections: the graph sends candidates / GRAPH_SHARE documents to the exact stage
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    """Acknowledged documents not yet in HNSW: their labels and FDEs, scanned exactly by searches."""
+
+    labels: np.ndarray  # int64 (m,)
+    fdes: np.ndarray  # float32 (m, fde dim)
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """One search's knobs, validated; None means the collection's default."""
+
+    top_k: int = 10
+    candidates: int | None = None
+    ef: int | None = None
+    probe: int | None = None
+    centroid_candidates: int | None = None
+    explain: bool = False
+
+    def __post_init__(self) -> None:
+        _check("top_k", self.top_k, 1, MAX_TOP_K)
+        if self.candidates is not None:
+            _check("candidates", self.candidates, self.top_k, MAX_CANDIDATES)
+        if self.ef is not None:
+            _check("ef", self.ef, 1, 100_000)
+        if self.probe is not None:
+            _check("probe", self.probe, 1, MAX_PROBE)
+        if self.centroid_candidates is not None:
+            _check("centroid_candidates", self.centroid_candidates, 1, MAX_CENTROID_CANDIDATES)
+
+
+def _check(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidArgument(name, f"must be an integer in [{low}, {high}], got {value!r}")
+
+
+class Searcher:
+    """Runs the cascade over a collection's store, FDE, graph, pending tail and token index."""
+
+    def __init__(
+        self,
+        config: CollectionConfig,
+        store: Store,
+        fde: FDE,
+        index: Callable[[], HnswIndex],
+        pending: Callable[[], Sequence[PendingBatch]],
+        tokens: Callable[[], TokenIndex | None],
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._fde = fde
+        self._index = index
+        self._pending = pending
+        self._tokens = tokens
+
+    def search(self, query: np.ndarray, params: SearchParams, allowed: set[int] | None) -> list[Hit]:
+        token_index = self._tokens()
+        snapshot = None if token_index is None else token_index.snapshot
+        default = DEFAULT_CANDIDATES if snapshot is not None else DEFAULT_CANDIDATES_UNCODED
+        n_candidates = params.candidates or max(default, 10 * params.top_k)
+        if allowed is not None and len(allowed) <= n_candidates:
+            labels = np.fromiter(allowed, dtype=np.int64, count=len(allowed))  # few matches: score them all
+            return self.exact_stage(query, labels, params.top_k, params.explain)
+        coded = snapshot is not None and snapshot.n > 0
+        n_graph = max(params.top_k, n_candidates // GRAPH_SHARE) if coded else n_candidates
+        # unset: 2·k (HNSW recall of the FDE top-k was 0.96 at ef=k, 0.98 at 2·k, 100k docs)
+        ef = max(params.ef, n_graph) if params.ef else max(self._config.hnsw.ef_search, 2 * n_graph)
+        labels = self.graph_stage(self._fde.encode_query(query), n_graph, ef, allowed)
+        if coded:
+            labels = np.concatenate(
+                [labels, self.centroid_stages(query, snapshot, params, n_candidates, allowed)]
+            )
+        return self.exact_stage(query, labels, params.top_k, params.explain)
+
+    # ------------------------------------------------------------------------------ stages
+
+    def graph_stage(self, query_fde: np.ndarray, k: int, ef: int, allowed: set[int] | None) -> np.ndarray:
+        """Top-k labels by FDE inner product: HNSW over indexed documents, exact over pending ones."""
+        graph_labels, graph_scores = self._index().search(
+            query_fde, k, ef, None if allowed is None else allowed.__contains__
+        )
+        labels, scores = [graph_labels], [graph_scores]
+        for batch in self._pending():  # the list is replaced, never mutated: a consistent snapshot
+            batch_scores = batch.fdes @ query_fde
+            keep = (
+                np.ones(len(batch.labels), bool) if allowed is None else np.isin(batch.labels, list(allowed))
+            )
+            labels.append(batch.labels[keep])
+            scores.append(batch_scores[keep])
+        all_labels, all_scores = np.concatenate(labels), np.concatenate(scores)
+        if len(all_labels) > k:
+            all_labels = all_labels[np.argpartition(-all_scores, k - 1)[:k]]
+        return all_labels
+
+    def centroid_stages(
+        self,
+        query: np.ndarray,
+        snapshot: TokenSnapshot,
+        params: SearchParams,
+        n_candidates: int,
+        allowed: set[int] | None,
+    ) -> np.ndarray:
+        """Probe + centroid interaction: the labels of the ``n_candidates`` best coded documents."""
+        similarities = query @ snapshot.codec.centroids.T  # (m, K)
+        alive = snapshot.alive[: snapshot.n]
+        if allowed is not None:
+            alive = alive & np.isin(snapshot.labels, np.fromiter(allowed, np.int64, len(allowed))).astype(
+                np.uint8
+            )
+        probed, _ = probe_lists(
+            similarities,
+            probe_table(similarities, params.probe or DEFAULT_PROBE),
+            snapshot.list_offsets,
+            snapshot.list_slots,
+            snapshot.n_listed,
+            alive,
+            params.centroid_candidates or DEFAULT_CENTROID_CANDIDATES,
+        )
+        tail = np.arange(snapshot.n_listed, snapshot.n, dtype=np.int64)
+        slots = np.concatenate([probed, tail[alive[tail] > 0]])
+        if len(slots) > n_candidates:
+            approximate = centroid_interaction(
+                np.ascontiguousarray(similarities.T), snapshot.cids, snapshot.cid_offsets, slots
+            )
+            slots = slots[np.argpartition(-approximate, n_candidates - 1)[:n_candidates]]
+        return snapshot.labels[slots]
+
+    def exact_stage(self, query: np.ndarray, labels: np.ndarray, top_k: int, explain: bool) -> list[Hit]:
+        """Exact MaxSim of the live candidates over the tokens the collection keeps; best ``top_k``."""
+        by_label = self._store.by_label
+        records = [r for r in map(by_label.get, dict.fromkeys(labels.tolist())) if r is not None]
+        if not records:
+            return []
+        tokens, offsets, precisions = self.token_matrix(records)
+        scored = maxsim(query, tokens, offsets, explain=explain)
+        order = sorted(range(len(records)), key=lambda i: (-float(scored.scores[i]), records[i].id))[:top_k]
+        hits = []
+        for i in order:
+            explanation = None
+            if explain:
+                explanation = [
+                    TokenMatch(q, int(scored.best_tokens[q, i]), float(scored.token_scores[q, i]))
+                    for q in range(len(query))
+                ]
+            hits.append(
+                Hit(
+                    records[i].id,
+                    float(scored.scores[i]),
+                    dict(records[i].metadata),
+                    explanation,
+                    precisions[i],
+                )
+            )
+        return hits
+
+    # ------------------------------------------------------------------------------ tokens
+
+    def precision(self, record: Record) -> str:
+        """What a record's exact score is computed over."""
+        if self._uses_vectors(record):
+            return self._config.vector_dtype
+        return f"residual{self._store.codec.bits}"
+
+    def _uses_vectors(self, record: Record) -> bool:
+        return record.has_vectors and (self._config.tokens.keep_vectors or not record.coded)
+
+    def token_matrix(self, records: Sequence[Record]) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """The records' tokens as one float32 matrix (stored vectors where kept, else decoded codes),
+        their row offsets, and each record's precision."""
+        offsets = token_offsets(records)
+        out = np.empty((int(offsets[-1]), self._config.dim), dtype=np.float32)
+        uses_vectors = np.fromiter(map(self._uses_vectors, records), bool, len(records))
+        from_vectors = np.flatnonzero(uses_vectors)
+        if len(from_vectors):
+            gather_vectors([records[i] for i in from_vectors], self._config.dim, out, offsets[from_vectors])
+        from_codes = np.flatnonzero(~uses_vectors)
+        if len(from_codes):
+            self._decode([records[i] for i in from_codes], out, offsets[from_codes])
+        return out, offsets, [self.precision(r) for r in records]
+
+    def _decode(self, records: Sequence[Record], out: np.ndarray, rows: np.ndarray) -> None:
+        codec = self._store.codec
+        by_mapping: dict[int, list[int]] = {}
+        for i, record in enumerate(records):
+            by_mapping.setdefault(id(record.code_segment), []).append(i)
+        for members in by_mapping.values():
+            mapping = records[members[0]].code_segment
+            decode_blocks(
+                mapping.bytes,
+                np.fromiter((records[i].code_offset for i in members), np.int64, len(members)),
+                np.fromiter((records[i].n_tokens for i in members), np.int64, len(members)),
+                rows[members],
+                codec.centroids,
+                codec.decode_table(),
+                out,
+            )

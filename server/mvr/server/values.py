@@ -1,0 +1,62 @@
+"""Plain values that cross between the engine and the service layer (no gRPC types)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class DocumentInput:
+    """A document to write: exactly one of ``text`` and ``vectors`` (float32 (n, dim))."""
+
+    id: str
+    vectors: np.ndarray | None = None
+    text: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Document:
+    id: str
+    text: str | None
+    metadata: dict[str, str]
+    vectors: np.ndarray | None
+    n_tokens: int
+    truncated: bool
+
+
+@dataclass
+class UpsertResult:
+    id: str
+    created: bool
+    n_tokens: int
+    truncated: bool
+
+
+@dataclass
+class TokenMatch:
+    query_token: int
+    doc_token: int
+    score: float
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    metadata: dict[str, str]
+    explanation: list[TokenMatch] | None = None
+    precision: str = "float32"  # what the score was computed over: "float16", "float32", "residual4", ...
+
+
+@dataclass
+class CollectionStats:
+    documents: int
+    tokens: int
+    indexed: int
+    bytes_on_disk: dict[str, int]
+    bytes_in_memory: dict[str, int]
+    coded: int = 0  # documents whose codes the cascade reads
+    centroids: int = 0  # centroids of the collection's codec, 0 before training
