@@ -296,3 +296,146 @@ def test_text_collection_with_a_tiny_model_and_a_changed_model(tmp_path: Path) -
         c.encode_query("rain")
     assert c.search(c.get("rain").vectors, 1)[0].id == "rain"  # the vectors path still works
     manager.close()
+
+
+# ------------------------------------------------------------------------------------ coded collections
+
+CODED = {"train_after_tokens": 1024, "centroids": 32}
+
+
+def exact_top(query: np.ndarray, docs: dict[str, np.ndarray], k: int) -> list[str]:
+    return sorted(docs, key=lambda d: (-chamfer(query, docs[d]), d))[:k]
+
+
+def paraphrases(docs: dict[str, np.ndarray], n: int, seed: int) -> list[np.ndarray]:
+    """Queries made of a few perturbed tokens of one document each."""
+    rng = np.random.default_rng(seed)
+    names = sorted(docs)
+    queries = []
+    for _ in range(n):
+        source = docs[names[int(rng.integers(len(names)))]]
+        picked = source[rng.choice(len(source), size=min(6, len(source)), replace=False)]
+        noisy = picked + 0.1 * rng.standard_normal(picked.shape).astype(np.float32)
+        queries.append(noisy / np.linalg.norm(noisy, axis=1, keepdims=True))
+    return queries
+
+
+def build_coded(manager: CollectionManager, docs: dict[str, np.ndarray], **tokens) -> object:
+    manager.create("coded", model=None, dim=DIM, tokens={**CODED, **tokens})
+    c = manager.get("coded")
+    items = list(docs.items())
+    for start in range(0, len(items), 50):
+        c.upsert(
+            [
+                DocumentInput(i, vectors=v, metadata={"half": str(n % 2)})
+                for n, (i, v) in enumerate(items[start : start + 50], start)
+            ]
+        )
+    c.flush(timeout_s=120)
+    return c
+
+
+def test_coded_collection_trains_codes_and_searches_decoded_tokens(manager: CollectionManager) -> None:
+    docs = clustered_corpus(300, seed=3)
+    c = build_coded(manager, docs)
+    stats = c.stats()
+    assert (stats.coded, stats.centroids) == (300, 32)
+    assert stats.bytes_on_disk["codes"] == stats.tokens * (2 + DIM * 4 // 8)
+    queries = paraphrases(docs, 20, seed=5)
+    # with every document a candidate, the result is exact MaxSim over the decoded tokens
+    for query in queries[:5]:
+        hits = c.search(query, 10, candidates=300)
+        assert {h.precision for h in hits} == {"residual4"}
+        decoded = {h.id: c.searcher.token_matrix([c.store.records[h.id]])[0] for h in hits}
+        for hit in hits:
+            assert hit.score == pytest.approx(chamfer(query, decoded[hit.id]), abs=1e-4)
+    # at the defaults the cascade finds what exact MaxSim over every decoded document finds ...
+    ceiling = [{h.id for h in c.search(q, 10, candidates=300)} for q in queries]
+    found = [
+        len({h.id for h in c.search(q, 10)} & best) / 10 for q, best in zip(queries, ceiling, strict=True)
+    ]
+    assert np.mean(found) >= 0.95
+    # ... which is close to exact Chamfer over the original vectors (4 bits at 16 dims: ~0.84 here)
+    kept = [len(best & set(exact_top(q, docs, 10))) / 10 for q, best in zip(queries, ceiling, strict=True)]
+    assert np.mean(kept) >= 0.8
+    assert {h.id for h in c.search(queries[0], 10, filter={"half": "1"})} <= {
+        d for n, d in enumerate(docs) if n % 2 == 1
+    }
+
+
+def test_compaction_drops_vectors_of_coded_documents_and_reopen_rebuilds(tmp_path: Path) -> None:
+    docs = clustered_corpus(200, seed=4)
+    manager = CollectionManager(tmp_path, save_interval_s=3600)
+    c = build_coded(manager, docs)
+    query = unit(np.random.default_rng(6), 6)
+    before = [(h.id, h.score) for h in c.search(query, 10)]
+    assert c.get("d0007").vectors.dtype == np.float32  # still the stored vectors before compaction
+    c.compact()
+    assert c.store.bytes_on_disk()["vectors"] == 0
+    decoded = c.get("d0007").vectors
+    cosine = (decoded * docs["d0007"]).sum(axis=1)
+    assert decoded.shape == docs["d0007"].shape and cosine.min() > 0.9
+    assert [(h.id, h.score) for h in c.search(query, 10)] == before
+    manager.close()
+    reopened = CollectionManager(tmp_path, save_interval_s=3600)
+    c = reopened.get("coded")
+    assert c.stats().coded == 200
+    assert [(h.id, h.score) for h in c.search(query, 10)] == before
+    # writes after the codec: coded at once by the indexer, then deletes and replacements
+    new = unit(np.random.default_rng(7), 12)
+    c.upsert([DocumentInput("fresh", vectors=new), DocumentInput("d0001", vectors=new)])
+    c.delete(["d0002"])
+    c.flush(timeout_s=60)
+    assert c.stats().coded == 200
+    hits = c.search(new, 3)
+    assert {hits[0].id, hits[1].id} == {"fresh", "d0001"}
+    assert "d0002" not in {h.id for h in c.search(docs["d0002"], 50, candidates=200)}
+    reopened.close()
+
+
+def test_keep_vectors_scores_over_the_stored_vectors(manager: CollectionManager) -> None:
+    docs = clustered_corpus(150, seed=8)
+    c = build_coded(manager, docs, keep_vectors=True)
+    c.compact()
+    assert c.store.bytes_on_disk()["vectors"] > 0 and c.stats().coded == 150
+    query = unit(np.random.default_rng(9), 5)
+    hits = c.search(query, 5, candidates=150)
+    assert {h.precision for h in hits} == {"float16"}
+    assert [h.id for h in hits] == exact_top(query, docs, 5)
+
+
+def test_writes_during_training_and_backfill_are_all_coded(manager: CollectionManager) -> None:
+    docs = clustered_corpus(400, seed=10)
+    manager.create("coded", model=None, dim=DIM, tokens=CODED)
+    c = manager.get("coded")
+    items = list(docs.items())
+    for start in range(0, len(items), 10):  # small batches: training and backfill race the writes
+        c.upsert([DocumentInput(i, vectors=v) for i, v in items[start : start + 10]])
+    c.flush(timeout_s=120)
+    assert c.stats().coded == 400
+    snapshot = c.tokens.snapshot
+    assert snapshot.n == 400 and snapshot.n_listed == 400 and bool(np.all(np.diff(snapshot.labels) > 0))
+
+
+def test_search_knobs_are_validated_by_name(manager: CollectionManager) -> None:
+    c = build_coded(manager, clustered_corpus(60, seed=11))
+    query = unit(np.random.default_rng(0), 4)
+    for kwargs, field in [
+        ({"probe": 0}, "probe"),
+        ({"probe": 65}, "probe"),
+        ({"centroid_candidates": 0}, "centroid_candidates"),
+        ({"candidates": 5}, "candidates"),
+    ]:
+        with pytest.raises(InvalidArgument, match=field):
+            c.search(query, 10, **kwargs)
+
+
+def test_bad_token_storage_is_rejected_by_name(manager: CollectionManager) -> None:
+    for tokens, field in [
+        ({"residual_bits": 3}, "collection.token_storage.residual_bits"),
+        ({"centroids": 70000}, "collection.token_storage.centroids"),
+        ({"train_after_tokens": 10}, "collection.token_storage.train_after_tokens"),
+        ({"bogus": 1}, "collection.token_storage.bogus"),
+    ]:
+        with pytest.raises(InvalidArgument, match=field.replace(".", r"\.")):
+            manager.create("bad", model=None, dim=DIM, tokens=tokens)

@@ -3,6 +3,8 @@ real server on loopback (the `mvr_server` fixture: `mvr serve` in a subprocess, 
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -133,9 +135,65 @@ def test_create_collection_echoes_defaults_and_get_reports_stats(stubs, unique_n
     assert created.storage_dtype == tpb.DTYPE_FLOAT16
     assert created.encoder.model == ""
     assert created.create_time.seconds > 0
+    storage = created.token_storage
+    assert (storage.residual_bits, storage.disable_codes, storage.keep_vectors) == (4, False, False)
+    assert storage.train_after_tokens > 0 and storage.trained_centroids == 0
+    assert storage.precision == tpb.TOKEN_PRECISION_RESIDUAL_4BIT
     got = collections.GetCollection(cpb.GetCollectionRequest(name=created.name), timeout=TIMEOUT).collection
-    assert got.stats.documents == 0
+    assert got.stats.documents == 0 and got.stats.coded_documents == 0
     assert got.fde == created.fde
+
+
+def test_coded_collection_over_grpc_reports_codec_and_precision(stubs, unique_name: str) -> None:
+    collections, documents, search = stubs
+    storage = cpb.TokenStorage(residual_bits=2, train_after_tokens=1024, centroids=16)
+    created = collections.CreateCollection(
+        cpb.CreateCollectionRequest(
+            collection_id=unique_name, collection=cpb.Collection(dim=DIM, token_storage=storage)
+        ),
+        timeout=TIMEOUT,
+    ).collection
+    assert created.token_storage.precision == tpb.TOKEN_PRECISION_RESIDUAL_2BIT
+    rng = np.random.default_rng(4)
+    docs = {f"d{i}": unit_rows(rng, 20) for i in range(80)}  # 1,600 tokens: enough to train
+    documents.UpsertDocuments(
+        dpb.UpsertDocumentsRequest(
+            parent=created.name, documents=[dpb.Document(id=i, vectors=pack(v)) for i, v in docs.items()]
+        ),
+        timeout=TIMEOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        got = collections.GetCollection(
+            cpb.GetCollectionRequest(name=created.name), timeout=TIMEOUT
+        ).collection
+        if got.stats.coded_documents == len(docs):
+            break
+        time.sleep(0.2)
+    assert got.stats.coded_documents == len(docs) and got.token_storage.trained_centroids == 16
+    assert got.stats.bytes_on_disk["codes"] == 1600 * (2 + DIM * 2 // 8)
+    hits = search.Search(
+        spb.SearchRequest(collection=created.name, query=spb.Query(vectors=pack(docs["d3"])), top_k=3),
+        timeout=TIMEOUT,
+    ).hits
+    assert hits[0].id == "d3" and hits[0].precision == tpb.TOKEN_PRECISION_RESIDUAL_2BIT
+
+
+def test_create_collection_rejects_bad_token_storage(stubs, unique_name: str) -> None:
+    collections, _, _ = stubs
+    for storage, field in [
+        (cpb.TokenStorage(residual_bits=3), "collection.token_storage.residual_bits"),
+        (cpb.TokenStorage(disable_codes=True, residual_bits=2), "collection.token_storage.residual_bits"),
+        (cpb.TokenStorage(trained_centroids=5), "collection.token_storage.trained_centroids"),
+    ]:
+        err = expect_error(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            collections.CreateCollection,
+            cpb.CreateCollectionRequest(
+                collection_id=unique_name, collection=cpb.Collection(dim=DIM, token_storage=storage)
+            ),
+        )
+        assert field in err.details()
 
 
 def test_create_collection_with_explicit_parameters(stubs, unique_name: str) -> None:
@@ -531,6 +589,14 @@ def test_search_errors(stubs, vector_collection: str, corpus) -> None:
         spb.BatchSearchRequest(searches=[request(), request(top_k=5000)]),
     )
     assert "searches[1].top_k" in err.details()
+    err = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        search.BatchSearch,
+        spb.BatchSearchRequest(searches=[request(), request(probe=65)]),
+    )
+    assert "searches[1].probe" in err.details() and "65" in err.details()
+    err = expect_error(grpc.StatusCode.INVALID_ARGUMENT, search.Search, request(centroid_candidates=200_000))
+    assert "centroid_candidates" in err.details()
     err = expect_error(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         search.BatchSearch,

@@ -150,7 +150,7 @@ class CollectionManager:
             dim, encoder_spec = encoder.dim, encoder.spec
         fde_config = with_overrides(default_fde(dim), fde or {}, "collection.fde")
         hnsw_params = with_overrides(HNSWParams(), hnsw or {}, "collection.hnsw")
-        token_storage = with_overrides(TokenStorage(), tokens or {}, "collection.tokens")
+        token_storage = with_overrides(TokenStorage(), tokens or {}, "collection.token_storage")
         config = CollectionConfig(
             name, dim, encoder_spec, fde_config, hnsw_params, vector_dtype, time.time(), token_storage
         )

@@ -1,0 +1,175 @@
+"""Token codec and the cascade's cheap kernels: against slow NumPy references and their invariants."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from mvr.server import candidates, codec
+
+
+def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def clustered(rng: np.random.Generator, n: int, dim: int, n_topics: int = 40) -> np.ndarray:
+    centres = unit(rng, n_topics, dim)
+    x = centres[rng.integers(0, n_topics, n)] + 0.25 * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def sample() -> np.ndarray:
+    return clustered(np.random.default_rng(0), 6000, 32)
+
+
+@pytest.mark.parametrize("bits", codec.SUPPORTED_BITS)
+def test_encode_decode_roundtrip_matches_reference(sample: np.ndarray, bits: int) -> None:
+    trained = codec.train(sample, 64, bits, iterations=4)
+    tokens = sample[:500]
+    ids, packed = trained.encode(tokens)
+    assert ids.dtype == np.uint16 and packed.shape == (500, 32 * bits // 8)
+    # reference: nearest centroid, then each residual dimension's bucket value, renormalised
+    expected_ids = np.argmax(tokens @ trained.centroids.T, axis=1)
+    np.testing.assert_array_equal(ids, expected_ids)
+    residual = tokens - trained.centroids[expected_ids]
+    buckets = np.stack(
+        [np.searchsorted(trained.cutoffs[j], residual[:, j], side="right") for j in range(32)], axis=1
+    )
+    rebuilt = trained.centroids[expected_ids] + trained.values[np.arange(32), buckets]
+    rebuilt /= np.linalg.norm(rebuilt, axis=1, keepdims=True)
+    np.testing.assert_allclose(trained.decode(ids, packed), rebuilt, atol=1e-5)
+
+
+def test_more_bits_reconstruct_better(sample: np.ndarray) -> None:
+    errors = []
+    for bits in codec.SUPPORTED_BITS:
+        trained = codec.train(sample, 64, bits, iterations=4)
+        decoded = trained.decode(*trained.encode(sample[:1000]))
+        errors.append(float(np.mean(np.linalg.norm(decoded - sample[:1000], axis=1))))
+    assert errors == sorted(errors, reverse=True), errors
+    assert errors[2] < 0.5 * errors[0]  # 4 bits vs 1 bit
+
+
+def test_blocks_decode_in_place_and_distinct_centroids(sample: np.ndarray) -> None:
+    trained = codec.train(sample, 64, 4, iterations=3)
+    docs = [sample[a:b] for a, b in [(0, 7), (7, 8), (8, 40), (40, 100)]]
+    data = b"".join(codec.encode_block(trained, d) for d in docs)
+    sizes = [codec.block_size(len(d), trained.residual_bytes) for d in docs]
+    offsets = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
+    counts = np.array([len(d) for d in docs], np.int64)
+    buffer = np.frombuffer(data, np.uint8)
+    order = np.array([2, 0, 3], np.int64)  # any subset, any order, any target rows
+    rows = np.array([0, 32, 39], np.int64)
+    out = np.full((99, 32), np.nan, np.float32)
+    codec.decode_blocks(
+        buffer, offsets[order], counts[order], rows, trained.centroids, trained.decode_table(), out
+    )
+    for doc, row in zip(order.tolist(), rows.tolist(), strict=True):
+        expected = trained.decode(*trained.encode(docs[doc]))
+        np.testing.assert_allclose(out[row : row + len(docs[doc])], expected, atol=1e-6)
+    ids, id_offsets = codec.distinct_centroids(buffer, offsets, counts, trained.n_centroids)
+    for i, doc in enumerate(docs):
+        np.testing.assert_array_equal(ids[id_offsets[i] : id_offsets[i + 1]], np.unique(trained.assign(doc)))
+
+
+def test_codec_persists(sample: np.ndarray, tmp_path) -> None:
+    trained = codec.train(sample, 32, 2, iterations=2)
+    trained.save(tmp_path / "codec.npz")
+    loaded = codec.Codec.load(tmp_path / "codec.npz")
+    tokens = sample[:50]
+    np.testing.assert_array_equal(
+        loaded.decode(*loaded.encode(tokens)), trained.decode(*trained.encode(tokens))
+    )
+
+
+def test_train_rejects_bad_arguments(sample: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="bits"):
+        codec.train(sample, 8, 3)
+    with pytest.raises(ValueError, match="n_centroids"):
+        codec.train(sample[:10], 11, 2)
+
+
+def test_default_centroids_grow_with_the_collection() -> None:
+    assert codec.default_centroids(1000) == 256
+    assert codec.default_centroids(1_150_000) == 4096
+    assert codec.default_centroids(10**9) == 8192
+
+
+# ------------------------------------------------------------------------------------ candidates
+
+
+def ragged_sets(draw_sizes: list[int], n_centroids: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    sets = [np.unique(rng.integers(0, n_centroids, size)) for size in draw_sizes]
+    offsets = np.cumsum([0, *(len(s) for s in sets)]).astype(np.int64)
+    return np.concatenate(sets).astype(np.uint16), offsets
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=40),
+    n_centroids=st.integers(2, 24),
+    n_query=st.integers(1, 6),
+    n_probe=st.integers(1, 5),
+    keep=st.integers(1, 50),
+    seed=st.integers(0, 2**16),
+)
+def test_probe_lists_equals_reference(sizes, n_centroids, n_query, n_probe, keep, seed) -> None:
+    cids, cid_offsets = ragged_sets(sizes, n_centroids, seed)
+    n_docs = len(sizes)
+    rng = np.random.default_rng(seed + 1)
+    similarities = rng.standard_normal((n_query, n_centroids)).astype(np.float32)
+    alive = (rng.random(n_docs) < 0.8).astype(np.uint8)
+    list_offsets, list_slots = candidates.build_lists(cids, cid_offsets, n_docs, n_centroids)
+    for c in range(n_centroids):  # the lists invert the sets
+        holders = [d for d in range(n_docs) if c in cids[cid_offsets[d] : cid_offsets[d + 1]]]
+        assert list_slots[list_offsets[c] : list_offsets[c + 1]].tolist() == holders
+    probes = candidates.probe_table(similarities, n_probe)
+    slots, scores = candidates.probe_lists(
+        similarities, probes, list_offsets, list_slots, n_docs, alive, keep
+    )
+    # reference: a live document found by any probe scores, per query token, its best probed centroid
+    # that it holds, else the similarity of the first centroid not probed
+    width = probes.shape[1] - 1
+    expected = {}
+    for d in range(n_docs):
+        held = set(cids[cid_offsets[d] : cid_offsets[d + 1]].tolist())
+        probed_held = [[c for c in probes[i, :width].tolist() if c in held] for i in range(n_query)]
+        if not alive[d] or not any(probed_held):
+            continue
+        expected[d] = sum(
+            max(similarities[i, c] for c in found) if found else similarities[i, probes[i, width]]
+            for i, found in enumerate(probed_held)
+        )
+    assert len(slots) == min(keep, len(expected))
+    ranked = sorted(expected.values(), reverse=True)
+    np.testing.assert_allclose(
+        sorted(scores.tolist(), reverse=True), ranked[: len(slots)], rtol=1e-5, atol=1e-5
+    )
+    for slot, score in zip(slots.tolist(), scores.tolist(), strict=True):
+        assert score == pytest.approx(expected[slot], abs=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(1, 12), min_size=1, max_size=30), seed=st.integers(0, 2**16))
+def test_centroid_interaction_is_maxsim_over_centroids(sizes, seed) -> None:
+    n_centroids, n_query, dim = 16, 4, 8
+    rng = np.random.default_rng(seed)
+    centroids, query = unit(rng, n_centroids, dim), unit(rng, n_query, dim)
+    cids, cid_offsets = ragged_sets(sizes, n_centroids, seed)
+    similarities = query @ centroids.T
+    slots = rng.permutation(len(sizes)).astype(np.int64)
+    got = candidates.centroid_interaction(np.ascontiguousarray(similarities.T), cids, cid_offsets, slots)
+    for slot, score in zip(slots.tolist(), got.tolist(), strict=True):
+        members = centroids[cids[cid_offsets[slot] : cid_offsets[slot + 1]]]
+        assert score == pytest.approx(float((query @ members.T).max(axis=1).sum()), abs=1e-5)
+
+
+def test_probe_table_orders_and_imputes() -> None:
+    similarities = np.array([[0.1, 0.9, 0.5, 0.7]], np.float32)
+    np.testing.assert_array_equal(candidates.probe_table(similarities, 2), [[1, 3, 2]])
+    # more probes than centroids: all probed, the worst imputed
+    np.testing.assert_array_equal(candidates.probe_table(similarities, 9), [[1, 3, 2, 0, 0]])
