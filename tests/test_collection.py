@@ -300,7 +300,7 @@ def test_text_collection_with_a_tiny_model_and_a_changed_model(tmp_path: Path) -
 
 # ------------------------------------------------------------------------------------ coded collections
 
-CODED = {"train_after_tokens": 1024, "centroids": 32}
+CODED = {"train_after_tokens": 1024, "centroids": 64}
 
 
 def exact_top(query: np.ndarray, docs: dict[str, np.ndarray], k: int) -> list[str]:
@@ -339,7 +339,7 @@ def test_coded_collection_trains_codes_and_searches_decoded_tokens(manager: Coll
     docs = clustered_corpus(300, seed=3)
     c = build_coded(manager, docs)
     stats = c.stats()
-    assert (stats.coded, stats.centroids) == (300, 32)
+    assert (stats.coded, stats.centroids) == (300, 64)
     assert stats.bytes_on_disk["codes"] == stats.tokens * (2 + DIM * 4 // 8)
     queries = paraphrases(docs, 20, seed=5)
     # with every document a candidate, the result is exact MaxSim over the decoded tokens

@@ -16,6 +16,7 @@ differs by dimension), and decoded tokens are renormalised to unit length, as th
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,14 +62,14 @@ class Codec:
 
     # ------------------------------------------------------------------------------ coding
 
-    def assign(self, tokens: np.ndarray) -> np.ndarray:
+    def assign(self, tokens: np.ndarray, threads: int = 1) -> np.ndarray:
         """Nearest centroid (largest inner product) of each token: uint16 (n,)."""
-        return nearest_centroids(tokens, self.centroids)
+        return nearest_centroids(tokens, self.centroids, threads)
 
-    def encode(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, tokens: np.ndarray, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(centroid ids uint16 (n,), packed residuals uint8 (n, residual_bytes)) of float32 tokens."""
         tokens = np.ascontiguousarray(tokens, dtype=np.float32)
-        ids = self.assign(tokens)
+        ids = self.assign(tokens, threads)
         packed = np.empty((len(tokens), self.residual_bytes), dtype=np.uint8)
         _encode_residuals(tokens, self.centroids, ids, self.cutoffs, self.bits, packed)
         return ids, packed
@@ -126,7 +127,9 @@ class Codec:
 # ---------------------------------------------------------------------------------------- training
 
 
-def train(sample: np.ndarray, n_centroids: int, bits: int, *, iterations: int = 8, seed: int = 0) -> Codec:
+def train(
+    sample: np.ndarray, n_centroids: int, bits: int, *, iterations: int = 8, seed: int = 0, threads: int = 1
+) -> Codec:
     """Spherical k-means over ``sample`` (float32 (n, dim), unit rows), then residual buckets at the
     per-dimension quantiles of the sample's residuals."""
     if bits not in SUPPORTED_BITS:
@@ -137,7 +140,7 @@ def train(sample: np.ndarray, n_centroids: int, bits: int, *, iterations: int = 
     rng = np.random.default_rng(seed)
     centroids = sample[rng.choice(len(sample), n_centroids, replace=False)].copy()
     for _ in range(iterations):
-        ids = nearest_centroids(sample, centroids)
+        ids = nearest_centroids(sample, centroids, threads)
         sums = np.zeros_like(centroids)
         counts = np.zeros(n_centroids, dtype=np.int64)
         _accumulate(sample, ids, sums, counts)
@@ -145,7 +148,7 @@ def train(sample: np.ndarray, n_centroids: int, bits: int, *, iterations: int = 
         if empty.any():  # re-seed an empty cluster at a random token rather than leave it dead
             sums[empty] = sample[rng.choice(len(sample), int(empty.sum()), replace=False)]
         centroids = _normalise(sums)
-    ids = nearest_centroids(sample, centroids)
+    ids = nearest_centroids(sample, centroids, threads)
     residuals = sample - centroids[ids]
     cutoffs, values = _quantile_buckets(residuals, bits)
     return Codec(centroids, cutoffs, values, bits)
@@ -173,15 +176,24 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def nearest_centroids(tokens: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """argmax over centroids of ⟨token, centroid⟩, one chunked float32 GEMM: uint16 (n,)."""
+def nearest_centroids(tokens: np.ndarray, centroids: np.ndarray, threads: int = 1) -> np.ndarray:
+    """argmax over centroids of ⟨token, centroid⟩ by chunked float32 GEMMs: uint16 (n,).
+
+    ``threads`` > 1 shares the chunks among that many threads (each GEMM single-threaded, as BLAS is
+    limited in the server): the cost of coding and training is this GEMM, n × K × dim."""
     out = np.empty(len(tokens), dtype=np.uint16)
-    scratch = np.empty((min(_ASSIGN_CHUNK, len(tokens)), len(centroids)), dtype=np.float32)
-    for start in range(0, len(tokens), _ASSIGN_CHUNK):
+    starts = range(0, len(tokens), _ASSIGN_CHUNK)
+
+    def assign(start: int) -> None:
         chunk = tokens[start : start + _ASSIGN_CHUNK]
-        scores = scratch[: len(chunk)]
-        np.matmul(chunk, centroids.T, out=scores)
-        out[start : start + len(chunk)] = scores.argmax(axis=1)
+        out[start : start + len(chunk)] = (chunk @ centroids.T).argmax(axis=1)
+
+    if threads <= 1 or len(starts) == 1:
+        for start in starts:
+            assign(start)
+    else:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mvr-codec") as pool:
+            list(pool.map(assign, starts))
     return out
 
 

@@ -20,7 +20,7 @@ class HNSWParams:
 
     m: int = 16
     ef_construction: int = 200
-    ef_search: int = 200
+    ef_search: int = 64
 
     def __post_init__(self) -> None:
         check_range("collection.hnsw.m", self.m, 2, 128)
@@ -77,9 +77,12 @@ class TokenStorage:
 
 
 def default_fde(dim: int) -> FDEConfig:
-    """Server default FDE: R=20, k_sim=3, d_proj=16 (2,560 dims), chosen by bench/recall.py's sweep
-    (see bench/results/recall.json); d_proj is capped at the token dim (tiny test dims)."""
-    return FDEConfig(repetitions=20, k_sim=3, d_proj=min(16, dim), fill_empty=True, final_dim=None, seed=0)
+    """Server default FDE: R=20, k_sim=3, d_proj=16 (2,560 dims, chosen by bench/recall.py's sweep),
+    projected to 512 dims for the graph: once a collection is coded the graph sends only a quarter of
+    the candidates, and at 10k topic-clustered documents the 512-d graph cost 0.3 points of recall@10
+    (0.934 vs 0.937 at C=128) for a fifth of the graph's bytes (2.2 vs 10.4 KB a document on disk).
+    d_proj is capped at the token dim (tiny test dims)."""
+    return FDEConfig(repetitions=20, k_sim=3, d_proj=min(16, dim), fill_empty=True, final_dim=512, seed=0)
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ class Indexer:
         if not todo or c.tokens is None:
             return
         tokens, offsets = gather(todo, c.config.dim)
-        ids, packed = c.store.codec.encode(tokens)
+        ids, packed = c.store.codec.encode(tokens, c.fde.threads)
         blocks = [
             ids[a:b].astype("<u2").tobytes() + packed[a:b].tobytes()
             for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
@@ -158,7 +158,9 @@ class Indexer:
         sample = self._sample(max(TRAIN_SAMPLE_PER_CENTROID * n_centroids, 1 << 16))
         n_centroids = min(n_centroids, len(sample))
         started = time.perf_counter()
-        trained = codec_module.train(sample, n_centroids, storage.residual_bits, iterations=TRAIN_ITERATIONS)
+        trained = codec_module.train(
+            sample, n_centroids, storage.residual_bits, iterations=TRAIN_ITERATIONS, threads=c.fde.threads
+        )
         with c.write_lock:
             if c.closed:
                 return

@@ -7,6 +7,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +150,12 @@ class CollectionManager:
                 )
             dim, encoder_spec = encoder.dim, encoder.spec
         fde_config = with_overrides(default_fde(dim), fde or {}, "collection.fde")
+        if (
+            "final_dim" not in (fde or {})
+            and fde_config.final_dim
+            and fde_config.inner_dim <= fde_config.final_dim
+        ):
+            fde_config = replace(fde_config, final_dim=None)  # the default projection only ever shrinks
         hnsw_params = with_overrides(HNSWParams(), hnsw or {}, "collection.hnsw")
         token_storage = with_overrides(TokenStorage(), tokens or {}, "collection.token_storage")
         config = CollectionConfig(

@@ -550,6 +550,8 @@ class Store:
                 code_temp.unlink(missing_ok=True)
                 raise
         self._finish_compaction(vector_offsets[-1], code_offsets[-1])
+        with self._db_lock:  # the rewrite of every row grew the WAL: fold it in and truncate it
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         vectors, codes = self._vectors.mapping, self._codes.mapping
         for record in live:
             moved = replace(
