@@ -94,8 +94,9 @@ def test_train_rejects_bad_arguments(sample: np.ndarray) -> None:
 
 def test_default_centroids_grow_with_the_collection() -> None:
     assert codec.default_centroids(1000) == 256
-    assert codec.default_centroids(1_150_000) == 4096
-    assert codec.default_centroids(10**9) == 8192
+    assert codec.default_centroids(40_000) == 1024
+    assert codec.default_centroids(1 << 17) == 4096  # the default training point
+    assert codec.default_centroids(10**9) == 4096
 
 
 # ------------------------------------------------------------------------------------ candidates

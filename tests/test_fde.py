@@ -5,6 +5,7 @@ neighbours."""
 from __future__ import annotations
 
 import json
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -241,8 +242,10 @@ def test_output_shape_dtype_determinism_and_seed() -> None:
 def test_batch_equals_one_by_one_exactly(
     config: FDEConfig, dim: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Bit-identical whatever the batching: across chunk boundaries, BLAS's small-matrix paths (padded
-    away) and thread counts (chunks on pool threads, BLAS held at one thread, vs all on the caller)."""
+    """Bit-identical whatever the batching: across chunk boundaries, a set's position in its chunk's
+    product (OpenBLAS's Haswell sgemm rounded a row by its position: why the FDE has its own product)
+    and thread counts (chunks on pool threads vs all on the caller; BLAS's thread setting, which the
+    FDE no longer uses, varied too)."""
     chunk = 2048  # several chunks in a small test
     monkeypatch.setattr(fde_module, "CHUNK_TOKENS", chunk)
     fde = FDE(config, dim, threads=2)
@@ -269,6 +272,48 @@ def test_batch_equals_one_by_one_exactly(
             np.testing.assert_array_equal(batch_encode(tokens, offsets), batch)
         finally:
             fde.threads = 2
+
+
+def fma_chain(tokens: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """The arithmetic the FDE promises for every product element: acc = fma(x[k], w[k], acc) over k in
+    order from acc = 0, each step the exact x·w + acc rounded once to float32 (nearest, ties to even),
+    in exact rationals."""
+
+    def to_float32(exact: Fraction) -> np.float32:
+        near = np.float32(float(exact))  # within an ulp (float64 then float32 may round twice)
+        candidates = [np.nextafter(near, np.float32(-np.inf)), near, np.nextafter(near, np.float32(np.inf))]
+        return min(candidates, key=lambda c: (abs(Fraction(float(c)) - exact), int(c.view(np.uint32)) & 1))
+
+    out = np.empty((len(tokens), matrix.shape[1]), np.float32)
+    for i, x in enumerate(tokens):
+        for c in range(matrix.shape[1]):
+            acc = np.float32(0.0)
+            for k in range(len(x)):
+                acc = to_float32(Fraction(float(x[k])) * Fraction(float(matrix[k, c])) + Fraction(float(acc)))
+            out[i, c] = acc
+    return out
+
+
+@pytest.mark.parametrize("cols", [1, 7, 8, 9, 23, 24, 25, 49])
+def test_products_are_the_in_order_fma_chain_wherever_the_row_sits(cols: int) -> None:
+    """The product behind every FDE: each element exactly the in-order fma chain, for every tile
+    shape (1–4 rows × 1–3 vectors, by the row count and the width of the last panel) and every row
+    position, so nothing about a token's row depends on the other rows of the call or the machine."""
+    rng = np.random.default_rng(cols)
+    dim = 16
+    matrix = rng.standard_normal((dim, cols)).astype(np.float32)
+    panels, last_vectors = fde_module._pack_panels(matrix)
+    width = (len(panels) - 1) * fde_module.PANEL_COLUMNS + last_vectors * fde_module._LANES
+    tokens = rng.standard_normal((5, dim)).astype(np.float32)
+    expected = fma_chain(tokens, matrix)
+    for n_rows in (1, 5):
+        for offset in range(13):
+            x = rng.standard_normal((offset + n_rows + offset % 4, dim)).astype(np.float32)
+            x[offset : offset + n_rows] = tokens[:n_rows]
+            out = np.empty((len(x), width), np.float32)
+            fde_module._matmul_fma(x, panels, last_vectors, out)
+            np.testing.assert_array_equal(out[offset : offset + n_rows, :cols], expected[:n_rows])
+            assert (out[:, cols:] == 0).all()
 
 
 def test_empty_buckets_without_fill_are_zero_not_nan() -> None:

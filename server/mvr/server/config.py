@@ -50,7 +50,7 @@ class TokenStorage:
     residual_bits: int = 4
     keep_vectors: bool = False
     centroids: int = 0
-    train_after_tokens: int = 1 << 18
+    train_after_tokens: int = 1 << 17
 
     def __post_init__(self) -> None:
         if self.residual_bits not in (0, *SUPPORTED_BITS):

@@ -22,25 +22,33 @@ stays valid whatever numpy's generators do in later versions.
 
 Speed: the projection is linear, so tokens are projected first and summed per bucket after. All R·k_sim
 hyperplane margins and all R·d_proj projected coordinates of a chunk of about a thousand tokens come
-from one BLAS sgemm (margin columns ordered bit-major, so one bit of all R codes is one vector compare);
-bucketing, scatter, averaging and filling then run over the chunk in one Numba kernel while the sgemm's
-output is still in cache. A batch's chunks are shared out to ``threads`` workers (the
-calling thread and pool threads), each running sgemm and kernel on one BLAS thread: handing every chunk
-from BLAS's threads to Numba's and back left the cores waiting on each other (measured 45% of the
-sgemm roofline at (20, 5, 16), 74% this way). ``threads`` > 1 assumes BLAS on one thread per call,
-which is how the server runs it (``mvr.server.app.limit_blas_threads``): with a multi-threaded BLAS,
-each of the concurrent sgemms would fan out over every core. The default, one thread, is safe under
-any BLAS setting (BLAS then parallelises each chunk's sgemm). The BLAS thread count is not changed
-here: it is process-wide, and OpenBLAS 0.3.31 ignores ``openblas_set_num_threads`` from other threads
-once the main thread has set it.
+from one matrix product (margin columns ordered bit-major, so one bit of all R codes is one vector
+compare); bucketing, scatter, averaging and filling then run over the chunk in one Numba kernel while
+the product is still in cache. The product is this module's own register-tiled kernel
+(:func:`_matmul_fma`: 4 tokens × 24 columns a tile in 12 vector registers, the matrix packed once into
+24-column panels), not BLAS: it took 0.65–1.05× the CPU time of OpenBLAS 0.3.31's single-threaded
+sgemm on the chunk shapes (dim 128–768 × 240–420 columns, AVX2, Zen 3), which also packs the tokens on
+every call; AVX-512 hosts run it on 256-bit vectors (not measured there). A batch's chunks are shared
+out to ``threads`` workers (the calling thread and pool threads), each running product and kernel on
+its chunk while it is in cache (BLAS's threads on each chunk's product, then Numba's on the kernel,
+left the cores waiting on each other: 45% of the sgemm roofline at (20, 5, 16) against 74%). BLAS is
+not called, so its thread setting neither matters nor is touched; the default, one thread, encodes on
+the caller's thread only.
 
-Reproducibility: results are bit-identical whatever the batching and the thread count. OpenBLAS
-rounds a row of a small product differently from the same row of a large one (gemv for one row, "direct"
-and small-matrix kernels for small products), so every sgemm is padded with zero rows to at least
-:data:`MIN_GEMM_WORK` multiply-adds: all calls then take the blocked path, whose rows depend neither on
-the other rows nor on BLAS's thread count (checked by ``tests/test_fde.py`` at realistic sizes). Each
-set is encoded by one thread in token order, and the Numba kernels use no fastmath, so they never
-reassociate.
+Reproducibility: results are bit-identical whatever the batching and the thread count. Every product
+element is one chain of fused multiply-adds over the token's coordinates in order,
+``acc = fma(x[k], w[k], acc)`` from ``acc = 0`` (``llvm.fma``: one rounding a step, on every target),
+whichever tile shape, row position, chunk or thread computes it (``tests/test_fde.py`` checks the
+chain exactly). BLAS promises no such thing, and OpenBLAS's Haswell sgemm kernel (the one it picks on
+AVX2 CPUs without AVX-512, e.g. AMD Zen 3) breaks it: some of its micro-tiles keep two partial sums
+(even and odd k, added at the end) — the first 8 columns of the left half of each 12-token tile, the
+last full 8 columns of one half, the 4-token tails — and the others one, so a token's row rounded
+differently with its position in the call (index mod 12, the tails) and with BLAS's thread partition,
+which no padding of the call avoids (the SkylakeX kernel, on the AVX-512 host this was first measured
+on, showed it only for small products). Each set is encoded by one thread in token order, and the
+Numba kernels use no fastmath, so they never reassociate or contract; every step being IEEE
+arithmetic in a fixed order, the output should also be the same on any machine (subnormals not
+flushed, the default), though that is not tested.
 """
 
 from __future__ import annotations
@@ -57,22 +65,32 @@ from typing import Any
 
 import numba
 import numpy as np
+from llvmlite import ir
 from mvr.server.errors import InvalidArgument
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 MAX_K_SIM = 10
 MAX_OUTPUT_DIM = 1 << 24
 _FORMAT_VERSION = 1
 
-# Every sgemm does at least this many multiply-adds (see the module docstring). Measured with numpy's
-# OpenBLAS 0.3.31 on 84 shapes (dim 8–768 × 2–680 columns, 1 and 2 BLAS threads): rows are identical
-# from 2^20 up, not at 2^18; twice the measured bound for margin. A 32-token query at dim 128 and 240
-# columns pads to 69 rows (≈0.1 ms); batches are far above it.
-MIN_GEMM_WORK = 1 << 21
-# Tokens per chunk: the chunk's sgemm output (tokens × R·(k_sim + d_proj) floats, 1.7 MB at
-# (20, 5, 16)) is still in cache (L2/L3) for the kernel, and the Python work per chunk (~30 µs) is
-# under 1% of the chunk's sgemm. At dim 384, (20, 5, 16), 256 to 2048 tokens measured within this
-# machine's run-to-run noise (±10%).
+# Tokens per chunk: the chunk's product (tokens × R·(k_sim + d_proj) floats, 1.7 MB at (20, 5, 16)) is
+# still in cache (L2/L3) for the kernel, and the Python work per chunk (~30 µs) is under 1% of the
+# chunk's product. At dim 384, (20, 5, 16), 256 to 2048 tokens measured within this machine's
+# run-to-run noise (±10%).
 CHUNK_TOKENS = 1024
+# The product's register tile (:func:`_matmul_fma`): _TILE_ROWS tokens × _PANEL_VECTORS vectors of
+# _LANES float32 columns, 12 vector accumulators, which with the 3 panel vectors and a broadcast fills
+# AVX2's 16 registers (6 × 16 measured as fast; 3 × 32 spills, 2.5× slower). The matrix is packed once
+# into PANEL_COLUMNS-wide panels; the last may be 1–3 vectors wide, so at most 7 padding columns.
+_LANES = 8
+_TILE_ROWS = 4
+_PANEL_VECTORS = 3
+PANEL_COLUMNS = _LANES * _PANEL_VECTORS
+# Tokens are multiplied in blocks of about this many bytes (kept in L2 while every panel passes over
+# them); 64 KiB–512 KiB measured alike at dim 128–768.
+_BLOCK_BYTES = 1 << 17
 
 
 @dataclass(frozen=True)
@@ -138,9 +156,8 @@ def _check_int(field: str, value: object, low: int, high: int) -> None:
 class FDE:
     """An FDE for token vectors of dimension ``dim``: its config, random matrices and encoders.
 
-    ``threads``: how many threads one batch call may use, the caller's included (default 1; more
-    assumes BLAS on one thread per call, see the module docstring). Thread-safe: encoding reads the
-    matrices only.
+    ``threads``: how many threads one batch call may use, the caller's included (default 1: the
+    caller's only; see the module docstring). Thread-safe: encoding reads the matrices only.
     """
 
     def __init__(
@@ -169,18 +186,13 @@ class FDE:
         self._sketch_index = matrices.get("sketch_index")
         self._sketch_sign = matrices.get("sketch_sign")
         self._check_matrices()
-        # One sgemm gives the margins (first R·k_sim columns, bit-major: column j·R + r is bit j of
+        # One product gives the margins (first R·k_sim columns, bit-major: column j·R + r is bit j of
         # repetition r) and, unless the projection is the identity, the R projected copies (next
-        # R·d_proj columns, repetition-major). A lone column would make numpy call gemv, which rounds
-        # differently: pad with a zero column.
+        # R·d_proj columns, repetition-major); its matrix is packed once into panels (_pack_panels).
         r, k = config.repetitions, config.k_sim
         bit_major = self._hyperplanes.reshape(self.dim, r, k).transpose(0, 2, 1).reshape(self.dim, r * k)
         parts = [bit_major] if self._projection is None else [bit_major, self._projection]
-        gemm = np.hstack(parts)
-        if gemm.shape[1] == 1:
-            gemm = np.hstack([gemm, np.zeros((self.dim, 1), np.float32)])
-        self._gemm = np.ascontiguousarray(gemm, dtype=np.float32)
-        self._gemm_min_rows = max(2, math.ceil(MIN_GEMM_WORK / max(1, self.dim * self._gemm.shape[1])))
+        self._panels, self._last_vectors = _pack_panels(np.hstack(parts))
 
     @property
     def threads(self) -> int:
@@ -307,7 +319,7 @@ class FDE:
     def _encode_chunk(
         self, tokens: np.ndarray, offsets: np.ndarray, start: int, stop: int, out: np.ndarray, is_query: bool
     ) -> int:
-        """Encodes sets ``start:stop`` into ``out[start:stop]``: one sgemm, one kernel call. Returns
+        """Encodes sets ``start:stop`` into ``out[start:stop]``: one product, one kernel call. Returns
         -1, or the index of a NaN or infinite token (then nothing is encoded)."""
         c = self.config
         first, last = int(offsets[start]), int(offsets[stop])
@@ -331,16 +343,15 @@ class FDE:
         return -1
 
     def _products(self, tokens: np.ndarray) -> np.ndarray:
-        """tokens @ [hyperplanes | projections], the sgemm padded with zero rows to MIN_GEMM_WORK
-        multiply-adds (bit-reproducible, see the module docstring)."""
-        n, cols = len(tokens), self._gemm.shape[1]
-        if cols == 0:  # identity projection and k_sim = 0: nothing to multiply
+        """tokens @ [hyperplanes | projections], every element one in-order fused multiply-add chain
+        (bit-reproducible, see the module docstring). Returns (n, columns rounded up to
+        :data:`_LANES`); the columns past R·(k_sim + d_proj) are zero and never read."""
+        n, n_panels = len(tokens), self._panels.shape[0]
+        if n_panels == 0:  # identity projection and k_sim = 0: nothing to multiply
             return np.empty((n, 0), np.float32)
-        if n < self._gemm_min_rows:
-            padded = np.zeros((self._gemm_min_rows, self.dim), np.float32)
-            padded[:n] = tokens
-            return np.matmul(padded, self._gemm)[:n]
-        return np.matmul(tokens, self._gemm)
+        out = np.empty((n, (n_panels - 1) * PANEL_COLUMNS + self._last_vectors * _LANES), np.float32)
+        _matmul_fma(tokens, self._panels, self._last_vectors, out)
+        return out
 
     def _validate(self, tokens: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tokens = np.asarray(tokens)
@@ -456,6 +467,174 @@ def _generate(config: FDEConfig, dim: int) -> dict[str, np.ndarray]:
         matrices["sketch_index"] = rng.integers(0, config.final_dim, size=inner, dtype=np.int64)
         matrices["sketch_sign"] = (rng.integers(0, 2, size=inner, dtype=np.int8) * 2 - 1).astype(np.float32)
     return matrices
+
+
+# ---------------------------------------------------------------------------------------- product
+
+
+def _pack_panels(matrix: np.ndarray) -> tuple[np.ndarray, int]:
+    """(dim, cols) → float32 (ceil(cols / PANEL_COLUMNS), dim, PANEL_COLUMNS), C-contiguous: panel p row
+    k is ``matrix[k, p·PANEL_COLUMNS : (p + 1)·PANEL_COLUMNS]``, zero-padded. Also returns how many
+    vectors of the last panel hold columns (1 to _PANEL_VECTORS)."""
+    dim, cols = matrix.shape
+    n_panels = -(-cols // PANEL_COLUMNS)
+    padded = np.zeros((dim, n_panels * PANEL_COLUMNS), np.float32)
+    padded[:, :cols] = matrix
+    panels = np.ascontiguousarray(padded.reshape(dim, n_panels, PANEL_COLUMNS).transpose(1, 0, 2))
+    last_vectors = -(-(cols - (n_panels - 1) * PANEL_COLUMNS) // _LANES) if n_panels else 0
+    return panels, last_vectors
+
+
+def _is_array(ty: types.Type, ndim: int) -> bool:
+    return isinstance(ty, types.Array) and ty.dtype == types.float32 and ty.ndim == ndim and ty.layout == "C"
+
+
+def _make_tile(rows: int, vectors: int):
+    """A Numba intrinsic ``tile(x, i0, panels, p, out, c0)``: ``out[i0 + r, c0 + c]`` for r < rows, c <
+    vectors·_LANES, each element the chain ``acc = fma(x[i0 + r, k], panels[p, k, c], acc)`` over k =
+    0 … dim − 1 from acc = +0.0. The rows·vectors accumulators are SSA vectors (registers) and the
+    multiply-adds ``llvm.fma`` (one rounding, never split into a multiply and an add, no fast-math
+    flags): the same chain, so the same bits, for any tile shape, row position or target."""
+    vector = ir.VectorType(ir.FloatType(), _LANES)
+    i64 = ir.IntType(64)
+    splat = ir.Constant(ir.VectorType(ir.IntType(32), _LANES), [0] * _LANES)
+
+    @intrinsic
+    def tile(typingctx, x, i0, panels, p, out, c0):
+        if not (_is_array(x, 2) and _is_array(panels, 3) and _is_array(out, 2)):
+            return None
+        if not all(isinstance(ty, types.Integer) for ty in (i0, p, c0)):
+            return None
+
+        def codegen(context, builder, signature, args):
+            x_ty, i0_ty, panels_ty, p_ty, out_ty, c0_ty = signature.args
+            xs = context.make_array(x_ty)(context, builder, args[0])
+            ps = context.make_array(panels_ty)(context, builder, args[2])
+            os_ = context.make_array(out_ty)(context, builder, args[4])
+            first = context.cast(builder, args[1], i0_ty, types.int64)
+            panel = context.cast(builder, args[3], p_ty, types.int64)
+            column = context.cast(builder, args[5], c0_ty, types.int64)
+            dim = builder.extract_value(xs.shape, 1)
+            width = builder.extract_value(os_.shape, 1)
+            fma = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(vector, [vector] * 3), f"llvm.fma.v{_LANES}f32"
+            )
+            x_rows, out_rows = [], []
+            for r in range(rows):
+                row = builder.add(first, i64(r))
+                x_rows.append(builder.gep(xs.data, [builder.mul(row, dim)]))
+                out_rows.append(builder.gep(os_.data, [builder.add(builder.mul(row, width), column)]))
+            panel_data = builder.gep(ps.data, [builder.mul(builder.mul(panel, dim), i64(PANEL_COLUMNS))])
+            entry = builder.block
+            loop = builder.append_basic_block("fma_tile_loop")
+            done = builder.append_basic_block("fma_tile_done")
+            builder.branch(loop)  # dim ≥ 1: the loop body runs at least once
+            builder.position_at_end(loop)
+            k = builder.phi(i64)
+            k.add_incoming(i64(0), entry)
+            accumulators = [[builder.phi(vector) for _ in range(vectors)] for _ in range(rows)]
+            for phi in itertools.chain.from_iterable(accumulators):
+                phi.add_incoming(ir.Constant(vector, [0.0] * _LANES), entry)
+            weights_row = builder.gep(panel_data, [builder.mul(k, i64(PANEL_COLUMNS))])
+            weights = [
+                builder.load(
+                    builder.bitcast(builder.gep(weights_row, [i64(v * _LANES)]), vector.as_pointer()), align=4
+                )
+                for v in range(vectors)
+            ]
+            updated = []
+            for r in range(rows):
+                value = builder.load(builder.gep(x_rows[r], [k]), align=4)
+                broadcast = builder.shuffle_vector(
+                    builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.IntType(32)(0)),
+                    ir.Constant(vector, ir.Undefined),
+                    splat,
+                )
+                updated.append(
+                    [builder.call(fma, [broadcast, weights[v], accumulators[r][v]]) for v in range(vectors)]
+                )
+            following = builder.add(k, i64(1))
+            k.add_incoming(following, builder.block)
+            for r in range(rows):
+                for v in range(vectors):
+                    accumulators[r][v].add_incoming(updated[r][v], builder.block)
+            builder.cbranch(builder.icmp_signed("<", following, dim), loop, done)
+            builder.position_at_end(done)
+            for r in range(rows):
+                for v in range(vectors):
+                    target = builder.gep(out_rows[r], [i64(v * _LANES)])
+                    builder.store(updated[r][v], builder.bitcast(target, vector.as_pointer()), align=4)
+            return context.get_dummy_value()
+
+        return types.void(x, i0, panels, p, out, c0), codegen
+
+    return tile
+
+
+_tile_4_3, _tile_4_2, _tile_4_1 = _make_tile(4, 3), _make_tile(4, 2), _make_tile(4, 1)
+_tile_3_3, _tile_3_2, _tile_3_1 = _make_tile(3, 3), _make_tile(3, 2), _make_tile(3, 1)
+_tile_2_3, _tile_2_2, _tile_2_1 = _make_tile(2, 3), _make_tile(2, 2), _make_tile(2, 1)
+_tile_1_3, _tile_1_2, _tile_1_1 = _make_tile(1, 3), _make_tile(1, 2), _make_tile(1, 1)
+assert (_TILE_ROWS, _PANEL_VECTORS) == (4, 3), "the tiles above and in _tile cover 1–4 rows × 1–3 vectors"
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _tile(x, i0, rows, panels, p, vectors, out, c0):
+    """The tile of ``rows`` (1–4) tokens × ``vectors`` (1–3) vectors: an intrinsic needs its shape at
+    compile time."""
+    if rows == 4:
+        if vectors == 3:
+            _tile_4_3(x, i0, panels, p, out, c0)
+        elif vectors == 2:
+            _tile_4_2(x, i0, panels, p, out, c0)
+        else:
+            _tile_4_1(x, i0, panels, p, out, c0)
+    elif rows == 3:
+        if vectors == 3:
+            _tile_3_3(x, i0, panels, p, out, c0)
+        elif vectors == 2:
+            _tile_3_2(x, i0, panels, p, out, c0)
+        else:
+            _tile_3_1(x, i0, panels, p, out, c0)
+    elif rows == 2:
+        if vectors == 3:
+            _tile_2_3(x, i0, panels, p, out, c0)
+        elif vectors == 2:
+            _tile_2_2(x, i0, panels, p, out, c0)
+        else:
+            _tile_2_1(x, i0, panels, p, out, c0)
+    elif vectors == 3:
+        _tile_1_3(x, i0, panels, p, out, c0)
+    elif vectors == 2:
+        _tile_1_2(x, i0, panels, p, out, c0)
+    else:
+        _tile_1_1(x, i0, panels, p, out, c0)
+
+
+@numba.njit(nogil=True, cache=True)
+def _matmul_fma(x, panels, last_vectors, out):
+    """``out = x @ W`` for W packed by :func:`_pack_panels` (``last_vectors`` from it too): x float32
+    (n, dim), out float32 (n, (panels − 1)·PANEL_COLUMNS + last_vectors·_LANES), both C-contiguous.
+    Every element is the in-order fma chain of :func:`_make_tile`, whatever n and the row's position.
+    Blocks of tokens stay in L2 while every panel passes over them."""
+    n, dim, n_panels = x.shape[0], x.shape[1], panels.shape[0]
+    if (
+        panels.shape[1] != dim
+        or not 1 <= last_vectors <= _PANEL_VECTORS
+        or out.shape[0] != n
+        or out.shape[1] != (n_panels - 1) * PANEL_COLUMNS + last_vectors * _LANES
+    ):
+        raise ValueError("_matmul_fma: shapes of x, panels and out do not match")
+    block = max(_TILE_ROWS, _BLOCK_BYTES // (4 * dim) // _TILE_ROWS * _TILE_ROWS)
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        for p in range(n_panels):
+            vectors = _PANEL_VECTORS if p < n_panels - 1 else last_vectors
+            first = start
+            while first < stop:
+                rows = min(_TILE_ROWS, stop - first)
+                _tile(x, first, rows, panels, p, vectors, out, p * PANEL_COLUMNS)
+                first += rows
 
 
 # ---------------------------------------------------------------------------------------- kernels
