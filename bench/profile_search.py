@@ -5,14 +5,17 @@ earlier run (``--dir``), then times each cascade stage of :class:`mvr.server.sea
 the queries: FDE of the query, graph (HNSW + pending scan), query × centroids, probe, centroid
 interaction, gathering / decoding the candidates' tokens, exact MaxSim. Prints a table and writes JSON.
 
-    taskset -c 0 python bench/profile_search.py [--docs 10000] [--dir /tmp/mvr-profile] \
+    python bench/profile_search.py [--docs 10000] [--dir /tmp/mvr-profile] [--build-threads 2] \
         [--candidates 128] [--out bench/results/profile_search_10k.json]
+
+Builds with both cores (as `mvr serve` does), then pins itself to one core for the searches.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -96,13 +99,24 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--candidates", type=int, default=128)
     parser.add_argument("--dir", type=Path, default=Path("/tmp/mvr-profile"))
+    parser.add_argument(
+        "--build-threads", type=int, default=2, help="indexer and coding threads (as mvr serve)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "profile_search_10k.json")
     args = parser.parse_args()
     limit_blas_threads()
     corpus, queries, truth = topic_dataset(args.docs, args.queries)
-    manager, collection = open_collection(args, corpus)
+    manager, collection, build = open_collection(args, corpus)
+    stats = collection.stats()
+    footprint = {
+        "disk_bytes_per_doc": {k: round(v / stats.documents) for k, v in stats.bytes_on_disk.items()},
+        "memory_bytes_per_doc": {k: round(v / stats.documents) for k, v in stats.bytes_in_memory.items()},
+        "centroids": stats.centroids,
+    }
+    print(footprint, flush=True)
     if collection.tokens is None or collection.tokens.snapshot is None:
         raise SystemExit("the collection has no codes: not enough tokens to train a codec")
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # searches on one core
     for query in queries[:10]:  # warm up: JIT caches, page cache
         profile_query(collection, query, args.candidates, dict.fromkeys(STAGES, 0.0))
     clock = dict.fromkeys(STAGES, 0.0)
@@ -123,6 +137,8 @@ def main() -> None:
                 "docs": corpus.n_docs,
                 "queries": len(queries),
                 "candidates": args.candidates,
+                "build": build,
+                "footprint": footprint,
                 "ms_per_query": ms,
                 "recall_at_10": recall,
             },

@@ -85,8 +85,8 @@ def _serve(args: argparse.Namespace) -> int:
             name = "--" + flag.replace("_", "-")
             raise SystemExit(f"error: {name} must be at least {minimum}, got {getattr(args, flag)}")
     # Before torch loads its OpenMP runtime: idle OpenMP workers sleep instead of spinning. Spinning
-    # workers took the cores that Numba, BLAS and other requests needed (bench/search_load.py: a text
-    # search went from 40 ms to 23 ms in-process with PASSIVE).
+    # workers took the cores that Numba, BLAS and other requests needed (bench/search_load.py, now
+    # bench/load.py --mode search-text: a text search went from 40 ms to 23 ms in-process with PASSIVE).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from mvr.server.app import ServerConfig, run
 
