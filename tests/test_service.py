@@ -136,9 +136,9 @@ def test_create_collection_echoes_defaults_and_get_reports_stats(stubs, unique_n
     assert created.encoder.model == ""
     assert created.create_time.seconds > 0
     storage = created.token_storage
-    assert (storage.residual_bits, storage.disable_codes, storage.keep_vectors) == (4, False, False)
+    assert (storage.residual_bits, storage.disable_codes, storage.keep_vectors) == (8, False, False)
     assert storage.train_after_tokens > 0 and storage.trained_centroids == 0
-    assert storage.precision == tpb.TOKEN_PRECISION_RESIDUAL_4BIT
+    assert storage.precision == tpb.TOKEN_PRECISION_RESIDUAL_8BIT
     got = collections.GetCollection(cpb.GetCollectionRequest(name=created.name), timeout=TIMEOUT).collection
     assert got.stats.documents == 0 and got.stats.coded_documents == 0
     assert got.fde == created.fde

@@ -5,9 +5,10 @@ buckets of the residuals), encoding (nearest centroid + each residual dimension'
 ``bits`` per dimension) and decoding into contiguous float32 buffers, all over contiguous arrays
 (BLAS for the nearest-centroid search, Numba for packing and unpacking).
 
-A token costs ``2 + dim·bits/8`` bytes (a uint16 centroid id and the packed residual): 66 bytes at
-128 dimensions and 4 bits, against 256 for float16. The centroid ids double as the vocabulary of the
-inverted lists and of the centroid-interaction pass (:mod:`mvr.server.candidates`).
+A token costs ``2 + dim·bits/8`` bytes (a uint16 centroid id and the packed residual): 130 bytes at
+128 dimensions and 8 bits (the default), 66 at 4 bits, 34 at 2, against 256 for float16. The centroid
+ids double as the vocabulary of the inverted lists and of the centroid-interaction pass
+(:mod:`mvr.server.candidates`).
 
 Unlike PLAID, bucket boundaries and reconstruction values are per dimension (a residual's spread
 differs by dimension), and decoded tokens are renormalised to unit length, as the encoder's are.

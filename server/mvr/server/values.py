@@ -48,7 +48,7 @@ class Hit:
     score: float
     metadata: dict[str, str]
     explanation: list[TokenMatch] | None = None
-    precision: str = "float32"  # what the score was computed over: "float16", "float32", "residual4", ...
+    precision: str = "float32"  # what the score was computed over: "float16", "float32", "residual8", ...
 
 
 @dataclass
