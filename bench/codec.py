@@ -81,7 +81,6 @@ def run_config(corpus, queries, truth, n_centroids: int, bits: int, args) -> dic
     block_offsets = offsets[:-1] * (2 + trained.residual_bytes)
     list_offsets, list_slots = candidates.build_lists(doc_cids, doc_offsets, corpus.n_docs, n_centroids)
     alive = np.ones(corpus.n_docs, np.uint8)
-    table = trained.decode_table()
     for n_probe in args.probes:
         for keep in args.keep:
             for rerank in args.rerank:
@@ -104,9 +103,7 @@ def run_config(corpus, queries, truth, n_centroids: int, bits: int, args) -> dic
                     local = np.zeros(len(best) + 1, np.int64)
                     np.cumsum(counts, out=local[1:])
                     out = np.empty((int(local[-1]), trained.dim), np.float32)
-                    codec.decode_blocks(
-                        blocks, block_offsets[best], counts, local[:-1], trained.centroids, table, out
-                    )
+                    trained.decode_into(blocks, block_offsets[best], counts, local[:-1], out)
                     t3 = time.perf_counter()
                     exact = maxsim(query, out, local).scores
                     final = best[np.argsort(-exact)[:10]]

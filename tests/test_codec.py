@@ -40,7 +40,8 @@ def test_encode_decode_roundtrip_matches_reference(sample: np.ndarray, bits: int
     )
     rebuilt = trained.centroids[expected_ids] + trained.values[np.arange(32), buckets]
     rebuilt /= np.linalg.norm(rebuilt, axis=1, keepdims=True)
-    np.testing.assert_allclose(trained.decode(ids, packed), rebuilt, atol=1e-5)
+    # 8 bits decode by arithmetic (lo + code·step, fused) instead of the table: float32 rounding apart
+    np.testing.assert_allclose(trained.decode(ids, packed), rebuilt, atol=5e-5 if bits == 8 else 1e-5)
 
 
 def test_more_bits_reconstruct_better(sample: np.ndarray) -> None:

@@ -75,7 +75,10 @@ class Codec:
         tokens = np.ascontiguousarray(tokens, dtype=np.float32)
         ids = self.assign(tokens, threads)
         packed = np.empty((len(tokens), self.residual_bytes), dtype=np.uint8)
-        _encode_residuals(tokens, self.centroids, ids, self.cutoffs, self.bits, packed)
+        if self.bits == 8:
+            _encode_uniform8(tokens, self.centroids, ids, self.cutoffs, packed)
+        else:
+            _encode_residuals(tokens, self.centroids, ids, self.cutoffs, self.bits, packed)
         return ids, packed
 
     def decode(self, ids: np.ndarray, packed: np.ndarray) -> np.ndarray:
@@ -83,8 +86,19 @@ class Codec:
         data = np.frombuffer(ids.astype("<u2").tobytes() + packed.tobytes(), dtype=np.uint8)
         out = np.empty((len(ids), self.dim), dtype=np.float32)
         zero = np.zeros(1, dtype=np.int64)
-        decode_blocks(data, zero, np.array([len(ids)]), zero, self.centroids, self._byte_table(), out)
+        self.decode_into(data, zero, np.array([len(ids)]), zero, out)
         return out
+
+    def decode_into(
+        self, data: np.ndarray, offsets: np.ndarray, counts: np.ndarray, targets: np.ndarray, out: np.ndarray
+    ) -> None:
+        """Decodes code blocks (see :func:`decode_blocks`) into rows of ``out``."""
+        if self.bits == 8:
+            lo = np.ascontiguousarray(self.values[:, 0])
+            step = np.ascontiguousarray(self.values[:, 1] - self.values[:, 0])
+            _decode_uniform8(data, offsets, counts, targets, self.centroids, lo, step, out)
+        else:
+            decode_blocks(data, offsets, counts, targets, self.centroids, self._byte_table(), out)
 
     def _byte_table(self) -> np.ndarray:
         table = self.__dict__.get("_table")
@@ -154,8 +168,19 @@ def train(
         centroids = _normalise(sums)
     ids = nearest_centroids(sample, centroids, threads)
     residuals = sample - centroids[ids]
-    cutoffs, values = _quantile_buckets(residuals, bits)
+    cutoffs, values = _uniform_buckets(residuals) if bits == 8 else _quantile_buckets(residuals, bits)
     return Codec(centroids, cutoffs, values, bits)
+
+
+def _uniform_buckets(residuals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """8 bits: 256 evenly spaced levels per dimension over its 0.05–99.95% quantile range. With that
+    many levels the spacing matters little, and decoding becomes arithmetic (lo + code·step, one FMA a
+    dimension) instead of a table lookup a dimension, which bounded the decode at ~800 ns a token."""
+    lo, hi = np.quantile(residuals, [0.0005, 0.9995], axis=0)
+    step = np.maximum(hi - lo, 1e-12) / 255
+    values = (lo[:, None] + np.arange(256)[None, :] * step[:, None]).astype(np.float32)
+    cutoffs = np.ascontiguousarray((values[:, :-1] + values[:, 1:]) / 2, dtype=np.float32)
+    return cutoffs, np.ascontiguousarray(values)
 
 
 def _quantile_buckets(residuals: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -226,6 +251,47 @@ def _encode_residuals(tokens, centroids, ids, cutoffs, bits, packed):
             while code < n_cut and r >= cutoffs[j, code]:
                 code += 1
             packed[i, j // per_byte] |= np.uint8(code << ((j % per_byte) * bits))
+
+
+@numba.njit(cache=True)
+def _encode_uniform8(tokens, centroids, ids, cutoffs, packed):
+    """8-bit codes of evenly spaced levels: the bucket by arithmetic instead of a search (cutoffs are
+    the midpoints between levels, so this equals counting the cutoffs at or below the residual)."""
+    for i in range(tokens.shape[0]):
+        c = ids[i]
+        for j in range(tokens.shape[1]):
+            r = tokens[i, j] - centroids[c, j]
+            code = 0
+            if r >= cutoffs[j, 0]:
+                step = cutoffs[j, 1] - cutoffs[j, 0]
+                code = min(255, int((r - cutoffs[j, 0]) / step) + 1)
+                # guard the float division at a boundary: settle on the cutoffs themselves
+                while code > 0 and r < cutoffs[j, code - 1]:
+                    code -= 1
+                while code < 255 and r >= cutoffs[j, code]:
+                    code += 1
+            packed[i, j] = code
+
+
+@numba.njit(cache=True, fastmath=True)
+def _decode_uniform8(data, offsets, counts, targets, centroids, lo, step, out):
+    dim = centroids.shape[1]
+    for r in range(offsets.shape[0]):
+        offset, n = offsets[r], counts[r]
+        residuals = offset + 2 * n
+        for t in range(n):
+            c = _block_id(data, offset, t)
+            row = out[targets[r] + t]
+            centroid = centroids[c]
+            base = residuals + t * dim
+            norm = np.float32(0.0)
+            for j in range(dim):
+                x = centroid[j] + (lo[j] + np.float32(data[base + j]) * step[j])
+                row[j] = x
+                norm += x * x
+            scale = np.float32(1.0) / np.sqrt(norm) if norm > 0 else np.float32(0.0)
+            for j in range(dim):
+                row[j] *= scale
 
 
 def byte_table(values: np.ndarray, bits: int) -> np.ndarray:

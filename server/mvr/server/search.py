@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 from mvr.server.candidates import centroid_interaction, probe_lists, probe_table
-from mvr.server.codec import decode_blocks
 from mvr.server.config import CollectionConfig
 from mvr.server.errors import InvalidArgument
 from mvr.server.fde import FDE
@@ -237,12 +236,10 @@ class Searcher:
             by_mapping.setdefault(id(record.code_segment), []).append(i)
         for members in by_mapping.values():
             mapping = records[members[0]].code_segment
-            decode_blocks(
+            codec.decode_into(
                 mapping.bytes,
                 np.fromiter((records[i].code_offset for i in members), np.int64, len(members)),
                 np.fromiter((records[i].n_tokens for i in members), np.int64, len(members)),
                 rows[members],
-                codec.centroids,
-                codec.decode_table(),
                 out,
             )
