@@ -26,8 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from mvr.server.candidates import centroid_interaction, probe_lists, probe_table
-from mvr.server.config import CollectionConfig
-from mvr.server.errors import InvalidArgument
+from mvr.server.config import CollectionConfig, check_range
 from mvr.server.fde import FDE
 from mvr.server.index import HnswIndex
 from mvr.server.rerank import maxsim
@@ -69,20 +68,15 @@ class SearchParams:
     explain: bool = False
 
     def __post_init__(self) -> None:
-        _check("top_k", self.top_k, 1, MAX_TOP_K)
+        check_range("top_k", self.top_k, 1, MAX_TOP_K)
         if self.candidates is not None:
-            _check("candidates", self.candidates, self.top_k, MAX_CANDIDATES)
+            check_range("candidates", self.candidates, self.top_k, MAX_CANDIDATES)
         if self.ef is not None:
-            _check("ef", self.ef, 1, 100_000)
+            check_range("ef", self.ef, 1, 100_000)
         if self.probe is not None:
-            _check("probe", self.probe, 1, MAX_PROBE)
+            check_range("probe", self.probe, 1, MAX_PROBE)
         if self.centroid_candidates is not None:
-            _check("centroid_candidates", self.centroid_candidates, 1, MAX_CENTROID_CANDIDATES)
-
-
-def _check(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidArgument(name, f"must be an integer in [{low}, {high}], got {value!r}")
+            check_range("centroid_candidates", self.centroid_candidates, 1, MAX_CENTROID_CANDIDATES)
 
 
 class Searcher:

@@ -33,7 +33,6 @@ class TokenSnapshot:
     """A consistent view of the token index for one search."""
 
     codec: Codec
-    table: np.ndarray  # codec.decode_table()
     codes: MappedFile  # the code file the offsets point into
     labels: np.ndarray  # int64 (n,), ascending
     code_offsets: np.ndarray  # int64 (n,)
@@ -67,7 +66,6 @@ class TokenIndex:
 
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
-        self._table = codec.decode_table()
         self._lock = threading.Lock()
         self.snapshot: TokenSnapshot | None = None
 
@@ -137,7 +135,6 @@ class TokenIndex:
             n_listed = n
         self.snapshot = TokenSnapshot(
             self.codec,
-            self._table,
             codes,
             merged_labels,
             merged_offsets,
