@@ -20,6 +20,7 @@ import json
 import platform
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +38,6 @@ def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
     return float(
         np.mean([len(set(f.tolist()) & set(t.tolist())) / len(t) for f, t in zip(found, truth, strict=True)])
     )
-
-
-def distinct_centroids(ids: np.ndarray, offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    per_doc = [np.unique(ids[offsets[i] : offsets[i + 1]]) for i in range(len(offsets) - 1)]
-    doc_offsets = np.zeros(len(per_doc) + 1, np.int64)
-    np.cumsum([len(p) for p in per_doc], out=doc_offsets[1:])
-    return np.concatenate(per_doc).astype(np.uint16), doc_offsets
 
 
 def run_config(corpus, queries, truth, n_centroids: int, bits: int, args) -> dict:
@@ -70,15 +64,13 @@ def run_config(corpus, queries, truth, n_centroids: int, bits: int, args) -> dic
         "cascade": [],
     }
     print(json.dumps({k: v for k, v in result.items() if k != "cascade"}), flush=True)
-    doc_cids, doc_offsets = distinct_centroids(ids, offsets)
+    bounds = offsets.tolist()
     blocks = np.frombuffer(
-        b"".join(
-            ids[a:b].astype("<u2").tobytes() + packed[a:b].tobytes()
-            for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
-        ),
+        b"".join(codec.pack_block(ids[a:b], packed[a:b]) for a, b in pairwise(bounds)),
         dtype=np.uint8,
     )
     block_offsets = offsets[:-1] * (2 + trained.residual_bytes)
+    doc_cids, doc_offsets = codec.distinct_centroids(blocks, block_offsets, np.diff(offsets), n_centroids)
     list_offsets, list_slots = candidates.build_lists(doc_cids, doc_offsets, corpus.n_docs, n_centroids)
     alive = np.ones(corpus.n_docs, np.uint8)
     for n_probe in args.probes:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import numba
@@ -83,7 +84,7 @@ class Codec:
 
     def decode(self, ids: np.ndarray, packed: np.ndarray) -> np.ndarray:
         """float32 (n, dim) unit vectors back from :meth:`encode`'s output."""
-        data = np.frombuffer(ids.astype("<u2").tobytes() + packed.tobytes(), dtype=np.uint8)
+        data = np.frombuffer(pack_block(ids, packed), dtype=np.uint8)
         out = np.empty((len(ids), self.dim), dtype=np.float32)
         zero = np.zeros(1, dtype=np.int64)
         self.decode_into(data, zero, np.array([len(ids)]), zero, out)
@@ -315,10 +316,22 @@ def block_size(n_tokens: int, residual_bytes: int) -> int:
     return n_tokens * (2 + residual_bytes)
 
 
-def encode_block(codec: Codec, tokens: np.ndarray) -> bytes:
-    """One document's block (see :func:`block_size`)."""
-    ids, packed = codec.encode(tokens)
+def pack_block(ids: np.ndarray, packed: np.ndarray) -> bytes:
+    """The block of one document's centroid ids and packed residuals (see :func:`block_size`)."""
     return ids.astype("<u2").tobytes() + packed.tobytes()
+
+
+def encode_blocks(codec: Codec, tokens: np.ndarray, offsets: np.ndarray, threads: int = 1) -> list[bytes]:
+    """The blocks of documents stacked in ``tokens`` (document i: rows ``offsets[i]:offsets[i+1]``),
+    coded in one pass (one GEMM over all their tokens)."""
+    ids, packed = codec.encode(tokens, threads)
+    bounds = offsets.tolist()
+    return [pack_block(ids[a:b], packed[a:b]) for a, b in pairwise(bounds)]
+
+
+def encode_block(codec: Codec, tokens: np.ndarray) -> bytes:
+    """One document's block."""
+    return pack_block(*codec.encode(tokens))
 
 
 @numba.njit(cache=True)

@@ -76,7 +76,7 @@ class Indexer:
                     self._train()
                 elif self._backfill_due:
                     self._backfill()
-                elif c.tokens is not None and c.tokens.tail():
+                elif self._relist_due():
                     c.tokens.relist()
                     c.notify_progress()
                 elif c.save_due(self._save_interval_s):
@@ -87,15 +87,21 @@ class Indexer:
                 time.sleep(1.0)
 
     def _idle_work_due(self) -> bool:
-        c = self._c
-        tail = c.tokens is not None and c.tokens.tail() > 0
-        return self._training_due() or self._backfill_due or tail or c.save_due(self._save_interval_s)
+        return (
+            self._training_due()
+            or self._backfill_due
+            or self._relist_due()
+            or self._c.save_due(self._save_interval_s)
+        )
 
     def busy(self) -> bool:
         """Whether acknowledged documents are still waiting for the graph, the codec or their codes."""
-        c = self._c
-        tail = c.tokens is not None and c.tokens.tail() > 0
-        return bool(c.pending) or self._training_due() or self._backfill_due or tail
+        return bool(self._c.pending) or self._training_due() or self._backfill_due or self._relist_due()
+
+    def _relist_due(self) -> bool:
+        """Whether coded documents wait outside the inverted lists."""
+        tokens = self._c.tokens
+        return tokens is not None and tokens.tail() > 0
 
     # ------------------------------------------------------------------------------ graph + codes
 
@@ -126,12 +132,7 @@ class Indexer:
         todo = [r for r in records if r.has_vectors and not r.coded]
         if not todo or c.tokens is None:
             return
-        tokens, offsets = gather(todo, c.config.dim)
-        ids, packed = c.store.codec.encode(tokens, c.fde.threads)
-        blocks = [
-            ids[a:b].astype("<u2").tobytes() + packed[a:b].tobytes()
-            for a, b in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True)
-        ]
+        blocks = codec_module.encode_blocks(c.store.codec, *gather(todo, c.config.dim), c.fde.threads)
         with c.write_lock:  # the catalog swap must not race an upsert replacing the same id
             if c.closed:
                 return

@@ -30,7 +30,7 @@ from mvr.server.config import CollectionConfig, check_range
 from mvr.server.fde import FDE
 from mvr.server.index import HnswIndex
 from mvr.server.rerank import maxsim
-from mvr.server.store import Record, Store, gather_vectors, token_offsets
+from mvr.server.store import Record, Store, by_mapping, gather_vectors, token_offsets
 from mvr.server.tokens import TokenIndex, TokenSnapshot
 from mvr.server.values import Hit, TokenMatch
 
@@ -225,11 +225,7 @@ class Searcher:
 
     def _decode(self, records: Sequence[Record], out: np.ndarray, rows: np.ndarray) -> None:
         codec = self._store.codec
-        by_mapping: dict[int, list[int]] = {}
-        for i, record in enumerate(records):
-            by_mapping.setdefault(id(record.code_segment), []).append(i)
-        for members in by_mapping.values():
-            mapping = records[members[0]].code_segment
+        for mapping, members in by_mapping([r.code_segment for r in records]):
             codec.decode_into(
                 mapping.bytes,
                 np.fromiter((records[i].code_offset for i in members), np.int64, len(members)),

@@ -206,15 +206,20 @@ def token_offsets(records: Sequence[Record]) -> np.ndarray:
     return offsets
 
 
+def by_mapping(mappings: Sequence[MappedFile]) -> list[tuple[MappedFile, list[int]]]:
+    """The distinct mappings among ``mappings`` and the positions holding each: records read in one
+    kernel call per file mapping (one, except across a compaction)."""
+    groups: dict[int, tuple[MappedFile, list[int]]] = {}
+    for i, mapping in enumerate(mappings):
+        groups.setdefault(id(mapping), (mapping, []))[1].append(i)
+    return list(groups.values())
+
+
 def gather_vectors(records: Sequence[Record], dim: int, out: np.ndarray, rows: np.ndarray) -> None:
     """Stored vectors of ``records`` (all with vectors) into float32 ``out``, record i at row
-    ``rows[i]``. One kernel call per mapping (one, except across a compaction)."""
-    by_mapping: dict[int, list[int]] = {}
-    for i, record in enumerate(records):
-        by_mapping.setdefault(id(record.segment), []).append(i)
+    ``rows[i]``."""
     flat = out.reshape(-1)
-    for members in by_mapping.values():
-        mapping = records[members[0]].segment
+    for mapping, members in by_mapping([r.segment for r in records]):
         itemsize = mapping.dtype.itemsize
         starts = np.fromiter((records[i].offset // itemsize for i in members), np.int64, len(members))
         counts = np.fromiter((records[i].n_tokens * dim for i in members), np.int64, len(members))

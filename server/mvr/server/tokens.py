@@ -1,7 +1,7 @@
 """The in-memory token index of a coded collection: what the cascade's cheap stages read.
 
-Owns, for every coded document version (a *slot*, in ascending label order): its label, where its code
-block lies, its token count, whether it is still live, its distinct centroids (CSR), and the inverted
+Owns, for every coded document version (a *slot*, in ascending label order): its label, whether it is
+still live, its distinct centroids (CSR, read once from its code block), and the inverted
 lists centroid → slots over a prefix of the slots (the rest, a short tail of recent documents, is
 scored by centroid interaction directly until the next rebuild of the lists).
 
@@ -33,10 +33,7 @@ class TokenSnapshot:
     """A consistent view of the token index for one search."""
 
     codec: Codec
-    codes: MappedFile  # the code file the offsets point into
     labels: np.ndarray  # int64 (n,), ascending
-    code_offsets: np.ndarray  # int64 (n,)
-    n_tokens: np.ndarray  # int64 (n,)
     alive: np.ndarray  # uint8 (≥ n,), shared with the index: cleared on delete
     cids: np.ndarray  # uint16: each slot's distinct centroids back to back
     cid_offsets: np.ndarray  # int64 (n + 1,)
@@ -57,7 +54,7 @@ class TokenSnapshot:
 
     def nbytes(self) -> int:
         """Resident bytes of the arrays (the alive flags included)."""
-        arrays = (self.labels, self.code_offsets, self.n_tokens, self.alive, self.cids, self.cid_offsets)
+        arrays = (self.labels, self.alive, self.cids, self.cid_offsets)
         return sum(a.nbytes for a in arrays) + self.list_offsets.nbytes + self.list_slots.nbytes
 
 
@@ -113,7 +110,7 @@ class TokenIndex:
         counts = np.fromiter((r.n_tokens for r in records), np.int64, len(records))
         new_cids, new_cid_offsets = distinct_centroids(codes.bytes, offsets, counts, self.codec.n_centroids)
         if old is None:
-            merged_labels, merged_offsets, merged_counts = labels, offsets, counts
+            merged_labels = labels
             cids, cid_offsets = new_cids, new_cid_offsets
             alive = np.ones(len(labels), dtype=np.uint8)
             n_listed = 0
@@ -121,8 +118,6 @@ class TokenIndex:
             if len(labels) and old.n and labels[0] <= old.labels[-1]:
                 raise ValueError(f"label {labels[0]} appended after {old.labels[-1]}: appends must ascend")
             merged_labels = np.concatenate([old.labels, labels])
-            merged_offsets = np.concatenate([old.code_offsets, offsets])
-            merged_counts = np.concatenate([old.n_tokens, counts])
             cids = np.concatenate([old.cids, new_cids])
             cid_offsets = np.concatenate([old.cid_offsets, old.cid_offsets[-1] + new_cid_offsets[1:]])
             alive = np.concatenate([old.alive[: old.n], np.ones(len(labels), dtype=np.uint8)])
@@ -135,10 +130,7 @@ class TokenIndex:
             n_listed = n
         self.snapshot = TokenSnapshot(
             self.codec,
-            codes,
             merged_labels,
-            merged_offsets,
-            merged_counts,
             alive,
             cids,
             cid_offsets,
