@@ -80,15 +80,13 @@ def run_config(corpus, queries, truth, n_centroids: int, bits: int, args) -> dic
                 kept_found, ci_found, final_found = [], [], []
                 for query in queries:
                     t0 = time.perf_counter()
-                    sims = query @ trained.centroids.T
-                    probes = candidates.probe_table(sims, n_probe)
+                    scores = candidates.centroid_scores(trained.centroids, query)
+                    probes = candidates.probe_table(scores, len(query), n_probe)
                     slots, _ = candidates.probe_lists(
-                        sims, probes, list_offsets, list_slots, corpus.n_docs, alive, keep
+                        scores, len(query), probes, list_offsets, list_slots, corpus.n_docs, alive, keep
                     )
                     t1 = time.perf_counter()
-                    ci = candidates.centroid_interaction(
-                        np.ascontiguousarray(sims.T), doc_cids, doc_offsets, slots
-                    )
+                    ci = candidates.centroid_interaction(scores, doc_cids, doc_offsets, slots)
                     best = slots[np.argsort(-ci)[:rerank]]
                     t2 = time.perf_counter()
                     counts = offsets[best + 1] - offsets[best]

@@ -3,7 +3,9 @@
 Builds a collection over the topic-clustered corpus (bench/synthetic.py), or reopens one kept by an
 earlier run (``--dir``), then times each cascade stage of :class:`mvr.server.search.Searcher` over
 the queries: FDE of the query, graph (HNSW + pending scan), query × centroids, probe, centroid
-interaction, gathering / decoding the candidates' tokens, exact MaxSim. Prints a table and writes JSON.
+interaction, exact MaxSim (tokens read / decoded a tile at a time, one GEMM per tile). Beside it, on the
+same candidates and outside the total, the exact stage without tiling (every candidate's tokens decoded
+into one matrix, then one GEMM): the before/after of the tiling. Prints a table and writes JSON.
 
     python bench/profile_search.py [--docs 10000] [--dir /tmp/mvr-profile] [--build-threads 2] \
         [--candidates 128] [--out bench/results/profile_search_10k.json]
@@ -19,7 +21,6 @@ import os
 import platform
 import sys
 import time
-from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -27,15 +28,25 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "server"), str(ROOT / "bench")]
 
+from mvr.server import rerank  # noqa: E402
 from mvr.server.app import limit_blas_threads  # noqa: E402
-from mvr.server.candidates import centroid_interaction, probe_lists, probe_table  # noqa: E402
+from mvr.server.candidates import (  # noqa: E402
+    centroid_interaction,
+    centroid_scores,
+    probe_lists,
+    probe_table,
+)
 from mvr.server.manager import CollectionManager  # noqa: E402
-from mvr.server.rerank import maxsim  # noqa: E402
+from mvr.server.rerank import maxsim_tiled  # noqa: E402
 from mvr.server.search import DEFAULT_CENTROID_CANDIDATES, DEFAULT_PROBE, GRAPH_SHARE  # noqa: E402
+from mvr.server.store import token_offsets  # noqa: E402
 from mvr.server.values import DocumentInput  # noqa: E402
 from synthetic import topic_dataset  # noqa: E402
 
-STAGES = ["query_fde", "graph", "centroid_scores", "probe", "centroid_interaction", "tokens", "maxsim"]
+STAGES = ["query_fde", "graph", "centroid_scores", "probe", "centroid_interaction", "exact"]
+# the exact stage as it was before tiling (all candidates' tokens read into one matrix, then one GEMM),
+# timed on the same candidates beside it and not counted in the total
+UNTILED = "exact_untiled"
 
 
 def open_collection(args, corpus) -> tuple[CollectionManager, object, dict]:
@@ -60,43 +71,68 @@ def open_collection(args, corpus) -> tuple[CollectionManager, object, dict]:
     return manager, collection, build
 
 
-def profile_query(collection, query: np.ndarray, n_candidates: int, clock: dict[str, float]) -> set[int]:
+def profile_query(
+    collection, query: np.ndarray, n_candidates: int, clock: dict[str, float], turn: int
+) -> set[int]:
     searcher = collection.searcher
     snapshot = collection.tokens.snapshot
-    marks = [time.perf_counter()]
-    query_fde = collection.fde.encode_query(query)
-    marks.append(time.perf_counter())
+
+    def timed(stage: str, run):
+        started = time.perf_counter()
+        result = run()
+        clock[stage] += time.perf_counter() - started
+        return result
+
+    query_fde = timed("query_fde", lambda: collection.fde.encode_query(query))
     n_graph = n_candidates // GRAPH_SHARE
-    graph = searcher.graph_stage(query_fde, n_graph, max(200, 2 * n_graph), None)
-    marks.append(time.perf_counter())
-    similarities = query @ snapshot.codec.centroids.T
-    marks.append(time.perf_counter())
-    probed, _ = probe_lists(
-        similarities,
-        probe_table(similarities, DEFAULT_PROBE),
-        snapshot.list_offsets,
-        snapshot.list_slots,
-        snapshot.n_listed,
-        snapshot.alive[: snapshot.n],
-        DEFAULT_CENTROID_CANDIDATES,
+    graph = timed("graph", lambda: searcher.graph_stage(query_fde, n_graph, max(200, 2 * n_graph), None))
+    scores = timed("centroid_scores", lambda: centroid_scores(snapshot.codec.centroids, query))
+    probed, _ = timed(
+        "probe",
+        lambda: probe_lists(
+            scores,
+            len(query),
+            probe_table(scores, len(query), DEFAULT_PROBE),
+            snapshot.list_offsets,
+            snapshot.list_slots,
+            snapshot.n_listed,
+            snapshot.alive[: snapshot.n],
+            DEFAULT_CENTROID_CANDIDATES,
+        ),
     )
-    marks.append(time.perf_counter())
-    slots = probed
-    approximate = centroid_interaction(
-        np.ascontiguousarray(similarities.T), snapshot.cids, snapshot.cid_offsets, slots
-    )
-    slots = slots[np.argpartition(-approximate, n_candidates - 1)[:n_candidates]]
-    marks.append(time.perf_counter())
+
+    def centroid_stage() -> np.ndarray:
+        approximate = centroid_interaction(scores, snapshot.cids, snapshot.cid_offsets, probed)
+        return probed[np.argpartition(-approximate, n_candidates - 1)[:n_candidates]]
+
+    slots = timed("centroid_interaction", centroid_stage)
     labels = dict.fromkeys(np.concatenate([graph, snapshot.labels[slots]]).tolist())
     records = [collection.store.by_label[label] for label in labels]
-    tokens, offsets, _ = searcher.token_matrix(records)
-    marks.append(time.perf_counter())
-    scores = maxsim(query, tokens, offsets).scores
-    best = np.argsort(-scores)[:10]
-    marks.append(time.perf_counter())
-    for stage, (a, b) in zip(STAGES, pairwise(marks), strict=True):
-        clock[stage] += b - a
-    return {int(records[i].id) for i in best}
+
+    def exact() -> tuple[list, np.ndarray]:
+        tokens = searcher.tokens_of(records)
+        return tokens.records, maxsim_tiled(query, tokens.counts, tokens.read).scores
+
+    def untiled() -> np.ndarray:
+        return untiled_exact(query, searcher.token_matrix(records), token_offsets(records))
+
+    # both variants score the same candidates, and whichever runs second finds their codes in the CPU
+    # caches: they take turns going first
+    if turn % 2:
+        before = timed(UNTILED, untiled)
+        ordered, scores = timed("exact", exact)
+    else:
+        ordered, scores = timed("exact", exact)
+        before = timed(UNTILED, untiled)
+    position = {id(r): i for i, r in enumerate(ordered)}
+    np.testing.assert_allclose(before, scores[[position[id(r)] for r in records]], rtol=0, atol=1e-4)
+    return {int(ordered[i].id) for i in np.argsort(-scores)[:10]}
+
+
+def untiled_exact(query: np.ndarray, tokens: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """MaxSim scores with one GEMM over all candidates' tokens at once (the pre-tiling exact stage)."""
+    similarities = query @ tokens.T
+    return np.maximum.reduceat(similarities, offsets[:-1], axis=1).sum(axis=0, dtype=np.float32)
 
 
 def main() -> None:
@@ -106,6 +142,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--candidates", type=int, default=128)
+    parser.add_argument(
+        "--tile-tokens", type=int, default=rerank.TILE_TOKENS, help="rows per tile of the exact stage"
+    )
     parser.add_argument("--dir", type=Path, default=Path("/tmp/mvr-profile"))
     parser.add_argument(
         "--build-threads", type=int, default=2, help="indexer and coding threads (as mvr serve)"
@@ -113,6 +152,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "profile_search_10k.json")
     args = parser.parse_args()
     limit_blas_threads()
+    rerank.TILE_TOKENS = args.tile_tokens
     corpus, queries, truth = topic_dataset(args.docs, args.queries)
     manager, collection, build = open_collection(args, corpus)
     stats = collection.stats()
@@ -126,12 +166,13 @@ def main() -> None:
         raise SystemExit("the collection has no codes: not enough tokens to train a codec")
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # searches on one core
     for query in queries[:10]:  # warm up: JIT caches, page cache
-        profile_query(collection, query, args.candidates, dict.fromkeys(STAGES, 0.0))
-    clock = dict.fromkeys(STAGES, 0.0)
-    found = [profile_query(collection, q, args.candidates, clock) for q in queries]
+        profile_query(collection, query, args.candidates, dict.fromkeys([*STAGES, UNTILED], 0.0), 0)
+    clock = dict.fromkeys([*STAGES, UNTILED], 0.0)
+    found = [profile_query(collection, q, args.candidates, clock, turn) for turn, q in enumerate(queries)]
     recall = float(np.mean([len(f & set(t.tolist())) / 10 for f, t in zip(found, truth, strict=True)]))
-    ms = {stage: round(seconds / len(queries) * 1e3, 3) for stage, seconds in clock.items()}
+    ms = {stage: round(clock[stage] / len(queries) * 1e3, 3) for stage in STAGES}
     ms["total"] = round(sum(ms.values()), 3)
+    ms[UNTILED] = round(clock[UNTILED] / len(queries) * 1e3, 3)
     for stage, value in ms.items():
         print(f"{stage:>22} {value:8.3f} ms")
     print(f"{'recall@10':>22} {recall:8.3f}")
@@ -145,6 +186,7 @@ def main() -> None:
                 "docs": corpus.n_docs,
                 "queries": len(queries),
                 "candidates": args.candidates,
+                "tile_tokens": args.tile_tokens,
                 "build": build,
                 "footprint": footprint,
                 "ms_per_query": ms,

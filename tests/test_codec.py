@@ -129,9 +129,10 @@ def test_probe_lists_equals_reference(sizes, n_centroids, n_query, n_probe, keep
     for c in range(n_centroids):  # the lists invert the sets
         holders = [d for d in range(n_docs) if c in cids[cid_offsets[d] : cid_offsets[d + 1]]]
         assert list_slots[list_offsets[c] : list_offsets[c + 1]].tolist() == holders
-    probes = candidates.probe_table(similarities, n_probe)
+    table = centroid_major(similarities)
+    probes = candidates.probe_table(table, n_query, n_probe)
     slots, scores = candidates.probe_lists(
-        similarities, probes, list_offsets, list_slots, n_docs, alive, keep
+        table, n_query, probes, list_offsets, list_slots, n_docs, alive, keep
     )
     # reference: a live document found by any probe scores, per query token, its best probed centroid
     # that it holds, else the similarity of the first centroid not probed
@@ -155,23 +156,57 @@ def test_probe_lists_equals_reference(sizes, n_centroids, n_query, n_probe, keep
         assert score == pytest.approx(expected[slot], abs=1e-5)
 
 
+def centroid_major(similarities: np.ndarray) -> np.ndarray:
+    """A (query tokens, K) similarity matrix laid out as centroid_scores lays it out."""
+    n_query, n_centroids = similarities.shape
+    table = np.zeros((n_centroids, -(-n_query // candidates.LANES) * candidates.LANES), np.float32)
+    table[:, :n_query] = similarities.T
+    return table
+
+
 @settings(max_examples=40, deadline=None)
-@given(sizes=st.lists(st.integers(1, 12), min_size=1, max_size=30), seed=st.integers(0, 2**16))
-def test_centroid_interaction_is_maxsim_over_centroids(sizes, seed) -> None:
-    n_centroids, n_query, dim = 16, 4, 8
+@given(
+    sizes=st.lists(st.integers(1, 12), min_size=1, max_size=30),
+    n_query=st.integers(1, 20),
+    seed=st.integers(0, 2**16),
+)
+def test_centroid_interaction_is_maxsim_over_centroids(sizes, n_query, seed) -> None:
+    n_centroids, dim = 16, 8
     rng = np.random.default_rng(seed)
     centroids, query = unit(rng, n_centroids, dim), unit(rng, n_query, dim)
     cids, cid_offsets = ragged_sets(sizes, n_centroids, seed)
-    similarities = query @ centroids.T
+    scores = candidates.centroid_scores(centroids, query)
+    assert scores.shape[1] % candidates.LANES == 0 and not scores[:, n_query:].any()
+    np.testing.assert_allclose(scores[:, :n_query], centroids @ query.T, atol=1e-6)
     slots = rng.permutation(len(sizes)).astype(np.int64)
-    got = candidates.centroid_interaction(np.ascontiguousarray(similarities.T), cids, cid_offsets, slots)
+    got = candidates.centroid_interaction(scores, cids, cid_offsets, slots)
     for slot, score in zip(slots.tolist(), got.tolist(), strict=True):
         members = centroids[cids[cid_offsets[slot] : cid_offsets[slot + 1]]]
         assert score == pytest.approx(float((query @ members.T).max(axis=1).sum()), abs=1e-5)
 
 
+@settings(max_examples=60, deadline=None)
+@given(
+    n_query=st.integers(1, 12),
+    n_centroids=st.integers(1, 40),
+    n_probe=st.integers(1, 6),
+    levels=st.integers(2, 50),
+    seed=st.integers(0, 2**16),
+)
+def test_probe_table_equals_stable_descending_sort(n_query, n_centroids, n_probe, levels, seed) -> None:
+    """Few distinct values, so ties are common: they go to the lower centroid id, as a stable sort."""
+    rng = np.random.default_rng(seed)
+    similarities = rng.integers(0, levels, (n_query, n_centroids)).astype(np.float32)
+    got = candidates.probe_table(centroid_major(similarities), n_query, n_probe)
+    width = min(n_probe + 1, n_centroids)
+    expected = np.argsort(-similarities, axis=1, kind="stable")[:, :width]
+    if n_probe >= n_centroids:  # all probed: the worst repeated as the imputed one
+        expected = np.concatenate([expected, expected[:, -1:]], axis=1)
+    np.testing.assert_array_equal(got, expected)
+
+
 def test_probe_table_orders_and_imputes() -> None:
-    similarities = np.array([[0.1, 0.9, 0.5, 0.7]], np.float32)
-    np.testing.assert_array_equal(candidates.probe_table(similarities, 2), [[1, 3, 2]])
+    table = centroid_major(np.array([[0.1, 0.9, 0.5, 0.7]], np.float32))
+    np.testing.assert_array_equal(candidates.probe_table(table, 1, 2), [[1, 3, 2]])
     # more probes than centroids: all probed, the worst imputed
-    np.testing.assert_array_equal(candidates.probe_table(similarities, 9), [[1, 3, 2, 0, 0]])
+    np.testing.assert_array_equal(candidates.probe_table(table, 1, 9), [[1, 3, 2, 0, 0]])

@@ -346,7 +346,7 @@ def test_coded_collection_trains_codes_and_searches_decoded_tokens(manager: Coll
     for query in queries[:5]:
         hits = c.search(query, 10, candidates=300)
         assert {h.precision for h in hits} == {"residual8"}
-        decoded = {h.id: c.searcher.token_matrix([c.store.records[h.id]])[0] for h in hits}
+        decoded = {h.id: c.searcher.token_matrix([c.store.records[h.id]]) for h in hits}
         for hit in hits:
             assert hit.score == pytest.approx(chamfer(query, decoded[hit.id]), abs=1e-4)
     # at the defaults the cascade finds what exact MaxSim over every decoded document finds ...

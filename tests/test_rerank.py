@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mvr.server import rerank
 from mvr.server.rerank import maxsim
 
 
@@ -50,3 +53,39 @@ def test_empty_candidate_list() -> None:
     assert maxsim(np.ones((2, 4), np.float32), np.zeros((0, 4), np.float32), np.array([0])).scores.shape == (
         0,
     )
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 40), min_size=1, max_size=20),
+    tile=st.integers(1, 64),
+    seed=st.integers(0, 2**16),
+)
+def test_tiles_of_any_size_score_like_one_matrix(sizes: list[int], tile: int, seed: int) -> None:
+    """Documents split over many tiles, and documents longer than a tile, score as brute force."""
+    rng = np.random.default_rng(seed)
+    query, tokens = unit(rng, 5, 16), unit(rng, sum(sizes), 16)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    bounds = rerank.tile_bounds(offsets, tile)
+    assert bounds[-1] == len(sizes) and bounds == sorted(set(bounds))
+    reads = []
+
+    def read(start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
+        reads.append((start, stop))
+        assert len(buffer) == offsets[stop] - offsets[start]
+        buffer[:] = tokens[offsets[start] : offsets[stop]]
+        return buffer
+
+    original = rerank.TILE_TOKENS
+    rerank.TILE_TOKENS = tile
+    try:
+        result = rerank.maxsim_tiled(query, np.array(sizes), read, explain=True)
+    finally:
+        rerank.TILE_TOKENS = original
+    assert [stop for _, stop in reads] == bounds  # every document read once, in order
+    for i, (a, b) in enumerate(pairwise(offsets)):
+        sims = query @ tokens[a:b].T
+        np.testing.assert_allclose(result.token_scores[:, i], sims.max(axis=1), atol=1e-6)
+        np.testing.assert_array_equal(result.best_tokens[:, i], sims.argmax(axis=1))
+    plain = rerank.maxsim_tiled(query, np.array(sizes), read)
+    np.testing.assert_allclose(plain.scores, result.scores, atol=1e-5)

@@ -35,7 +35,7 @@ from mvr.server.fde import FDE
 from mvr.server.index import HnswIndex, IndexParams
 from mvr.server.indexer import COMPACT_MIN_DEAD_BYTES, Indexer
 from mvr.server.search import PendingBatch, Searcher, SearchParams
-from mvr.server.store import NewDocument, Record, Store
+from mvr.server.store import NewDocument, Record, Store, token_offsets
 from mvr.server.tokens import TokenIndex
 from mvr.server.values import CollectionStats, Document, DocumentInput, Hit, UpsertResult
 
@@ -124,8 +124,8 @@ class Collection:
         return index
 
     def _document_fdes(self, records: Sequence[Record]) -> np.ndarray:
-        tokens, offsets, _ = self.searcher.token_matrix(records)
-        return self.fde.encode_documents(tokens, offsets)
+        tokens = self.searcher.token_matrix(records)
+        return self.fde.encode_documents(tokens, token_offsets(records))
 
     # ------------------------------------------------------------------------------ text
 
@@ -329,8 +329,7 @@ class Collection:
         else its decoded codes."""
         if record.has_vectors:
             return record.vectors().astype(np.float32)
-        tokens, _, _ = self.searcher.token_matrix([record])
-        return tokens
+        return self.searcher.token_matrix([record])
 
     # ------------------------------------------------------------------------------ search
 

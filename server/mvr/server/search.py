@@ -6,7 +6,7 @@ Stages, for a query of m token vectors (numbers: bench/codec.py and bench/vs_pee
    indexer has not inserted yet). The MUVERA first stage; it alone sees documents not coded yet. In a
    coded collection it returns a quarter as many, and they go to the exact stage directly: the
    centroid stages cannot tell apart documents whose tokens share centroids, the FDE still can.
-2. **Probe** (coded collections): query tokens × centroids (one small GEMM), then every query token
+2. **Probe** (coded collections): centroids × query tokens (one small GEMM), then every query token
    walks the inverted lists of its ``probe`` best centroids; documents found are ranked by that
    imputed sum (:func:`mvr.server.candidates.probe_lists`) and the best ``centroid_candidates`` kept.
 3. **Centroid interaction**: the probe's candidates, plus the recent documents not yet in the
@@ -25,12 +25,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from mvr.server.candidates import centroid_interaction, probe_lists, probe_table
+from mvr.server.candidates import centroid_interaction, centroid_scores, probe_lists, probe_table
+from mvr.server.codec import Codec
 from mvr.server.config import CollectionConfig, check_range
 from mvr.server.fde import FDE
 from mvr.server.index import HnswIndex
-from mvr.server.rerank import maxsim
-from mvr.server.store import Record, Store, by_mapping, gather_vectors, token_offsets
+from mvr.server.rerank import maxsim_tiled
+from mvr.server.store import MappedFile, Record, Store, read_vectors
 from mvr.server.tokens import TokenIndex, TokenSnapshot
 from mvr.server.values import Hit, TokenMatch
 
@@ -146,15 +147,16 @@ class Searcher:
         allowed: set[int] | None,
     ) -> np.ndarray:
         """Probe + centroid interaction: the labels of the ``n_candidates`` best coded documents."""
-        similarities = query @ snapshot.codec.centroids.T  # (m, K)
+        scores = centroid_scores(snapshot.codec.centroids, query)
         alive = snapshot.alive[: snapshot.n]
         if allowed is not None:
             alive = alive & np.isin(snapshot.labels, np.fromiter(allowed, np.int64, len(allowed))).astype(
                 np.uint8
             )
         probed, _ = probe_lists(
-            similarities,
-            probe_table(similarities, params.probe or DEFAULT_PROBE),
+            scores,
+            len(query),
+            probe_table(scores, len(query), params.probe or DEFAULT_PROBE),
             snapshot.list_offsets,
             snapshot.list_slots,
             snapshot.n_listed,
@@ -164,9 +166,7 @@ class Searcher:
         tail = np.arange(snapshot.n_listed, snapshot.n, dtype=np.int64)
         slots = np.concatenate([probed, tail[alive[tail] > 0]])
         if len(slots) > n_candidates:
-            approximate = centroid_interaction(
-                np.ascontiguousarray(similarities.T), snapshot.cids, snapshot.cid_offsets, slots
-            )
+            approximate = centroid_interaction(scores, snapshot.cids, snapshot.cid_offsets, slots)
             slots = slots[np.argpartition(-approximate, n_candidates - 1)[:n_candidates]]
         return snapshot.labels[slots]
 
@@ -176,8 +176,9 @@ class Searcher:
         records = [r for r in map(by_label.get, dict.fromkeys(labels.tolist())) if r is not None]
         if not records:
             return []
-        tokens, offsets, precisions = self.token_matrix(records)
-        scored = maxsim(query, tokens, offsets, explain=explain)
+        tokens = self.tokens_of(records)
+        records = tokens.records
+        scored = maxsim_tiled(query, tokens.counts, tokens.read, explain=explain)
         order = sorted(range(len(records)), key=lambda i: (-float(scored.scores[i]), records[i].id))[:top_k]
         hits = []
         for i in order:
@@ -193,43 +194,77 @@ class Searcher:
                     float(scored.scores[i]),
                     dict(records[i].metadata),
                     explanation,
-                    precisions[i],
+                    tokens.precision(i),
                 )
             )
         return hits
 
     # ------------------------------------------------------------------------------ tokens
 
-    def precision(self, record: Record) -> str:
-        """What a record's exact score is computed over."""
-        if self._uses_vectors(record):
-            return self._config.vector_dtype
-        return f"residual{self._store.codec.bits}"
+    def tokens_of(self, records: Sequence[Record]) -> RecordTokens:
+        """The records' tokens at the precision the collection keeps, readable a tile at a time."""
+        return RecordTokens(records, self._config, self._store.codec)
 
-    def _uses_vectors(self, record: Record) -> bool:
-        return record.has_vectors and (self._config.tokens.keep_vectors or not record.coded)
+    def token_matrix(self, records: Sequence[Record]) -> np.ndarray:
+        """The records' tokens, in the given order, as one float32 (n, dim) matrix."""
+        tokens = RecordTokens(records, self._config, self._store.codec, regroup=False)
+        out = np.empty((int(tokens.counts.sum()), self._config.dim), dtype=np.float32)
+        return tokens.read(0, len(records), out)
 
-    def token_matrix(self, records: Sequence[Record]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """The records' tokens as one float32 matrix (stored vectors where kept, else decoded codes),
-        their row offsets, and each record's precision."""
-        offsets = token_offsets(records)
-        out = np.empty((int(offsets[-1]), self._config.dim), dtype=np.float32)
-        uses_vectors = np.fromiter(map(self._uses_vectors, records), bool, len(records))
-        from_vectors = np.flatnonzero(uses_vectors)
-        if len(from_vectors):
-            gather_vectors([records[i] for i in from_vectors], self._config.dim, out, offsets[from_vectors])
-        from_codes = np.flatnonzero(~uses_vectors)
-        if len(from_codes):
-            self._decode([records[i] for i in from_codes], out, offsets[from_codes])
-        return out, offsets, [self.precision(r) for r in records]
 
-    def _decode(self, records: Sequence[Record], out: np.ndarray, rows: np.ndarray) -> None:
-        codec = self._store.codec
-        for mapping, members in by_mapping([r.code_segment for r in records]):
-            codec.decode_into(
-                mapping.bytes,
-                np.fromiter((records[i].code_offset for i in members), np.int64, len(members)),
-                np.fromiter((records[i].n_tokens for i in members), np.int64, len(members)),
-                rows[members],
-                out,
-            )
+class RecordTokens:
+    """The tokens of some records: stored vectors where the collection keeps them and for documents
+    not coded yet, else decoded codes. Records are regrouped (unless told not to) so that records
+    read from the same file mapping the same way are adjacent: a tile costs one kernel call per run.
+    ``records`` is that order; ``read`` is a :data:`mvr.server.rerank.TileReader` over it."""
+
+    def __init__(
+        self, records: Sequence[Record], config: CollectionConfig, codec: Codec | None, regroup: bool = True
+    ) -> None:
+        keep = config.tokens.keep_vectors
+
+        def from_vectors(record: Record) -> bool:
+            return record.has_vectors and (keep or not record.coded)
+
+        def source(record: Record) -> tuple[bool, int]:
+            return from_vectors(record), id(record.segment if from_vectors(record) else record.code_segment)
+
+        self.records = sorted(records, key=source) if regroup else list(records)
+        self.uses_vectors = [from_vectors(r) for r in self.records]
+        self.counts = np.fromiter((r.n_tokens for r in self.records), np.int64, len(self.records))
+        self.rows = np.zeros(len(self.records) + 1, dtype=np.int64)
+        np.cumsum(self.counts, out=self.rows[1:])
+        self._starts = np.fromiter(
+            (r.offset if v else r.code_offset for r, v in zip(self.records, self.uses_vectors, strict=True)),
+            np.int64,
+            len(self.records),
+        )
+        # runs of adjacent records read from one mapping the same way: (first record, mapping, vectors?)
+        self._runs: list[tuple[int, MappedFile, bool]] = []
+        for i, (record, vectors) in enumerate(zip(self.records, self.uses_vectors, strict=True)):
+            mapping = record.segment if vectors else record.code_segment
+            if not self._runs or self._runs[-1][1] is not mapping or self._runs[-1][2] != vectors:
+                self._runs.append((i, mapping, vectors))
+        self._run_starts = np.array([run[0] for run in self._runs] + [len(self.records)], dtype=np.int64)
+        self._codec = codec
+        self._vector_dtype = config.vector_dtype
+
+    def precision(self, i: int) -> str:
+        """What record i's exact score is computed over."""
+        return self._vector_dtype if self.uses_vectors[i] else f"residual{self._codec.bits}"
+
+    def read(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
+        """Tokens of records [start, stop) back to back into ``out`` (exactly that many rows)."""
+        base = self.rows[start]
+        first_run = int(np.searchsorted(self._run_starts, start, side="right")) - 1
+        for r in range(first_run, len(self._runs)):
+            a, b = max(start, int(self._run_starts[r])), min(stop, int(self._run_starts[r + 1]))
+            if a >= b:
+                break
+            _, mapping, vectors = self._runs[r]
+            targets = self.rows[a:b] - base
+            if vectors:
+                read_vectors(mapping, self._starts[a:b], self.counts[a:b], targets, out)
+            else:
+                self._codec.decode_into(mapping.bytes, self._starts[a:b], self.counts[a:b], targets, out)
+        return out

@@ -218,16 +218,27 @@ def by_mapping(mappings: Sequence[MappedFile]) -> list[tuple[MappedFile, list[in
 def gather_vectors(records: Sequence[Record], dim: int, out: np.ndarray, rows: np.ndarray) -> None:
     """Stored vectors of ``records`` (all with vectors) into float32 ``out``, record i at row
     ``rows[i]``."""
-    flat = out.reshape(-1)
     for mapping, members in by_mapping([r.segment for r in records]):
-        itemsize = mapping.dtype.itemsize
-        starts = np.fromiter((records[i].offset // itemsize for i in members), np.int64, len(members))
-        counts = np.fromiter((records[i].n_tokens * dim for i in members), np.int64, len(members))
-        targets = rows[members] * dim
-        if itemsize == 2:
-            _gather_half(mapping.bytes.view(np.uint16), starts, counts, targets, _HALF_TO_FLOAT, flat)
-        else:
-            _gather_float(mapping.bytes.view(np.float32), starts, counts, targets, flat)
+        read_vectors(
+            mapping,
+            np.fromiter((records[i].offset for i in members), np.int64, len(members)),
+            np.fromiter((records[i].n_tokens for i in members), np.int64, len(members)),
+            rows[members],
+            out,
+        )
+
+
+def read_vectors(
+    mapping: MappedFile, byte_offsets: np.ndarray, n_tokens: np.ndarray, rows: np.ndarray, out: np.ndarray
+) -> None:
+    """Vectors stored in ``mapping`` (document i: ``n_tokens[i]`` rows at ``byte_offsets[i]``) into
+    float32 ``out`` (n, dim), document i from row ``rows[i]``."""
+    dim, itemsize = out.shape[1], mapping.dtype.itemsize
+    starts, counts, targets = byte_offsets // itemsize, n_tokens * dim, rows * dim
+    if itemsize == 2:
+        _gather_half(mapping.bytes.view(np.uint16), starts, counts, targets, _HALF_TO_FLOAT, out.reshape(-1))
+    else:
+        _gather_float(mapping.bytes.view(np.float32), starts, counts, targets, out.reshape(-1))
 
 
 def gather(records: Sequence[Record], dim: int) -> tuple[np.ndarray, np.ndarray]:
