@@ -278,16 +278,13 @@ def _encode_uniform8(tokens, centroids, ids, cutoffs, packed):
 def _decode_uniform8(data, offsets, counts, targets, centroids, lo, step, out):
     dim = centroids.shape[1]
     for r in range(offsets.shape[0]):
-        offset, n = offsets[r], counts[r]
-        residuals = offset + 2 * n
-        for t in range(n):
-            c = _block_id(data, offset, t)
-            row = out[targets[r] + t]
-            centroid = centroids[c]
-            base = residuals + t * dim
+        ids, codes = _block_views(data, offsets[r], counts[r], dim)
+        rows = out[targets[r] : targets[r] + counts[r]]
+        for t in range(counts[r]):
+            centroid, code, row = centroids[ids[t]], codes[t], rows[t]
             norm = np.float32(0.0)
             for j in range(dim):
-                x = centroid[j] + (lo[j] + np.float32(data[base + j]) * step[j])
+                x = centroid[j] + (lo[j] + np.float32(code[j]) * step[j])
                 row[j] = x
                 norm += x * x
             scale = np.float32(1.0) / np.sqrt(norm) if norm > 0 else np.float32(0.0)
@@ -335,8 +332,15 @@ def encode_block(codec: Codec, tokens: np.ndarray) -> bytes:
 
 
 @numba.njit(cache=True)
-def _block_id(data, offset, t):
-    return np.int64(data[offset + 2 * t]) | (np.int64(data[offset + 2 * t + 1]) << 8)
+def _block_views(data, offset, n, residual_bytes):
+    """The block at ``offset`` as (ids uint16 (n,), residuals uint8 (n, residual_bytes)) views.
+
+    Kernels index these views from 0 rather than ``data`` at computed offsets: Numba cannot prove a
+    computed index non-negative, and its negative-index check kept the loops from vectorising
+    (decoding ran 1.6× slower)."""
+    start = offset + 2 * n
+    ids = data[offset:start].view(np.uint16)  # little-endian on every platform Numba targets here
+    return ids, data[start : start + n * residual_bytes].reshape((n, residual_bytes))
 
 
 @numba.njit(cache=True)
@@ -346,23 +350,20 @@ def decode_blocks(data, offsets, counts, targets, centroids, table, out):
     n_bytes, _, per_byte = table.shape
     dim = centroids.shape[1]
     for r in range(offsets.shape[0]):
-        offset, n = offsets[r], counts[r]
-        residuals = offset + 2 * n
-        for t in range(n):
-            c = _block_id(data, offset, t)
-            row = targets[r] + t
-            base = residuals + t * n_bytes
+        ids, codes = _block_views(data, offsets[r], counts[r], n_bytes)
+        rows = out[targets[r] : targets[r] + counts[r]]
+        for t in range(counts[r]):
+            centroid, code, row = centroids[ids[t]], codes[t], rows[t]
             norm = np.float32(0.0)
             for b in range(n_bytes):
-                value = data[base + b]
+                entry = table[b, code[b]]
                 for s in range(per_byte):
-                    j = b * per_byte + s
-                    x = centroids[c, j] + table[b, value, s]
-                    out[row, j] = x
+                    x = centroid[b * per_byte + s] + entry[s]
+                    row[b * per_byte + s] = x
                     norm += x * x
             scale = np.float32(1.0) / np.sqrt(norm) if norm > 0 else np.float32(0.0)
             for j in range(dim):
-                out[row, j] *= scale
+                row[j] *= scale
 
 
 @numba.njit(cache=True)
@@ -377,8 +378,9 @@ def distinct_centroids(data, offsets, counts, n_centroids):
     n = 0
     for r in range(offsets.shape[0]):
         first = n
+        block_ids, _ = _block_views(data, offsets[r], counts[r], 0)
         for t in range(counts[r]):
-            c = _block_id(data, offsets[r], t)
+            c = block_ids[t]
             if mark[c] != r:
                 mark[c] = r
                 ids[n] = c

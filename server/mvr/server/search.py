@@ -179,7 +179,11 @@ class Searcher:
         tokens = self.tokens_of(records)
         records = tokens.records
         scored = maxsim_tiled(query, tokens.counts, tokens.read, explain=explain)
-        order = sorted(range(len(records)), key=lambda i: (-float(scored.scores[i]), records[i].id))[:top_k]
+        scores = scored.scores
+        pool = range(len(records))
+        if len(records) > top_k:  # only those at or above the k-th score can rank; ties by id
+            pool = np.flatnonzero(scores >= np.partition(scores, len(scores) - top_k)[-top_k]).tolist()
+        order = sorted(pool, key=lambda i: (-float(scores[i]), records[i].id))[:top_k]
         hits = []
         for i in order:
             explanation = None
@@ -222,15 +226,13 @@ class RecordTokens:
         self, records: Sequence[Record], config: CollectionConfig, codec: Codec | None, regroup: bool = True
     ) -> None:
         keep = config.tokens.keep_vectors
-
-        def from_vectors(record: Record) -> bool:
-            return record.has_vectors and (keep or not record.coded)
-
-        def source(record: Record) -> tuple[bool, int]:
-            return from_vectors(record), id(record.segment if from_vectors(record) else record.code_segment)
-
-        self.records = sorted(records, key=source) if regroup else list(records)
-        self.uses_vectors = [from_vectors(r) for r in self.records]
+        uses_vectors = [r.has_vectors and (keep or not r.coded) for r in records]
+        mappings = [r.segment if v else r.code_segment for r, v in zip(records, uses_vectors, strict=True)]
+        order = range(len(records))
+        if regroup and (any(uses_vectors) or any(m is not mappings[0] for m in mappings)):
+            order = sorted(order, key=lambda i: (uses_vectors[i], id(mappings[i])))
+        self.records = [records[i] for i in order]
+        self.uses_vectors = [uses_vectors[i] for i in order]
         self.counts = np.fromiter((r.n_tokens for r in self.records), np.int64, len(self.records))
         self.rows = np.zeros(len(self.records) + 1, dtype=np.int64)
         np.cumsum(self.counts, out=self.rows[1:])
@@ -241,10 +243,9 @@ class RecordTokens:
         )
         # runs of adjacent records read from one mapping the same way: (first record, mapping, vectors?)
         self._runs: list[tuple[int, MappedFile, bool]] = []
-        for i, (record, vectors) in enumerate(zip(self.records, self.uses_vectors, strict=True)):
-            mapping = record.segment if vectors else record.code_segment
-            if not self._runs or self._runs[-1][1] is not mapping or self._runs[-1][2] != vectors:
-                self._runs.append((i, mapping, vectors))
+        for position, i in enumerate(order):
+            if not self._runs or self._runs[-1][1] is not mappings[i] or self._runs[-1][2] != uses_vectors[i]:
+                self._runs.append((position, mappings[i], uses_vectors[i]))
         self._run_starts = np.array([run[0] for run in self._runs] + [len(self.records)], dtype=np.int64)
         self._codec = codec
         self._vector_dtype = config.vector_dtype
