@@ -73,10 +73,9 @@ def probe_lists(scores, n_query, probes, list_offsets, list_slots, n_slots, aliv
         imputed[i] = scores[probes[i, n_probe], i]
         base += imputed[i]
     gain = np.zeros(n_slots, dtype=np.float32)
-    stamp = np.full(n_slots, -1, dtype=np.int32)
+    stamp = np.full(n_slots, -1, dtype=np.int32)  # the last query token that found the slot; -1: none yet
     touched = np.empty(n_slots, dtype=np.int64)
     n_touched = 0
-    seen = np.zeros(n_slots, dtype=np.uint8)
     for i in range(n_query):
         for p in range(n_probe):
             c = probes[i, p]
@@ -85,15 +84,18 @@ def probe_lists(scores, n_query, probes, list_offsets, list_slots, n_slots, aliv
                 s = list_slots[q]
                 if stamp[s] == i or not alive[s]:
                     continue  # probes descend: the first centroid that found s is its best for i
-                stamp[s] = i
-                gain[s] += delta
-                if not seen[s]:
-                    seen[s] = 1
+                if stamp[s] == -1:
                     touched[n_touched] = s
                     n_touched += 1
+                stamp[s] = i
+                gain[s] += delta
     found = touched[:n_touched]
     approximate = gain[found] + base
-    top = np.argsort(-approximate)[:keep]
+    if n_touched > keep:  # select before sorting: a large collection touches tens of thousands
+        threshold = np.partition(approximate, n_touched - keep)[n_touched - keep]
+        selected = np.flatnonzero(approximate >= threshold)
+        found, approximate = found[selected], approximate[selected]
+    top = np.argsort(-approximate, kind="mergesort")[:keep]
     return found[top], approximate[top]
 
 
