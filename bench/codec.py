@@ -10,7 +10,8 @@ centroids K and residual bits b:
   centroid interaction → top ``rerank``, then exact MaxSim on the decoded tokens of those → top 10:
   recall of each stage's survivors and its time per query, one thread.
 
-    python bench/codec.py [--docs 10000] [--centroids 1024 4096] [--bits 2 4] [--out results/codec_10k.json]
+    python bench/codec.py [--docs 10000] [--centroids 1024 4096] [--bits 2 4] [--scaled 0 1] \
+        [--out results/codec_10k.json]
 """
 
 from __future__ import annotations
@@ -40,13 +41,13 @@ def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
     )
 
 
-def run_config(corpus, queries, truth, n_centroids: int, bits: int, args) -> dict:
+def run_config(corpus, queries, truth, n_centroids: int, bits: int, scaled: bool, args) -> dict:
     tokens, offsets = corpus.tokens, corpus.offsets
     rng = np.random.default_rng(0)
     sample_size = min(len(tokens), max(args.sample_per_centroid * n_centroids, 65_536))
     sample = tokens[np.sort(rng.choice(len(tokens), sample_size, replace=False))]
     started = time.perf_counter()
-    trained = codec.train(sample, n_centroids, bits, iterations=args.iterations)
+    trained = codec.train(sample, n_centroids, bits, iterations=args.iterations, scaled=scaled)
     train_s = time.perf_counter() - started
     started = time.perf_counter()
     ids, packed = trained.encode(tokens)
@@ -56,10 +57,11 @@ def run_config(corpus, queries, truth, n_centroids: int, bits: int, args) -> dic
     result = {
         "centroids": n_centroids,
         "bits": bits,
+        "scaled": scaled,
         "sample_tokens": sample_size,
         "train_s": round(train_s, 2),
         "encode_tokens_per_s": round(len(tokens) / encode_s),
-        "bytes_per_token": 2 + trained.residual_bytes,
+        "bytes_per_token": trained.token_bytes,
         "ceiling_recall_at_10": recall(list(ceiling_ids), truth),
         "cascade": [],
     }
@@ -69,7 +71,7 @@ def run_config(corpus, queries, truth, n_centroids: int, bits: int, args) -> dic
         b"".join(codec.pack_block(ids[a:b], packed[a:b]) for a, b in pairwise(bounds)),
         dtype=np.uint8,
     )
-    block_offsets = offsets[:-1] * (2 + trained.residual_bytes)
+    block_offsets = offsets[:-1] * trained.token_bytes
     doc_cids, doc_offsets = codec.distinct_centroids(blocks, block_offsets, np.diff(offsets), n_centroids)
     list_offsets, list_slots = candidates.build_lists(doc_cids, doc_offsets, corpus.n_docs, n_centroids)
     alive = np.ones(corpus.n_docs, np.uint8)
@@ -131,6 +133,9 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--centroids", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--bits", type=int, nargs="+", default=[2, 4])
+    parser.add_argument(
+        "--scaled", type=int, nargs="+", default=[1], choices=[0, 1], help="1: residual / its norm"
+    )
     parser.add_argument("--probes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--keep", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--rerank", type=int, nargs="+", default=[64, 128, 256])
@@ -142,7 +147,12 @@ def main() -> None:
     started = time.perf_counter()
     corpus, queries, truth = topic_dataset(args.docs, args.queries)
     print(f"data: {corpus.n_docs} docs, {len(corpus.tokens)} tokens, {time.perf_counter() - started:.1f} s")
-    results = [run_config(corpus, queries, truth, k, b, args) for k in args.centroids for b in args.bits]
+    results = [
+        run_config(corpus, queries, truth, k, b, bool(scaled), args)
+        for k in args.centroids
+        for b in args.bits
+        for scaled in args.scaled
+    ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -25,23 +27,63 @@ def sample() -> np.ndarray:
     return clustered(np.random.default_rng(0), 6000, 32)
 
 
+@pytest.mark.parametrize("scaled", [True, False])
 @pytest.mark.parametrize("bits", codec.SUPPORTED_BITS)
-def test_encode_decode_roundtrip_matches_reference(sample: np.ndarray, bits: int) -> None:
-    trained = codec.train(sample, 64, bits, iterations=4)
+def test_encode_decode_roundtrip_matches_reference(sample: np.ndarray, bits: int, scaled: bool) -> None:
+    trained = codec.train(sample, 64, bits, iterations=4, scaled=scaled)
     tokens = sample[:500]
-    ids, packed = trained.encode(tokens)
-    assert ids.dtype == np.uint16 and packed.shape == (500, 32 * bits // 8)
-    # reference: nearest centroid, then each residual dimension's bucket value, renormalised
+    ids, payload = trained.encode(tokens)
+    assert ids.dtype == np.uint16 and payload.shape == (500, 2 * scaled + 32 * bits // 8)
+    assert trained.token_bytes == 2 + payload.shape[1]
+    # reference: nearest centroid, then each residual dimension's bucket value (the residual divided
+    # by its float16 norm first when scaled, multiplied back after), renormalised
     expected_ids = np.argmax(tokens @ trained.centroids.T, axis=1)
     np.testing.assert_array_equal(ids, expected_ids)
     residual = tokens - trained.centroids[expected_ids]
+    norms = np.ones(len(tokens), np.float32)
+    if scaled:
+        norms = np.linalg.norm(residual, axis=1).astype(np.float16)
+        np.testing.assert_array_equal(payload[:, :2].copy().view("<f2")[:, 0], norms)
+        norms = norms.astype(np.float32)
+        residual = residual / norms[:, None]
     buckets = np.stack(
         [np.searchsorted(trained.cutoffs[j], residual[:, j], side="right") for j in range(32)], axis=1
     )
-    rebuilt = trained.centroids[expected_ids] + trained.values[np.arange(32), buckets]
+    rebuilt = trained.centroids[expected_ids] + norms[:, None] * trained.values[np.arange(32), buckets]
     rebuilt /= np.linalg.norm(rebuilt, axis=1, keepdims=True)
     # 8 bits decode by arithmetic (lo + code·step, fused) instead of the table: float32 rounding apart
-    np.testing.assert_allclose(trained.decode(ids, packed), rebuilt, atol=5e-5 if bits == 8 else 1e-5)
+    np.testing.assert_allclose(trained.decode(ids, payload), rebuilt, atol=5e-5 if bits == 8 else 1e-5)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_scaled_residuals_reconstruct_better(sample: np.ndarray, bits: int) -> None:
+    """Residual norms vary from token to token; quantising the direction only spends the levels better."""
+    errors = {}
+    for scaled in (False, True):
+        trained = codec.train(sample, 64, bits, iterations=4, scaled=scaled)
+        decoded = trained.decode(*trained.encode(sample[:2000]))
+        errors[scaled] = float(np.mean(np.linalg.norm(decoded - sample[:2000], axis=1)))
+    assert errors[True] < errors[False], errors
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.floats(0.0, 65504.0, width=16))
+def test_half_to_float_reads_every_non_negative_float16(value: float) -> None:
+    low, high = np.array([value], "<f2").view(np.uint8)
+    assert codec._half_to_float(low, high) == np.float32(value)
+
+
+def test_codec_round_trips_bytes_and_reads_unscaled_codecs(sample: np.ndarray) -> None:
+    trained = codec.train(sample, 16, 4, iterations=2)
+    assert trained.scaled  # the default since the norm is kept
+    again = codec.Codec.from_bytes(trained.to_bytes())
+    assert again.scaled and again.bits == 4
+    np.testing.assert_array_equal(again.centroids, trained.centroids)
+    # a codec saved before ``scaled`` existed has no such array: it decodes as unscaled
+    old = io.BytesIO()
+    arrays = {"centroids": trained.centroids, "cutoffs": trained.cutoffs, "values": trained.values}
+    np.savez(old, **arrays, bits=np.array(4))
+    assert not codec.Codec.from_bytes(old.getvalue()).scaled
 
 
 def test_more_bits_reconstruct_better(sample: np.ndarray) -> None:
@@ -58,7 +100,7 @@ def test_blocks_decode_in_place_and_distinct_centroids(sample: np.ndarray) -> No
     trained = codec.train(sample, 64, 4, iterations=3)
     docs = [sample[a:b] for a, b in [(0, 7), (7, 8), (8, 40), (40, 100)]]
     data = b"".join(codec.encode_block(trained, d) for d in docs)
-    sizes = [codec.block_size(len(d), trained.residual_bytes) for d in docs]
+    sizes = [codec.block_size(len(d), trained.payload_bytes) for d in docs]
     offsets = np.cumsum([0, *sizes[:-1]]).astype(np.int64)
     counts = np.array([len(d) for d in docs], np.int64)
     buffer = np.frombuffer(data, np.uint8)
@@ -66,7 +108,7 @@ def test_blocks_decode_in_place_and_distinct_centroids(sample: np.ndarray) -> No
     rows = np.array([0, 32, 39], np.int64)
     out = np.full((99, 32), np.nan, np.float32)
     codec.decode_blocks(
-        buffer, offsets[order], counts[order], rows, trained.centroids, trained.decode_table(), out
+        buffer, offsets[order], counts[order], rows, trained.centroids, True, trained.decode_table(), out
     )
     for doc, row in zip(order.tolist(), rows.tolist(), strict=True):
         expected = trained.decode(*trained.encode(docs[doc]))

@@ -340,7 +340,7 @@ def test_coded_collection_trains_codes_and_searches_decoded_tokens(manager: Coll
     c = build_coded(manager, docs)
     stats = c.stats()
     assert (stats.coded, stats.centroids) == (300, 64)
-    assert stats.bytes_on_disk["codes"] == stats.tokens * (2 + DIM * 8 // 8)
+    assert stats.bytes_on_disk["codes"] == stats.tokens * (2 + 2 + DIM * 8 // 8)  # id, norm, residual
     queries = paraphrases(docs, 20, seed=5)
     # with every document a candidate, the result is exact MaxSim over the decoded tokens
     for query in queries[:5]:

@@ -171,7 +171,7 @@ def test_coded_collection_over_grpc_reports_codec_and_precision(stubs, unique_na
             break
         time.sleep(0.2)
     assert got.stats.coded_documents == len(docs) and got.token_storage.trained_centroids == 16
-    assert got.stats.bytes_on_disk["codes"] == 1600 * (2 + DIM * 2 // 8)
+    assert got.stats.bytes_on_disk["codes"] == 1600 * (2 + 2 + DIM * 2 // 8)  # id, norm, residual
     hits = search.Search(
         spb.SearchRequest(collection=created.name, query=spb.Query(vectors=pack(docs["d3"])), top_k=3),
         timeout=TIMEOUT,

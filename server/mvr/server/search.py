@@ -13,7 +13,8 @@ Stages, for a query of m token vectors (numbers: bench/codec.py and bench/vs_pee
    inverted lists, scored by MaxSim over their distinct centroids; best ``candidates`` kept.
 4. **Exact**: those and the graph's candidates, over their token vectors (decoded from the codes, or
    the stored float vectors where the collection keeps them and for documents not coded yet), by
-   exact MaxSim; best ``top_k``.
+   exact MaxSim, a cache-sized tile of documents at a time (:func:`mvr.server.rerank.maxsim_tiled`);
+   best ``top_k``.
 
 Liveness is settled at stage 4 against the store's catalog: a replaced or deleted version can be a
 candidate but is never scored or returned.

@@ -492,9 +492,7 @@ class Store:
         return record.has_vectors and (self.keep_vectors or not record.coded)
 
     def _code_bytes(self, record: Record) -> int:
-        return (
-            0 if not record.coded or self.codec is None else record.n_tokens * (2 + self.codec.residual_bytes)
-        )
+        return 0 if not record.coded or self.codec is None else record.n_tokens * self.codec.token_bytes
 
     def live_bytes(self) -> tuple[int, int]:
         """(vector bytes, code bytes) that a compaction would keep."""
