@@ -13,8 +13,9 @@ centroid-interaction pass (:mod:`mvr.server.candidates`).
 Unlike PLAID, bucket boundaries and reconstruction values are per dimension (a residual's spread
 differs by dimension), the residual is quantised *after division by its own norm* (stored per token:
 the buckets then spend their levels on the residual's direction, not on how far the token happens to
-lie from its centroid; bench/codec.py, 10k topic documents, ceiling recall@10: 2 bits 0.893 → 0.925,
-4 bits 0.958 → 0.968), and decoded tokens are renormalised to unit length, as the encoder's are.
+lie from its centroid; bench/codec.py --scaled 0 1, 10k topic documents, recall@10 of exact MaxSim
+over all decoded documents: 2 bits 0.882 → 0.924, 4 bits 0.958 → 0.970, 8 bits 0.996 → 0.998), and
+decoded tokens are renormalised to unit length, as the encoder's are.
 Codecs trained before the norm was kept (``scaled`` False) decode as they were written.
 """
 
@@ -42,8 +43,11 @@ def default_centroids(n_tokens: int) -> int:
     The codec is trained once and kept as the collection grows, so the number is not tied to the
     size at training (PLAID's 16·√n would freeze a small collection at a few hundred centroids).
     bench/codec.py, 10k topic-clustered documents (1.15M tokens), 4-bit residuals: 4,096 centroids
-    kept 0.95 of the true top-10 in the centroid-interaction top 64, 1,024 only 0.80; more than 4,096
-    multiplies the cost of coding every token (one GEMM row per centroid) for little."""
+    kept 0.95 of the true top-10 in the centroid-interaction top 64, 1,024 only 0.80. 8,192 (8 bits,
+    bench/results/codec_10k_centroids_8192.json) keeps 0.964 there against 0.936, but doubles the cost
+    of coding every token and of the query × centroid scores; at 10k the time it saves in the exact
+    stage is spent there. At 100k, where the centroid stages are what limits recall, more centroids
+    would need the retraining the indexer does not do yet (see README, Limits)."""
     fitting = max(n_tokens // 32, 1)
     return int(min(4096, max(256, 1 << int(np.floor(np.log2(fitting))))))
 

@@ -215,7 +215,7 @@ def by_mapping(mappings: Sequence[MappedFile]) -> list[tuple[MappedFile, list[in
     return list(groups.values())
 
 
-def gather_vectors(records: Sequence[Record], dim: int, out: np.ndarray, rows: np.ndarray) -> None:
+def gather_vectors(records: Sequence[Record], out: np.ndarray, rows: np.ndarray) -> None:
     """Stored vectors of ``records`` (all with vectors) into float32 ``out``, record i at row
     ``rows[i]``."""
     for mapping, members in by_mapping([r.segment for r in records]):
@@ -245,7 +245,7 @@ def gather(records: Sequence[Record], dim: int) -> tuple[np.ndarray, np.ndarray]
     """The records' stored vectors back to back as one float32 (n, dim) matrix, and their offsets."""
     offsets = token_offsets(records)
     out = np.empty((int(offsets[-1]), dim), dtype=np.float32)
-    gather_vectors(records, dim, out, offsets[:-1])
+    gather_vectors(records, out, offsets[:-1])
     return out, offsets
 
 
