@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from mvr.server import rerank
 from mvr.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mvr.server.index import INDEX_FILE
 from mvr.server.manager import CollectionManager
-from mvr.server.store import VECTORS
+from mvr.server.store import NO_OFFSET, VECTORS
 from mvr.server.values import DocumentInput
 
 DIM = 16
@@ -402,6 +404,40 @@ def test_keep_vectors_scores_over_the_stored_vectors(manager: CollectionManager)
     hits = c.search(query, 5, candidates=150)
     assert {h.precision for h in hits} == {"float16"}
     assert [h.id for h in hits] == exact_top(query, docs, 5)
+
+
+def test_candidate_tokens_mix_sources_across_tiles(manager: CollectionManager, monkeypatch) -> None:
+    """The exact stage's reader regroups records by source (decoded codes, stored float16 vectors) and
+    reads any tile of them; tiles that cut across runs and documents score as one matrix does."""
+    docs = clustered_corpus(120, seed=11)
+    c = build_coded(manager, docs)
+    records = [c.store.records[i] for i in sorted(docs)]
+    # every third document as if not coded yet: read from its stored vectors, not its codes
+    mixed = [replace(r, code_offset=NO_OFFSET) if n % 3 == 0 else r for n, r in enumerate(records)]
+    tokens = c.searcher.tokens_of(mixed)
+    assert sorted(r.id for r in tokens.records) == sorted(docs)
+    n_vectors = len(range(0, len(mixed), 3))  # regrouped: one run of codes, then one of vectors
+    expected = ["residual8"] * (len(mixed) - n_vectors) + ["float16"] * n_vectors
+    assert [tokens.precision(i) for i in range(len(mixed))] == expected
+    whole = c.searcher.token_matrix(tokens.records)
+    rng = np.random.default_rng(12)
+    for _ in range(20):
+        start, stop = sorted(rng.choice(len(mixed) + 1, 2, replace=False).tolist())
+        rows = slice(tokens.rows[start], tokens.rows[stop])
+        out = np.full((rows.stop - rows.start, DIM), np.nan, np.float32)
+        np.testing.assert_array_equal(tokens.read(start, stop, out), whole[rows])
+    for n, record in enumerate(tokens.records):  # stored vectors where float16, decoded codes elsewhere
+        own = whole[tokens.rows[n] : tokens.rows[n + 1]]
+        np.testing.assert_array_equal(own, c.searcher.token_matrix([record]))
+        if tokens.precision(n) == "float16":
+            np.testing.assert_array_equal(own, record.vectors().astype(np.float32))
+        else:  # this document's tokens, decoded (8-bit: close, not equal)
+            assert np.abs(own - docs[record.id]).mean() < 0.01
+    monkeypatch.setattr(rerank, "TILE_TOKENS", 37)  # tiles far smaller than a document
+    query = unit(np.random.default_rng(13), 6)
+    scored = rerank.maxsim_tiled(query, tokens.counts, tokens.read)
+    expected = [chamfer(query, whole[tokens.rows[n] : tokens.rows[n + 1]]) for n in range(len(mixed))]
+    np.testing.assert_allclose(scored.scores, expected, atol=1e-5)
 
 
 def test_writes_during_training_and_backfill_are_all_coded(manager: CollectionManager) -> None:
