@@ -325,6 +325,14 @@ def _encode_uniform8(tokens, centroids, ids, inverse_norms, cutoffs, packed):
             packed[i, j] = code
 
 
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _renormalise(row, squared_norm):
+    """Scales a decoded token to unit length, as the encoder's tokens are (a zero row stays zero)."""
+    scale = np.float32(1.0) / np.sqrt(squared_norm) if squared_norm > 0 else np.float32(0.0)
+    for j in range(row.shape[0]):
+        row[j] *= scale
+
+
 @numba.njit(cache=True, fastmath=True)
 def _decode_uniform8(data, offsets, counts, targets, centroids, scaled, lo, step, out):
     dim = centroids.shape[1]
@@ -341,9 +349,7 @@ def _decode_uniform8(data, offsets, counts, targets, centroids, scaled, lo, step
                 x = centroid[j] + length * (lo[j] + np.float32(code[j]) * step[j])
                 row[j] = x
                 norm += x * x
-            scale = np.float32(1.0) / np.sqrt(norm) if norm > 0 else np.float32(0.0)
-            for j in range(dim):
-                row[j] *= scale
+            _renormalise(row, norm)
 
 
 def byte_table(values: np.ndarray, bits: int) -> np.ndarray:
@@ -414,7 +420,6 @@ def decode_blocks(data, offsets, counts, targets, centroids, scaled, table, out)
     """Decodes block r (at byte ``offsets[r]`` of ``data``, ``counts[r]`` tokens) into rows
     ``targets[r] :`` of ``out`` (float32 (rows, dim)): centroid + norm · residual, renormalised."""
     n_bytes, _, per_byte = table.shape
-    dim = centroids.shape[1]
     first = SCALE_BYTES if scaled else 0
     for r in range(offsets.shape[0]):
         ids, payloads = _block_views(data, offsets[r], counts[r], first + n_bytes)
@@ -430,9 +435,7 @@ def decode_blocks(data, offsets, counts, targets, centroids, scaled, table, out)
                     x = centroid[b * per_byte + s] + length * entry[s]
                     row[b * per_byte + s] = x
                     norm += x * x
-            scale = np.float32(1.0) / np.sqrt(norm) if norm > 0 else np.float32(0.0)
-            for j in range(dim):
-                row[j] *= scale
+            _renormalise(row, norm)
 
 
 @numba.njit(cache=True)
