@@ -39,9 +39,14 @@ from mvr.client import Client, Document  # noqa: E402
 from mvr.server.app import limit_blas_threads  # noqa: E402
 from mvr.server.fde import available_cpus  # noqa: E402
 from mvr.server.manager import CollectionManager  # noqa: E402
-from mvr.server.values import DocumentInput  # noqa: E402
 from serverproc import running_server  # noqa: E402
-from synthetic import Corpus, TopicCorpusSpec, make_corpus, make_topic_corpus  # noqa: E402
+from synthetic import (  # noqa: E402
+    Corpus,
+    TopicCorpusSpec,
+    make_corpus,
+    make_topic_corpus,
+    upsert_in_batches,
+)
 
 
 def make_data(name: str, docs: int, tokens_per_doc: int | None) -> Corpus:
@@ -60,13 +65,7 @@ def ingest_engine(corpus: Corpus, args: argparse.Namespace) -> dict:
         manager.create("ingest", model=None, dim=corpus.tokens.shape[1], tokens=token_storage(args))
         collection = manager.get("ingest")
         started = time.perf_counter()
-        acknowledged = 0
-        for start in range(0, corpus.n_docs, args.batch):
-            stop = min(start + args.batch, corpus.n_docs)
-            results = collection.upsert(
-                [DocumentInput(str(i), vectors=corpus.document(i)) for i in range(start, stop)]
-            )
-            acknowledged += len(results)
+        acknowledged = upsert_in_batches(collection, corpus, args.batch)
         ack_s = time.perf_counter() - started
         collection.flush()
         ready_s = time.perf_counter() - started

@@ -40,8 +40,7 @@ from mvr.server.manager import CollectionManager  # noqa: E402
 from mvr.server.rerank import maxsim_tiled  # noqa: E402
 from mvr.server.search import DEFAULT_CENTROID_CANDIDATES, DEFAULT_PROBE, GRAPH_SHARE  # noqa: E402
 from mvr.server.store import token_offsets  # noqa: E402
-from mvr.server.values import DocumentInput  # noqa: E402
-from synthetic import topic_dataset  # noqa: E402
+from synthetic import topic_dataset, upsert_in_batches  # noqa: E402
 
 STAGES = ["query_fde", "graph", "centroid_scores", "probe", "centroid_interaction", "exact"]
 # the exact stage as it was before tiling (all candidates' tokens read into one matrix, then one GEMM),
@@ -57,9 +56,7 @@ def open_collection(args, corpus) -> tuple[CollectionManager, object, dict]:
     manager.create("profile", model=None, dim=corpus.tokens.shape[1])
     collection = manager.get("profile")
     started = time.perf_counter()
-    for start in range(0, corpus.n_docs, 500):
-        stop = min(start + 500, corpus.n_docs)
-        collection.upsert([DocumentInput(str(i), vectors=corpus.document(i)) for i in range(start, stop)])
+    upsert_in_batches(collection, corpus)
     acknowledged = time.perf_counter() - started
     collection.flush()
     build = {

@@ -43,7 +43,7 @@ from mvr.server.app import limit_blas_threads  # noqa: E402
 from mvr.server.collection import Collection  # noqa: E402
 from mvr.server.fde import available_cpus  # noqa: E402
 from mvr.server.manager import CollectionManager  # noqa: E402
-from mvr.server.values import DocumentInput  # noqa: E402
+from synthetic import upsert_in_batches  # noqa: E402
 
 Knobs = tuple[int | None, int | None, int | None, int | None]  # candidates, ef, probe, centroid_candidates
 
@@ -75,9 +75,7 @@ def build(manager: CollectionManager, name: str, corpus: Any, spec: str, args: a
     manager.create(name, model=None, dim=dim, fde=fde_overrides(spec), tokens=token_storage(args))
     collection = manager.get(name)
     started = time.perf_counter()
-    for start in range(0, corpus.n_docs, 500):
-        stop = min(start + 500, corpus.n_docs)
-        collection.upsert([DocumentInput(str(i), vectors=corpus.document(i)) for i in range(start, stop)])
+    upsert_in_batches(collection, corpus)
     acknowledged = time.perf_counter() - started
     collection.flush()
     return {

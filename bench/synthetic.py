@@ -33,6 +33,20 @@ class Corpus:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
 
+def upsert_in_batches(collection, corpus: Corpus, batch: int = 500) -> int:
+    """Upserts every document of ``corpus`` into an in-process collection, ids ``str(i)``, ``batch`` at
+    a time; returns how many were acknowledged. Needs the server package on ``sys.path``."""
+    from mvr.server.values import DocumentInput  # here: the data sets themselves need only NumPy
+
+    acknowledged = 0
+    for start in range(0, corpus.n_docs, batch):
+        stop = min(start + batch, corpus.n_docs)
+        acknowledged += len(
+            collection.upsert([DocumentInput(str(i), vectors=corpus.document(i)) for i in range(start, stop)])
+        )
+    return acknowledged
+
+
 def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
 
