@@ -85,7 +85,7 @@ def run_config(corpus, queries, truth, n_centroids: int, bits: int, scaled: bool
                     scores = candidates.centroid_scores(trained.centroids, query)
                     probes = candidates.probe_table(scores, len(query), n_probe)
                     slots, _ = candidates.probe_lists(
-                        scores, len(query), probes, list_offsets, list_slots, corpus.n_docs, alive, keep
+                        scores, probes, list_offsets, list_slots, corpus.n_docs, alive, keep
                     )
                     t1 = time.perf_counter()
                     ci = candidates.centroid_interaction(scores, doc_cids, doc_offsets, slots)

@@ -90,7 +90,6 @@ def profile_query(
         "probe",
         lambda: probe_lists(
             scores,
-            len(query),
             probe_table(scores, len(query), DEFAULT_PROBE),
             snapshot.list_offsets,
             snapshot.list_slots,

@@ -173,9 +173,7 @@ def test_probe_lists_equals_reference(sizes, n_centroids, n_query, n_probe, keep
         assert list_slots[list_offsets[c] : list_offsets[c + 1]].tolist() == holders
     table = centroid_major(similarities)
     probes = candidates.probe_table(table, n_query, n_probe)
-    slots, scores = candidates.probe_lists(
-        table, n_query, probes, list_offsets, list_slots, n_docs, alive, keep
-    )
+    slots, scores = candidates.probe_lists(table, probes, list_offsets, list_slots, n_docs, alive, keep)
     # reference: a live document found by any probe scores, per query token, its best probed centroid
     # that it holds, else the similarity of the first centroid not probed
     width = probes.shape[1] - 1

@@ -59,14 +59,14 @@ def build_lists(doc_cids, doc_offsets, n_slots, n_centroids):
 
 
 @numba.njit(cache=True)
-def probe_lists(scores, n_query, probes, list_offsets, list_slots, n_slots, alive, keep):
+def probe_lists(scores, probes, list_offsets, list_slots, n_slots, alive, keep):
     """Approximate scores of the documents found by probing, and the best ``keep`` of them.
 
-    ``scores``: :func:`centroid_scores` of a query of ``n_query`` tokens. ``probes``: :func:`probe_table`,
-    int64 (n_query, n_probe + 1), each row the query token's best centroids in descending score; the
+    ``scores``: :func:`centroid_scores` of a query. ``probes``: :func:`probe_table`, int64
+    (query tokens, n_probe + 1), each row the query token's best centroids in descending score; the
     last column is the first centroid *not* probed, whose score is imputed to a document the token
     did not find. Returns (slots int64, scores float32) of at most ``keep`` documents, best first."""
-    n_probe = probes.shape[1] - 1
+    n_query, n_probe = probes.shape[0], probes.shape[1] - 1
     imputed = np.empty(n_query, dtype=np.float32)
     base = np.float32(0.0)
     for i in range(n_query):

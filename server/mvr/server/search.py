@@ -156,7 +156,6 @@ class Searcher:
             )
         probed, _ = probe_lists(
             scores,
-            len(query),
             probe_table(scores, len(query), params.probe or DEFAULT_PROBE),
             snapshot.list_offsets,
             snapshot.list_slots,
