@@ -168,6 +168,7 @@ def main() -> None:
         "disk_bytes_per_doc": {k: round(v / stats.documents) for k, v in stats.bytes_on_disk.items()},
         "memory_bytes_per_doc": {k: round(v / stats.documents) for k, v in stats.bytes_in_memory.items()},
         "centroids": stats.centroids,
+        "codec_generation": stats.codec_generation,  # 1 + retrainings while the collection grew
     }
     print(footprint, flush=True)
     if collection.tokens is None or collection.tokens.snapshot is None:

@@ -140,7 +140,7 @@ def test_create_collection_echoes_defaults_and_get_reports_stats(stubs, unique_n
     assert storage.train_after_tokens > 0 and storage.trained_centroids == 0
     assert storage.precision == tpb.TOKEN_PRECISION_RESIDUAL_8BIT
     got = collections.GetCollection(cpb.GetCollectionRequest(name=created.name), timeout=TIMEOUT).collection
-    assert got.stats.documents == 0 and got.stats.coded_documents == 0
+    assert got.stats.documents == 0 and got.stats.coded_documents == 0 and got.stats.codec_generation == 0
     assert got.fde == created.fde
 
 
@@ -171,6 +171,7 @@ def test_coded_collection_over_grpc_reports_codec_and_precision(stubs, unique_na
             break
         time.sleep(0.2)
     assert got.stats.coded_documents == len(docs) and got.token_storage.trained_centroids == 16
+    assert (got.stats.codec_generation, got.stats.recoded_documents) == (1, 0)
     assert got.stats.bytes_on_disk["codes"] == 1600 * (2 + 2 + DIM * 2 // 8)  # id, norm, residual
     hits = search.Search(
         spb.SearchRequest(collection=created.name, query=spb.Query(vectors=pack(docs["d3"])), top_k=3),

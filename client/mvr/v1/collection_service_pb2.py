@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mvr.v1 import types_pb2 as mvr_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmvr/v1/collection_service.proto\x12\x06mvr.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12mvr/v1/types.proto\"\xbb\x02\n\nCollection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x07\x65ncoder\x18\x02 \x01(\x0b\x32\x13.mvr.v1.EncoderSpec\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x1e\n\x03\x66\x64\x65\x18\x04 \x01(\x0b\x32\x11.mvr.v1.FdeParams\x12 \n\x04hnsw\x18\x05 \x01(\x0b\x32\x12.mvr.v1.HnswParams\x12$\n\rstorage_dtype\x18\x06 \x01(\x0e\x32\r.mvr.v1.DType\x12&\n\x05stats\x18\x07 \x01(\x0b\x32\x17.mvr.v1.CollectionStats\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\rtoken_storage\x18\t \x01(\x0b\x32\x14.mvr.v1.TokenStorage\"\xc7\x01\n\x0cTokenStorage\x12\x15\n\rresidual_bits\x18\x01 \x01(\r\x12\x15\n\rdisable_codes\x18\x02 \x01(\x08\x12\x14\n\x0ckeep_vectors\x18\x03 \x01(\x08\x12\x11\n\tcentroids\x18\x04 \x01(\r\x12\x1a\n\x12train_after_tokens\x18\x05 \x01(\x04\x12\x19\n\x11trained_centroids\x18\x06 \x01(\r\x12)\n\tprecision\x18\x07 \x01(\x0e\x32\x16.mvr.v1.TokenPrecision\"{\n\x0b\x45ncoderSpec\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x03 \x01(\t\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\x12\x14\n\x0cquery_maxlen\x18\x05 \x01(\r\x12\x12\n\ndoc_maxlen\x18\x06 \x01(\r\"\xb9\x01\n\tFdeParams\x12\x13\n\x0brepetitions\x18\x01 \x01(\r\x12\x12\n\x05k_sim\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x64_proj\x18\x03 \x01(\r\x12\x17\n\nfill_empty\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x11\n\tfinal_dim\x18\x05 \x01(\r\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x02\x88\x01\x01\x12\x12\n\noutput_dim\x18\x07 \x01(\rB\x08\n\x06_k_simB\r\n\x0b_fill_emptyB\x07\n\x05_seed\"C\n\nHnswParams\x12\t\n\x01m\x18\x01 \x01(\r\x12\x17\n\x0f\x65\x66_construction\x18\x02 \x01(\r\x12\x11\n\tef_search\x18\x03 \x01(\r\"\xd8\x02\n\x0f\x43ollectionStats\x12\x11\n\tdocuments\x18\x01 \x01(\x04\x12\x0e\n\x06tokens\x18\x02 \x01(\x04\x12\x19\n\x11indexed_documents\x18\x03 \x01(\x04\x12?\n\rbytes_on_disk\x18\x04 \x03(\x0b\x32(.mvr.v1.CollectionStats.BytesOnDiskEntry\x12\x43\n\x0f\x62ytes_in_memory\x18\x05 \x03(\x0b\x32*.mvr.v1.CollectionStats.BytesInMemoryEntry\x12\x17\n\x0f\x63oded_documents\x18\x06 \x01(\x04\x1a\x32\n\x10\x42ytesOnDiskEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x34\n\x12\x42ytesInMemoryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"X\n\x17\x43reateCollectionRequest\x12\x15\n\rcollection_id\x18\x01 \x01(\t\x12&\n\ncollection\x18\x02 \x01(\x0b\x32\x12.mvr.v1.Collection\"B\n\x18\x43reateCollectionResponse\x12&\n\ncollection\x18\x01 \x01(\x0b\x32\x12.mvr.v1.Collection\"$\n\x14GetCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x15GetCollectionResponse\x12&\n\ncollection\x18\x01 \x01(\x0b\x32\x12.mvr.v1.Collection\"?\n\x16ListCollectionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x17ListCollectionsResponse\x12\'\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x12.mvr.v1.Collection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCollectionResponse2\xe3\x02\n\x11\x43ollectionService\x12U\n\x10\x43reateCollection\x12\x1f.mvr.v1.CreateCollectionRequest\x1a .mvr.v1.CreateCollectionResponse\x12L\n\rGetCollection\x12\x1c.mvr.v1.GetCollectionRequest\x1a\x1d.mvr.v1.GetCollectionResponse\x12R\n\x0fListCollections\x12\x1e.mvr.v1.ListCollectionsRequest\x1a\x1f.mvr.v1.ListCollectionsResponse\x12U\n\x10\x44\x65leteCollection\x12\x1f.mvr.v1.DeleteCollectionRequest\x1a .mvr.v1.DeleteCollectionResponseBG\n\ndev.mvr.v1P\x01Z.github.com/mvr-project/mvr/gen/go/mvr/v1;mvrv1\xaa\x02\x06Mvr.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmvr/v1/collection_service.proto\x12\x06mvr.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x12mvr/v1/types.proto\"\xbb\x02\n\nCollection\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x07\x65ncoder\x18\x02 \x01(\x0b\x32\x13.mvr.v1.EncoderSpec\x12\x0b\n\x03\x64im\x18\x03 \x01(\r\x12\x1e\n\x03\x66\x64\x65\x18\x04 \x01(\x0b\x32\x11.mvr.v1.FdeParams\x12 \n\x04hnsw\x18\x05 \x01(\x0b\x32\x12.mvr.v1.HnswParams\x12$\n\rstorage_dtype\x18\x06 \x01(\x0e\x32\r.mvr.v1.DType\x12&\n\x05stats\x18\x07 \x01(\x0b\x32\x17.mvr.v1.CollectionStats\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\rtoken_storage\x18\t \x01(\x0b\x32\x14.mvr.v1.TokenStorage\"\xc7\x01\n\x0cTokenStorage\x12\x15\n\rresidual_bits\x18\x01 \x01(\r\x12\x15\n\rdisable_codes\x18\x02 \x01(\x08\x12\x14\n\x0ckeep_vectors\x18\x03 \x01(\x08\x12\x11\n\tcentroids\x18\x04 \x01(\r\x12\x1a\n\x12train_after_tokens\x18\x05 \x01(\x04\x12\x19\n\x11trained_centroids\x18\x06 \x01(\r\x12)\n\tprecision\x18\x07 \x01(\x0e\x32\x16.mvr.v1.TokenPrecision\"{\n\x0b\x45ncoderSpec\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\x16\n\x0eweights_sha256\x18\x03 \x01(\t\x12\x0b\n\x03\x64im\x18\x04 \x01(\r\x12\x14\n\x0cquery_maxlen\x18\x05 \x01(\r\x12\x12\n\ndoc_maxlen\x18\x06 \x01(\r\"\xb9\x01\n\tFdeParams\x12\x13\n\x0brepetitions\x18\x01 \x01(\r\x12\x12\n\x05k_sim\x18\x02 \x01(\rH\x00\x88\x01\x01\x12\x0e\n\x06\x64_proj\x18\x03 \x01(\r\x12\x17\n\nfill_empty\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12\x11\n\tfinal_dim\x18\x05 \x01(\r\x12\x11\n\x04seed\x18\x06 \x01(\x04H\x02\x88\x01\x01\x12\x12\n\noutput_dim\x18\x07 \x01(\rB\x08\n\x06_k_simB\r\n\x0b_fill_emptyB\x07\n\x05_seed\"C\n\nHnswParams\x12\t\n\x01m\x18\x01 \x01(\r\x12\x17\n\x0f\x65\x66_construction\x18\x02 \x01(\r\x12\x11\n\tef_search\x18\x03 \x01(\r\"\x8d\x03\n\x0f\x43ollectionStats\x12\x11\n\tdocuments\x18\x01 \x01(\x04\x12\x0e\n\x06tokens\x18\x02 \x01(\x04\x12\x19\n\x11indexed_documents\x18\x03 \x01(\x04\x12?\n\rbytes_on_disk\x18\x04 \x03(\x0b\x32(.mvr.v1.CollectionStats.BytesOnDiskEntry\x12\x43\n\x0f\x62ytes_in_memory\x18\x05 \x03(\x0b\x32*.mvr.v1.CollectionStats.BytesInMemoryEntry\x12\x17\n\x0f\x63oded_documents\x18\x06 \x01(\x04\x12\x18\n\x10\x63odec_generation\x18\x07 \x01(\r\x12\x19\n\x11recoded_documents\x18\x08 \x01(\x04\x1a\x32\n\x10\x42ytesOnDiskEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x34\n\x12\x42ytesInMemoryEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"X\n\x17\x43reateCollectionRequest\x12\x15\n\rcollection_id\x18\x01 \x01(\t\x12&\n\ncollection\x18\x02 \x01(\x0b\x32\x12.mvr.v1.Collection\"B\n\x18\x43reateCollectionResponse\x12&\n\ncollection\x18\x01 \x01(\x0b\x32\x12.mvr.v1.Collection\"$\n\x14GetCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"?\n\x15GetCollectionResponse\x12&\n\ncollection\x18\x01 \x01(\x0b\x32\x12.mvr.v1.Collection\"?\n\x16ListCollectionsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"[\n\x17ListCollectionsResponse\x12\'\n\x0b\x63ollections\x18\x01 \x03(\x0b\x32\x12.mvr.v1.Collection\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x17\x44\x65leteCollectionRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteCollectionResponse2\xe3\x02\n\x11\x43ollectionService\x12U\n\x10\x43reateCollection\x12\x1f.mvr.v1.CreateCollectionRequest\x1a .mvr.v1.CreateCollectionResponse\x12L\n\rGetCollection\x12\x1c.mvr.v1.GetCollectionRequest\x1a\x1d.mvr.v1.GetCollectionResponse\x12R\n\x0fListCollections\x12\x1e.mvr.v1.ListCollectionsRequest\x1a\x1f.mvr.v1.ListCollectionsResponse\x12U\n\x10\x44\x65leteCollection\x12\x1f.mvr.v1.DeleteCollectionRequest\x1a .mvr.v1.DeleteCollectionResponseBG\n\ndev.mvr.v1P\x01Z.github.com/mvr-project/mvr/gen/go/mvr/v1;mvrv1\xaa\x02\x06Mvr.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,27 +49,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HNSWPARAMS']._serialized_start=929
   _globals['_HNSWPARAMS']._serialized_end=996
   _globals['_COLLECTIONSTATS']._serialized_start=999
-  _globals['_COLLECTIONSTATS']._serialized_end=1343
-  _globals['_COLLECTIONSTATS_BYTESONDISKENTRY']._serialized_start=1239
-  _globals['_COLLECTIONSTATS_BYTESONDISKENTRY']._serialized_end=1289
-  _globals['_COLLECTIONSTATS_BYTESINMEMORYENTRY']._serialized_start=1291
-  _globals['_COLLECTIONSTATS_BYTESINMEMORYENTRY']._serialized_end=1343
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=1345
-  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=1433
-  _globals['_CREATECOLLECTIONRESPONSE']._serialized_start=1435
-  _globals['_CREATECOLLECTIONRESPONSE']._serialized_end=1501
-  _globals['_GETCOLLECTIONREQUEST']._serialized_start=1503
-  _globals['_GETCOLLECTIONREQUEST']._serialized_end=1539
-  _globals['_GETCOLLECTIONRESPONSE']._serialized_start=1541
-  _globals['_GETCOLLECTIONRESPONSE']._serialized_end=1604
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1606
-  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1669
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1671
-  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=1762
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=1764
-  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=1803
-  _globals['_DELETECOLLECTIONRESPONSE']._serialized_start=1805
-  _globals['_DELETECOLLECTIONRESPONSE']._serialized_end=1831
-  _globals['_COLLECTIONSERVICE']._serialized_start=1834
-  _globals['_COLLECTIONSERVICE']._serialized_end=2189
+  _globals['_COLLECTIONSTATS']._serialized_end=1396
+  _globals['_COLLECTIONSTATS_BYTESONDISKENTRY']._serialized_start=1292
+  _globals['_COLLECTIONSTATS_BYTESONDISKENTRY']._serialized_end=1342
+  _globals['_COLLECTIONSTATS_BYTESINMEMORYENTRY']._serialized_start=1344
+  _globals['_COLLECTIONSTATS_BYTESINMEMORYENTRY']._serialized_end=1396
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_start=1398
+  _globals['_CREATECOLLECTIONREQUEST']._serialized_end=1486
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_start=1488
+  _globals['_CREATECOLLECTIONRESPONSE']._serialized_end=1554
+  _globals['_GETCOLLECTIONREQUEST']._serialized_start=1556
+  _globals['_GETCOLLECTIONREQUEST']._serialized_end=1592
+  _globals['_GETCOLLECTIONRESPONSE']._serialized_start=1594
+  _globals['_GETCOLLECTIONRESPONSE']._serialized_end=1657
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_start=1659
+  _globals['_LISTCOLLECTIONSREQUEST']._serialized_end=1722
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_start=1724
+  _globals['_LISTCOLLECTIONSRESPONSE']._serialized_end=1815
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_start=1817
+  _globals['_DELETECOLLECTIONREQUEST']._serialized_end=1856
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_start=1858
+  _globals['_DELETECOLLECTIONRESPONSE']._serialized_end=1884
+  _globals['_COLLECTIONSERVICE']._serialized_start=1887
+  _globals['_COLLECTIONSERVICE']._serialized_end=2242
 # @@protoc_insertion_point(module_scope)

@@ -95,7 +95,7 @@ class HnswParams(_message.Message):
     def __init__(self, m: _Optional[int] = ..., ef_construction: _Optional[int] = ..., ef_search: _Optional[int] = ...) -> None: ...
 
 class CollectionStats(_message.Message):
-    __slots__ = ("documents", "tokens", "indexed_documents", "bytes_on_disk", "bytes_in_memory", "coded_documents")
+    __slots__ = ("documents", "tokens", "indexed_documents", "bytes_on_disk", "bytes_in_memory", "coded_documents", "codec_generation", "recoded_documents")
     class BytesOnDiskEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -116,13 +116,17 @@ class CollectionStats(_message.Message):
     BYTES_ON_DISK_FIELD_NUMBER: _ClassVar[int]
     BYTES_IN_MEMORY_FIELD_NUMBER: _ClassVar[int]
     CODED_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
+    CODEC_GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RECODED_DOCUMENTS_FIELD_NUMBER: _ClassVar[int]
     documents: int
     tokens: int
     indexed_documents: int
     bytes_on_disk: _containers.ScalarMap[str, int]
     bytes_in_memory: _containers.ScalarMap[str, int]
     coded_documents: int
-    def __init__(self, documents: _Optional[int] = ..., tokens: _Optional[int] = ..., indexed_documents: _Optional[int] = ..., bytes_on_disk: _Optional[_Mapping[str, int]] = ..., bytes_in_memory: _Optional[_Mapping[str, int]] = ..., coded_documents: _Optional[int] = ...) -> None: ...
+    codec_generation: int
+    recoded_documents: int
+    def __init__(self, documents: _Optional[int] = ..., tokens: _Optional[int] = ..., indexed_documents: _Optional[int] = ..., bytes_on_disk: _Optional[_Mapping[str, int]] = ..., bytes_in_memory: _Optional[_Mapping[str, int]] = ..., coded_documents: _Optional[int] = ..., codec_generation: _Optional[int] = ..., recoded_documents: _Optional[int] = ...) -> None: ...
 
 class CreateCollectionRequest(_message.Message):
     __slots__ = ("collection_id", "collection")

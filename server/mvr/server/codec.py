@@ -52,9 +52,10 @@ def default_centroids(n_tokens: int) -> int:
     return int(min(4096, max(256, 1 << int(np.floor(np.log2(fitting))))))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Codec:
-    """Trained centroids and residual quantiser of one collection. Immutable once trained."""
+    """Trained centroids and residual quantiser of one collection. Immutable once trained; compared
+    and hashed by identity (a collection's records name the codec their codes were written with)."""
 
     centroids: np.ndarray  # float32 (K, dim), unit rows
     cutoffs: np.ndarray  # float32 (dim, 2**bits - 1): bucket boundaries per dimension, ascending

@@ -124,7 +124,7 @@ class Collection:
         return index
 
     def _document_fdes(self, records: Sequence[Record]) -> np.ndarray:
-        tokens = self.searcher.token_matrix(records)
+        tokens = self.searcher.token_matrix(records, vectors_when_present=True)
         return self.fde.encode_documents(tokens, token_offsets(records))
 
     # ------------------------------------------------------------------------------ text
@@ -425,6 +425,8 @@ class Collection:
             bytes_in_memory=in_memory,
             coded=sum(1 for r in records if r.coded),
             centroids=0 if self.store.codec is None else self.store.codec.n_centroids,
+            codec_generation=self.store.codec_generation,
+            recoded=self._indexer.recoded(),
         )
 
     # ------------------------------------------------------------------------------ life

@@ -293,6 +293,8 @@ def stats_to_proto(stats: CollectionStats) -> cpb.CollectionStats:
         bytes_on_disk=stats.bytes_on_disk,
         bytes_in_memory=stats.bytes_in_memory,
         coded_documents=stats.coded,
+        codec_generation=stats.codec_generation,
+        recoded_documents=stats.recoded,
     )
 
 

@@ -8,7 +8,16 @@ Owns, in order of priority:
 2. **Training**: once the collection holds ``train_after_tokens`` tokens (and nothing is pending), a
    sample of its stored tokens trains the codec (:func:`mvr.server.codec.train`), committed to the
    catalog; then every document written before it is coded (the *backfill*), in label order.
-3. **Housekeeping** when idle: save the graph, compact the files when dead bytes dominate.
+3. **Retraining** as the collection grows: once it holds ``RETRAIN_GROWTH`` times the tokens it held
+   when its codec was trained, a new codec (with :func:`mvr.server.codec.default_centroids` of the
+   token count, unless the collection fixed it) is trained on a sample of the stored tokens and
+   every coded document is re-coded into a new code file (*the rewrite*), a chunk at a
+   time, yielding to pending batches (which are coded with the live codec meanwhile and re-coded
+   before the end). Searches and writes go on against the live codec and file; the switch is one
+   SQLite commit under the write lock (:meth:`mvr.server.store.Store.commit_rewrite`), then the token
+   index is rebuilt for the new codec. Documents whose vectors were dropped are re-coded from their
+   decoded codes.
+4. **Housekeeping** when idle: save the graph, compact the files when dead bytes dominate.
 
 Codes are appended in ascending label order (what the token index requires); a search sees a document
 first through the pending scan, then the graph, then also the token index, never through none.
@@ -25,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from mvr.server import codec as codec_module
 from mvr.server.search import PendingBatch
-from mvr.server.store import Record, gather
+from mvr.server.store import CodeRewrite, Record, token_offsets
 from mvr.server.tokens import TokenIndex
 
 if TYPE_CHECKING:
@@ -39,6 +48,9 @@ COMPACT_MIN_DEAD_BYTES = 16 << 20
 TRAIN_SAMPLE_PER_CENTROID = 32  # bench/codec.py: more buys no recall, and k-means time is linear in it
 TRAIN_ITERATIONS = 6
 TRAIN_SAMPLE_SPREAD = 16
+# Retrain once the collection holds this many times the tokens it held at the last training: the
+# first codec sees ~1,100 documents, which do not cover a growing collection's topics (bench/...).
+RETRAIN_GROWTH = 4
 
 
 class Indexer:
@@ -48,6 +60,7 @@ class Indexer:
         self._c = collection
         self._save_interval_s = save_interval_s
         self._backfill_due = collection.store.codec is not None
+        self._rewrite: CodeRewrite | None = None  # a retrained codec's code file being written
         self._thread = threading.Thread(
             target=self._loop, name=f"indexer-{collection.config.name}", daemon=True
         )
@@ -72,10 +85,12 @@ class Indexer:
             try:
                 if batch is not None:
                     self._insert(batch)
-                elif self._training_due():
+                elif self._training_due() or self._retraining_due():
                     self._train()
                 elif self._backfill_due:
                     self._backfill()
+                elif self._rewrite is not None:
+                    self._continue_rewrite()
                 elif self._relist_due():
                     c.tokens.relist()
                     c.notify_progress()
@@ -89,14 +104,29 @@ class Indexer:
     def _idle_work_due(self) -> bool:
         return (
             self._training_due()
+            or self._retraining_due()
             or self._backfill_due
+            or self._rewrite is not None
             or self._relist_due()
             or self._c.save_due(self._save_interval_s)
         )
 
     def busy(self) -> bool:
-        """Whether acknowledged documents are still waiting for the graph, the codec or their codes."""
-        return bool(self._c.pending) or self._training_due() or self._backfill_due or self._relist_due()
+        """Whether acknowledged documents are still waiting for the graph, the codec or their codes, or
+        a retraining the collection's size calls for is not done yet."""
+        return (
+            bool(self._c.pending)
+            or self._training_due()
+            or self._retraining_due()
+            or self._backfill_due
+            or self._rewrite is not None
+            or self._relist_due()
+        )
+
+    def recoded(self) -> int:
+        """Documents re-coded so far by the rewrite in progress (0 when none runs)."""
+        rewrite = self._rewrite
+        return 0 if rewrite is None else len(rewrite.offsets)
 
     def _relist_due(self) -> bool:
         """Whether coded documents wait outside the inverted lists."""
@@ -132,7 +162,8 @@ class Indexer:
         todo = [r for r in records if r.has_vectors and not r.coded]
         if not todo or c.tokens is None:
             return
-        blocks = codec_module.encode_blocks(c.store.codec, *gather(todo, c.config.dim), c.fde.threads)
+        tokens = c.searcher.token_matrix(todo, vectors_when_present=True)
+        blocks = codec_module.encode_blocks(c.store.codec, tokens, token_offsets(todo), c.fde.threads)
         with c.write_lock:  # the catalog swap must not race an upsert replacing the same id
             if c.closed:
                 return
@@ -151,7 +182,20 @@ class Indexer:
             and c.store.live_tokens >= storage.train_after_tokens
         )
 
+    def _retraining_due(self) -> bool:
+        c, store = self._c, self._c.store
+        trained_at = store.codec_trained_tokens or c.config.tokens.train_after_tokens
+        return (
+            store.codec is not None
+            and self._rewrite is None
+            and not self._backfill_due
+            and not c.pending
+            and store.live_tokens >= RETRAIN_GROWTH * trained_at
+        )
+
     def _train(self) -> None:
+        """Trains a codec on a sample of the stored tokens: the collection's first (committed at once,
+        then the backfill codes everything), or a successor (then the rewrite re-codes everything)."""
         c = self._c
         storage = c.config.tokens
         n_tokens = c.store.live_tokens
@@ -162,14 +206,18 @@ class Indexer:
         trained = codec_module.train(
             sample, n_centroids, storage.residual_bits, iterations=TRAIN_ITERATIONS, threads=c.fde.threads
         )
-        with c.write_lock:
-            if c.closed:
-                return
-            c.store.set_codec(trained)
-            c.tokens = TokenIndex(trained)
-            self._backfill_due = True
+        retrained = c.store.codec is not None
+        if retrained:
+            self._rewrite = c.store.begin_rewrite(trained, n_tokens)
+        else:
+            with c.write_lock:
+                if c.closed:
+                    return
+                c.store.set_codec(trained)
+                c.tokens = TokenIndex(trained)
+                self._backfill_due = True
         log.info(
-            "codec trained",
+            "codec retrained; rewriting the codes" if retrained else "codec trained",
             extra={
                 "collection": c.config.name,
                 "centroids": n_centroids,
@@ -184,7 +232,7 @@ class Indexer:
         ``TRAIN_SAMPLE_SPREAD`` times as many documents as they fill: whole documents alone would cover
         too few topics, so the centroids would miss the rest (k-means places centroids only where the
         sample has tokens)."""
-        records = [r for r in self._c.store.records.values() if r.has_vectors]
+        records = list(self._c.store.records.values())
         rng = np.random.default_rng(len(records))
         order = rng.permutation(len(records))
         counts = np.fromiter((records[i].n_tokens for i in order), np.int64, len(order))
@@ -192,9 +240,8 @@ class Indexer:
         keep = min(1.0, n_tokens / max(int(counts[:n_docs].sum()), 1))
         parts = []
         for start in range(0, n_docs, 1024):
-            tokens, _ = gather(
-                [records[i] for i in order[start : min(start + 1024, n_docs)]], self._c.config.dim
-            )
+            chunk = [records[i] for i in order[start : min(start + 1024, n_docs)]]
+            tokens = self._c.searcher.token_matrix(chunk, vectors_when_present=True)
             parts.append(tokens[rng.random(len(tokens)) < keep])
         return np.concatenate(parts)
 
@@ -217,3 +264,68 @@ class Indexer:
             )
         self._backfill_due = False
         c.notify_progress()
+
+    # ------------------------------------------------------------------------------ rewrite
+
+    def _continue_rewrite(self) -> None:
+        """Re-codes the coded documents not in the rewrite yet, in label order, a chunk at a time;
+        returns early when batches are pending. Once none is left, commits under the write lock (after
+        re-coding what was coded with the live codec since the last look) and swaps in a token index
+        for the new codec."""
+        c, rewrite = self._c, self._rewrite
+        assert rewrite is not None
+        try:
+            todo = self._not_rewritten()
+            for start in range(0, len(todo), CODE_CHUNK):
+                if c.closed:
+                    self._abandon_rewrite()
+                    return
+                if c.pending:
+                    return
+                self._recode(todo[start : start + CODE_CHUNK])
+            with c.write_lock:
+                if c.closed:
+                    self._abandon_rewrite()
+                    return
+                self._recode(self._not_rewritten())
+                records = c.store.commit_rewrite(rewrite)
+                tokens = TokenIndex(rewrite.codec)
+                tokens.rebuild(records, c.store.codes_mapping)
+                c.tokens = tokens
+        except BaseException:
+            self._abandon_rewrite()  # the next retraining starts over from a fresh sample
+            raise
+        self._rewrite = None
+        self._backfill_due = True  # documents acknowledged meanwhile and not coded yet
+        log.info(
+            "codes rewritten",
+            extra={
+                "collection": c.config.name,
+                "centroids": rewrite.codec.n_centroids,
+                "documents": len(records),
+            },
+        )
+        c.notify_progress()
+
+    def _not_rewritten(self) -> list[Record]:
+        rewrite = self._rewrite
+        assert rewrite is not None
+        pending = (r for r in self._c.store.records.values() if r.coded and r.label not in rewrite.offsets)
+        return sorted(pending, key=lambda r: r.label)
+
+    def _recode(self, records: Sequence[Record]) -> None:
+        """Appends the codes of ``records`` under the new codec to the rewrite: from their vectors where
+        they still have them, else from their codes decoded with the live codec."""
+        if not records:
+            return
+        rewrite = self._rewrite
+        assert rewrite is not None
+        tokens = self._c.searcher.token_matrix(records, vectors_when_present=True)
+        threads = self._c.fde.threads
+        blocks = codec_module.encode_blocks(rewrite.codec, tokens, token_offsets(records), threads)
+        rewrite.append(records, blocks)
+
+    def _abandon_rewrite(self) -> None:
+        if self._rewrite is not None:
+            self._rewrite.discard()
+            self._rewrite = None

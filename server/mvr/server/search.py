@@ -207,25 +207,32 @@ class Searcher:
 
     def tokens_of(self, records: Sequence[Record]) -> RecordTokens:
         """The records' tokens at the precision the collection keeps, readable a tile at a time."""
-        return RecordTokens(records, self._config, self._store.codec)
+        return RecordTokens(records, self._config)
 
-    def token_matrix(self, records: Sequence[Record]) -> np.ndarray:
-        """The records' tokens, in the given order, as one float32 (n, dim) matrix."""
-        tokens = RecordTokens(records, self._config, self._store.codec, regroup=False)
+    def token_matrix(self, records: Sequence[Record], vectors_when_present: bool = False) -> np.ndarray:
+        """The records' tokens, in the given order, as one float32 (n, dim) matrix: as the exact stage
+        reads them, or (``vectors_when_present``) at the best precision still stored — the vectors of a
+        coded document until a compaction drops them —, what re-coding and rebuilding start from."""
+        tokens = RecordTokens(records, self._config, regroup=False, vectors_when_present=vectors_when_present)
         out = np.empty((int(tokens.counts.sum()), self._config.dim), dtype=np.float32)
         return tokens.read(0, len(records), out)
 
 
 class RecordTokens:
     """The tokens of some records: stored vectors where the collection keeps them and for documents
-    not coded yet, else decoded codes. Records are regrouped (unless told not to) so that records
-    read from the same file mapping the same way are adjacent: a tile costs one kernel call per run.
-    ``records`` is that order; ``read`` is a :data:`mvr.server.rerank.TileReader` over it."""
+    not coded yet (or wherever present, if told so), else codes decoded with the codec each record
+    was coded with. Records are regrouped (unless told not to) so that records read from the same
+    file mapping the same way are adjacent: a tile costs one kernel call per run. ``records`` is that
+    order; ``read`` is a :data:`mvr.server.rerank.TileReader` over it."""
 
     def __init__(
-        self, records: Sequence[Record], config: CollectionConfig, codec: Codec | None, regroup: bool = True
+        self,
+        records: Sequence[Record],
+        config: CollectionConfig,
+        regroup: bool = True,
+        vectors_when_present: bool = False,
     ) -> None:
-        keep = config.tokens.keep_vectors
+        keep = config.tokens.keep_vectors or vectors_when_present
         uses_vectors = [r.has_vectors and (keep or not r.coded) for r in records]
         mappings = [r.segment if v else r.code_segment for r, v in zip(records, uses_vectors, strict=True)]
         order = range(len(records))
@@ -241,18 +248,21 @@ class RecordTokens:
             np.int64,
             len(self.records),
         )
-        # runs of adjacent records read from one mapping the same way: (first record, mapping, vectors?)
-        self._runs: list[tuple[int, MappedFile, bool]] = []
+        # runs of adjacent records read from one mapping the same way: (first record, mapping, codec or
+        # None for vectors). One code mapping holds the codes of one codec (a retrained codec comes with
+        # a new code file), so the runs split by codec too.
+        self._runs: list[tuple[int, MappedFile, Codec | None]] = []
         for position, i in enumerate(order):
-            if not self._runs or self._runs[-1][1] is not mappings[i] or self._runs[-1][2] != uses_vectors[i]:
-                self._runs.append((position, mappings[i], uses_vectors[i]))
+            codec = None if uses_vectors[i] else records[i].codec
+            if not self._runs or self._runs[-1][1] is not mappings[i] or self._runs[-1][2] is not codec:
+                self._runs.append((position, mappings[i], codec))
         self._run_starts = np.array([run[0] for run in self._runs] + [len(self.records)], dtype=np.int64)
-        self._codec = codec
         self._vector_dtype = config.vector_dtype
 
     def precision(self, i: int) -> str:
         """What record i's exact score is computed over."""
-        return self._vector_dtype if self.uses_vectors[i] else f"residual{self._codec.bits}"
+        codec = self.records[i].codec
+        return self._vector_dtype if self.uses_vectors[i] or codec is None else f"residual{codec.bits}"
 
     def read(self, start: int, stop: int, out: np.ndarray) -> np.ndarray:
         """Tokens of records [start, stop) back to back into ``out`` (exactly that many rows)."""
@@ -262,10 +272,10 @@ class RecordTokens:
             a, b = max(start, int(self._run_starts[r])), min(stop, int(self._run_starts[r + 1]))
             if a >= b:
                 break
-            _, mapping, vectors = self._runs[r]
+            _, mapping, codec = self._runs[r]
             targets = self.rows[a:b] - base
-            if vectors:
+            if codec is None:
                 read_vectors(mapping, self._starts[a:b], self.counts[a:b], targets, out)
             else:
-                self._codec.decode_into(mapping.bytes, self._starts[a:b], self.counts[a:b], targets, out)
+                codec.decode_into(mapping.bytes, self._starts[a:b], self.counts[a:b], targets, out)
         return out

@@ -66,6 +66,7 @@ CREATE TABLE IF NOT EXISTS tombstones (label INTEGER PRIMARY KEY, n_tokens INTEG
 CREATE TABLE IF NOT EXISTS codecs (version INTEGER PRIMARY KEY, data BLOB NOT NULL);
 """
 CODES = "codes.bin"
+REWRITE_SUFFIX = ".rewrite"  # codes.bin.rewrite: the code file of a retrained codec, until committed
 NO_OFFSET = -1  # a document without vectors (dropped after coding) or without codes (not coded yet)
 
 
@@ -82,6 +83,7 @@ class Record:
     segment: MappedFile  # the mapping that holds its vectors
     code_offset: int = NO_OFFSET  # byte offset of its block in the code file, NO_OFFSET until coded
     code_segment: MappedFile | None = None  # the mapping that holds its codes
+    codec: Codec | None = None  # the codec its codes were written with (None until coded)
 
     @property
     def has_vectors(self) -> bool:
@@ -275,6 +277,9 @@ class Store:
         self._vectors = AppendFile(directory / VECTORS, self._state("vectors_end", 0), dim, self.dtype)
         self._codes = AppendFile(directory / CODES, self._state("codes_end", 0), 1, np.dtype(np.uint8))
         self.codec = self._load_codec()
+        (self.codec_generation,) = self._db.execute("SELECT COALESCE(MAX(version), 0) FROM codecs").fetchone()
+        # live tokens when the codec was trained (0: unknown, a collection from before retraining)
+        self.codec_trained_tokens = self._state("codec_trained_tokens", 0)
         self.records: dict[str, Record] = {}
         self.by_label: dict[int, Record] = {}
         self.live_tokens = 0  # tokens of the live documents
@@ -342,6 +347,7 @@ class Store:
                 vectors,
                 code_offset,
                 codes,
+                self.codec if code_offset != NO_OFFSET else None,
             )
             self.records[doc_id] = record
             self.by_label[label] = record
@@ -354,12 +360,84 @@ class Store:
         return None if row is None else Codec.from_bytes(row[0])
 
     def set_codec(self, codec: Codec) -> None:
-        """Commits the collection's codec. One per collection for now: codes name no version."""
+        """Commits the collection's first codec (later ones come with a rewrite of the code file,
+        :meth:`commit_rewrite`: every code in the file belongs to the latest codec)."""
         if self.codec is not None:
-            raise ValueError("the collection already has a codec")
+            raise ValueError("the collection already has a codec; a new one needs commit_rewrite")
         with self._db_lock:
-            self._db.execute("INSERT INTO codecs (version, data) VALUES (1, ?)", (codec.to_bytes(),))
-        self.codec = codec
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("INSERT INTO codecs (version, data) VALUES (1, ?)", (codec.to_bytes(),))
+                self._set_state({"codec_trained_tokens": self.live_tokens})
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        self.codec, self.codec_trained_tokens, self.codec_generation = codec, self.live_tokens, 1
+
+    def begin_rewrite(self, codec: Codec, trained_tokens: int) -> CodeRewrite:
+        """Starts a code file for ``codec`` (trained when the collection held ``trained_tokens``) beside
+        the live one: the live file and codec serve every search until :meth:`commit_rewrite`."""
+        return CodeRewrite(self.directory / (CODES + REWRITE_SUFFIX), codec, trained_tokens)
+
+    def commit_rewrite(self, rewrite: CodeRewrite) -> list[Record]:
+        """Makes ``rewrite``'s file and codec the collection's, in one SQLite commit; returns every live
+        record as it now stands. The caller holds the write lock and has rewritten every live coded
+        record (a live record coded with the old codec and missing here would lose its codes).
+
+        Crash safety as in :meth:`compact`: before the commit the old file, codec and offsets stand and
+        the partial file is deleted on open; after it the rename is completed on open."""
+        missing = [r.id for r in self.records.values() if r.coded and r.label not in rewrite.offsets]
+        if missing:
+            raise ValueError(f"rewrite lacks {len(missing)} coded documents, e.g. {missing[0]!r}")
+        end = rewrite.finish()
+        live = list(self.records.values())
+        with self._db_lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                (version,) = self._db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM codecs").fetchone()
+                self._db.execute(
+                    "INSERT INTO codecs (version, data) VALUES (?, ?)", (version, rewrite.codec.to_bytes())
+                )
+                self._db.executemany(
+                    "UPDATE documents SET code_offset = ? WHERE label = ?",
+                    [(rewrite.offsets.get(r.label, NO_OFFSET), r.label) for r in live],
+                )
+                self._set_state(
+                    {
+                        "codes_end": end,
+                        "rewritten_pending_rename": 1,
+                        "codec_trained_tokens": rewrite.trained_tokens,
+                    }
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                rewrite.discard()
+                raise
+        os.replace(rewrite.path, self.directory / CODES)
+        _fsync_directory(self.directory)
+        self._codes.replaced(end)
+        with self._db_lock:
+            self._db.execute("DELETE FROM state WHERE key = 'rewritten_pending_rename'")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self.codec, self.codec_trained_tokens, self.codec_generation = (
+            rewrite.codec,
+            rewrite.trained_tokens,
+            version,
+        )
+        codes = self._codes.mapping
+        for record in live:
+            offset = rewrite.offsets.get(record.label, NO_OFFSET)
+            moved = replace(
+                record,
+                code_offset=offset,
+                code_segment=codes,
+                codec=rewrite.codec if offset != NO_OFFSET else None,
+            )
+            self.records[moved.id] = moved
+            self.by_label[moved.label] = moved
+        return list(self.records.values())
 
     def add_codes(self, records: Sequence[Record], blocks: Sequence[bytes]) -> list[Record]:
         """Stores the code blocks of ``records`` durably (same write order as :meth:`upsert`) and swaps
@@ -383,7 +461,7 @@ class Store:
         for record, code_offset in zip(records, offsets, strict=False):
             if self.by_label.get(record.label) is not record:
                 continue  # replaced or deleted meanwhile: its code block is dead bytes
-            current = replace(record, code_offset=code_offset, code_segment=mapping)
+            current = replace(record, code_offset=code_offset, code_segment=mapping, codec=self.codec)
             self.records[current.id] = current
             self.by_label[current.label] = current
             coded.append(current)
@@ -492,7 +570,7 @@ class Store:
         return record.has_vectors and (self.keep_vectors or not record.coded)
 
     def _code_bytes(self, record: Record) -> int:
-        return 0 if not record.coded or self.codec is None else record.n_tokens * self.codec.token_bytes
+        return 0 if record.codec is None else record.n_tokens * record.codec.token_bytes
 
     def live_bytes(self) -> tuple[int, int]:
         """(vector bytes, code bytes) that a compaction would keep."""
@@ -580,23 +658,25 @@ class Store:
         return before - self.vectors_end - self.codes_end
 
     def _recover_compaction(self) -> None:
-        for name in (VECTORS, CODES):
-            temporary = self.directory / (name + ".compact")
-            if self._state("compacted_pending_rename", 0):
+        """Completes the renames of a compaction or code rewrite committed just before a crash, and
+        deletes the partial files of one that was not."""
+        moves = [(VECTORS, ".compact", "compacted"), (CODES, ".compact", "compacted")]
+        moves.append((CODES, REWRITE_SUFFIX, "rewritten"))
+        for name, suffix, flag in moves:
+            temporary = self.directory / (name + suffix)
+            if self._state(f"{flag}_pending_rename", 0):
                 if temporary.exists():
                     os.replace(temporary, self.directory / name)
             else:
                 temporary.unlink(missing_ok=True)
-        self._db.execute("DELETE FROM state WHERE key = 'compacted_pending_rename'")
+        self._db.execute(
+            "DELETE FROM state WHERE key IN ('compacted_pending_rename', 'rewritten_pending_rename')"
+        )
 
     def _finish_compaction(self, vectors_end: int, codes_end: int) -> None:
         for name in (VECTORS, CODES):
             os.replace(self.directory / (name + ".compact"), self.directory / name)
-        directory_fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(directory_fd)
-        finally:
-            os.close(directory_fd)
+        _fsync_directory(self.directory)
         self._vectors.replaced(vectors_end)
         self._codes.replaced(codes_end)
         with self._db_lock:
@@ -607,3 +687,42 @@ class Store:
             self._db.close()
         self._vectors.close()
         self._codes.close()
+
+
+def _fsync_directory(directory: Path) -> None:
+    directory_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(directory_fd)
+    finally:
+        os.close(directory_fd)
+
+
+class CodeRewrite:
+    """A code file being written for a new codec beside the live one (see :meth:`Store.begin_rewrite`):
+    blocks appended in any label order, fsynced once at commit. Nothing in it counts until
+    :meth:`Store.commit_rewrite`; a crash leaves a partial file that the next open deletes."""
+
+    def __init__(self, path: Path, codec: Codec, trained_tokens: int) -> None:
+        self.path, self.codec, self.trained_tokens = path, codec, trained_tokens
+        self.offsets: dict[int, int] = {}  # label → byte offset of its block
+        self._handle = path.open("wb")
+        self._position = 0
+
+    def append(self, records: Sequence[Record], blocks: Sequence[bytes]) -> None:
+        for record, block in zip(records, blocks, strict=True):
+            self._handle.write(block)
+            self.offsets[record.label] = self._position
+            self._position += len(block)
+
+    def finish(self) -> int:
+        """Flushes and fsyncs the file (at least the minimum mapped size); returns its end."""
+        self._handle.truncate(max(_MIN_CAPACITY, self._position))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        return self._position
+
+    def discard(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+        self.path.unlink(missing_ok=True)

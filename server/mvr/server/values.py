@@ -60,3 +60,5 @@ class CollectionStats:
     bytes_in_memory: dict[str, int]
     coded: int = 0  # documents whose codes the cascade reads
     centroids: int = 0  # centroids of the collection's codec, 0 before training
+    codec_generation: int = 0  # codecs trained so far (the first, then one per retraining)
+    recoded: int = 0  # documents re-coded so far by a retraining in progress

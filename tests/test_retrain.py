@@ -1,0 +1,197 @@
+"""Retraining the codec as a collection grows: the rewrite of every code under a new codec runs in the
+background, searches and writes go on, the switch is one commit, and a crash on either side of it
+loses nothing."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mvr.server import codec as codec_module
+from mvr.server import store as store_module
+from mvr.server.manager import CollectionManager
+from mvr.server.store import CODES, REWRITE_SUFFIX
+from mvr.server.values import DocumentInput
+
+from tests.test_collection import DIM, chamfer, clustered_corpus, exact_top, paraphrases
+
+SMALL, LARGE = 16, 64
+
+
+@pytest.fixture(autouse=True)
+def centroids_grow_with_the_collection(monkeypatch) -> None:
+    """The server's rule grows centroids over millions of tokens; here: 16 below 3,000 tokens, 64 from
+    there, so that a retraining (due at 4× the tokens of the last training) also changes their number."""
+    monkeypatch.setattr(codec_module, "default_centroids", lambda n: SMALL if n < 3000 else LARGE)
+
+
+def codec_versions(directory: Path) -> int:
+    import sqlite3
+
+    db = sqlite3.connect(directory / "catalog.sqlite")
+    try:
+        return db.execute("SELECT COUNT(*) FROM codecs").fetchone()[0]
+    finally:
+        db.close()
+
+
+def upsert_in_batches(collection, docs: dict[str, np.ndarray], batch: int = 25) -> None:
+    items = list(docs.items())
+    for start in range(0, len(items), batch):
+        collection.upsert([DocumentInput(i, vectors=v) for i, v in items[start : start + batch]])
+
+
+def check_scores_are_exact_over_decoded_tokens(collection, query: np.ndarray, n: int) -> list:
+    hits = collection.search(query, 10, candidates=n)
+    for hit in hits:
+        decoded = collection.searcher.token_matrix([collection.store.records[hit.id]])
+        assert hit.score == pytest.approx(chamfer(query, decoded), abs=1e-4)
+    return hits
+
+
+def test_growing_collection_retrains_and_rewrites_every_code(tmp_path: Path) -> None:
+    docs = clustered_corpus(300, seed=21)
+    manager = CollectionManager(tmp_path, save_interval_s=3600)
+    manager.create("grow", model=None, dim=DIM, tokens={"train_after_tokens": 1024})
+    c = manager.get("grow")
+    first = dict(list(docs.items())[:60])  # ~1,500 tokens: trained with 16 centroids
+    upsert_in_batches(c, first)
+    c.flush(timeout_s=120)
+    assert (c.stats().centroids, c.stats().coded) == (SMALL, 60)
+    queries = paraphrases(docs, 12, seed=22)
+    searching, failures = True, []
+
+    def search_while_growing() -> None:  # searches across the rewrite and its switch
+        while searching:
+            try:
+                for query in queries[:3]:
+                    assert len(c.search(query, 10)) == 10
+            except Exception as error:  # pragma: no cover - reported below
+                failures.append(error)
+                return
+
+    reader = threading.Thread(target=search_while_growing)
+    reader.start()
+    upsert_in_batches(c, dict(list(docs.items())[60:]))
+    c.flush(timeout_s=120)
+    searching = False
+    reader.join(60)
+    assert not failures
+    stats = c.stats()
+    assert (stats.centroids, stats.coded) == (LARGE, 300)
+    assert codec_versions(c.directory) == 2 and (stats.codec_generation, stats.recoded) == (2, 0)
+    token_bytes = c.store.codec.token_bytes
+    assert {r.codec for r in c.store.records.values()} == {c.store.codec}
+    assert c.store.codes_end == stats.tokens * token_bytes  # one block per live document, nothing else
+    assert c.tokens.codec is c.store.codec and c.tokens.snapshot.n == 300
+    assert not (c.directory / (CODES + REWRITE_SUFFIX)).exists()
+    for query in queries[:4]:
+        check_scores_are_exact_over_decoded_tokens(c, query, 300)
+    found = [len({h.id for h in c.search(q, 10)} & set(exact_top(q, docs, 10))) / 10 for q in queries]
+    assert np.mean(found) >= 0.8
+    before = [[(h.id, h.score) for h in c.search(q, 10)] for q in queries]
+    manager.close()
+    reopened = CollectionManager(tmp_path, save_interval_s=3600)
+    c = reopened.get("grow")
+    c.flush(timeout_s=60)  # the growth since the last training is remembered: no retraining now
+    assert (c.stats().centroids, c.stats().coded, codec_versions(c.directory)) == (LARGE, 300, 2)
+    assert [[(h.id, h.score) for h in c.search(q, 10)] for q in queries] == before
+    reopened.close()
+
+
+def test_documents_without_vectors_are_recoded_from_their_codes(tmp_path: Path) -> None:
+    docs = clustered_corpus(320, seed=23)
+    manager = CollectionManager(tmp_path, save_interval_s=3600)
+    manager.create("grow", model=None, dim=DIM, tokens={"train_after_tokens": 1024})
+    c = manager.get("grow")
+    upsert_in_batches(c, dict(list(docs.items())[:60]))
+    c.flush(timeout_s=120)
+    c.compact()  # the first 60 keep only their 16-centroid codes
+    assert c.store.bytes_on_disk()["vectors"] == 0 and c.stats().centroids == SMALL
+    upsert_in_batches(c, dict(list(docs.items())[60:]))
+    c.flush(timeout_s=120)
+    assert (c.stats().centroids, c.stats().coded) == (LARGE, 320)
+    for doc_id in ("d0003", "d0150"):  # re-coded from decoded codes, and from stored vectors
+        decoded = c.get(doc_id).vectors
+        assert decoded.shape == docs[doc_id].shape
+        assert (decoded * docs[doc_id]).sum(axis=1).min() > 0.9
+    c.compact()
+    assert c.store.bytes_on_disk()["vectors"] == 0
+    check_scores_are_exact_over_decoded_tokens(c, paraphrases(docs, 1, seed=24)[0], 320)
+    manager.close()
+
+
+def build_small(tmp_path: Path, n_docs: int = 120):
+    manager = CollectionManager(tmp_path, save_interval_s=3600)
+    manager.create("grow", model=None, dim=DIM, tokens={"train_after_tokens": 1024, "centroids": SMALL})
+    c = manager.get("grow")
+    upsert_in_batches(c, clustered_corpus(n_docs, seed=25))
+    c.flush(timeout_s=120)
+    return manager, c
+
+
+def rewrite_everything(c, n_centroids: int):
+    """What the indexer does, in the test's thread: a new codec, every coded document re-coded."""
+    sample = c.searcher.token_matrix(list(c.store.records.values()))
+    trained = codec_module.train(sample, n_centroids, 8, iterations=3)
+    rewrite = c.store.begin_rewrite(trained, c.store.live_tokens)
+    records = sorted(c.store.records.values(), key=lambda r: r.label)
+    tokens = c.searcher.token_matrix(records)
+    offsets = store_module.token_offsets(records)
+    rewrite.append(records, codec_module.encode_blocks(rewrite.codec, tokens, offsets))
+    return rewrite
+
+
+def test_crash_before_the_commit_keeps_the_old_codes(tmp_path: Path) -> None:
+    manager, c = build_small(tmp_path)
+    query = paraphrases(clustered_corpus(120, seed=25), 1, seed=26)[0]
+    before = [(h.id, h.score) for h in c.search(query, 10)]
+    rewrite = rewrite_everything(c, LARGE)
+    rewrite._handle.flush()  # a crash after some blocks reached the file
+    assert rewrite.path.stat().st_size > 0
+    manager.close()
+    reopened = CollectionManager(tmp_path, save_interval_s=3600)
+    c = reopened.get("grow")
+    assert not rewrite.path.exists()  # the partial file is deleted on open
+    assert c.stats().centroids == SMALL and codec_versions(c.directory) == c.stats().codec_generation == 1
+    assert [(h.id, h.score) for h in c.search(query, 10)] == before
+    reopened.close()
+
+
+def test_crash_between_the_commit_and_the_rename_completes_the_switch(tmp_path: Path, monkeypatch) -> None:
+    manager, c = build_small(tmp_path)
+    query = paraphrases(clustered_corpus(120, seed=25), 1, seed=27)[0]
+    rewrite = rewrite_everything(c, LARGE)
+    real_replace = store_module.os.replace
+
+    def crash_on_rename(source, target) -> None:
+        if str(source).endswith(REWRITE_SUFFIX):
+            raise OSError("simulated crash after the commit")
+        real_replace(source, target)
+
+    monkeypatch.setattr(store_module.os, "replace", crash_on_rename)
+    with c.write_lock, pytest.raises(OSError, match="simulated"):
+        c.store.commit_rewrite(rewrite)
+    monkeypatch.setattr(store_module.os, "replace", real_replace)
+    c.close(save=False)  # the process is gone: nothing more is written through this instance
+    reopened = CollectionManager(tmp_path, save_interval_s=3600)
+    c = reopened.get("grow")
+    assert not rewrite.path.exists()
+    assert c.stats().centroids == LARGE and c.stats().coded == 120 and codec_versions(c.directory) == 2
+    check_scores_are_exact_over_decoded_tokens(c, query, 120)
+    reopened.close()
+    manager.close()
+
+
+def test_a_rewrite_missing_a_coded_document_is_refused(tmp_path: Path) -> None:
+    manager, c = build_small(tmp_path, n_docs=80)
+    rewrite = rewrite_everything(c, LARGE)
+    first = min(rewrite.offsets)
+    del rewrite.offsets[first]
+    with c.write_lock, pytest.raises(ValueError, match="lacks 1 coded documents"):
+        c.store.commit_rewrite(rewrite)
+    assert c.store.codec.n_centroids == SMALL
+    rewrite.discard()
+    manager.close()
