@@ -21,6 +21,7 @@ import json
 import platform
 import sys
 import time
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
@@ -42,18 +43,16 @@ def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
 
 
 def run_config(corpus, queries, truth, n_centroids: int, bits: int, scaled: bool, args) -> dict:
-    tokens, offsets = corpus.tokens, corpus.offsets
     rng = np.random.default_rng(0)
+    tokens = corpus.tokens
     sample_size = min(len(tokens), max(args.sample_per_centroid * n_centroids, 65_536))
     sample = tokens[np.sort(rng.choice(len(tokens), sample_size, replace=False))]
     started = time.perf_counter()
     trained = codec.train(sample, n_centroids, bits, iterations=args.iterations, scaled=scaled)
     train_s = time.perf_counter() - started
     started = time.perf_counter()
-    ids, packed = trained.encode(tokens)
+    coded = code_corpus(trained, tokens, corpus.offsets)
     encode_s = time.perf_counter() - started
-    decoded = trained.decode(ids, packed)
-    ceiling_ids, _ = exact_top_k(decoded, offsets, queries, 10)
     result = {
         "centroids": n_centroids,
         "bits": bits,
@@ -62,30 +61,65 @@ def run_config(corpus, queries, truth, n_centroids: int, bits: int, scaled: bool
         "train_s": round(train_s, 2),
         "encode_tokens_per_s": round(len(tokens) / encode_s),
         "bytes_per_token": trained.token_bytes,
-        "ceiling_recall_at_10": recall(list(ceiling_ids), truth),
-        "cascade": [],
+        "ceiling_recall_at_10": ceiling_recall(coded, corpus, queries, truth),
     }
-    print(json.dumps({k: v for k, v in result.items() if k != "cascade"}), flush=True)
-    bounds = offsets.tolist()
+    print(json.dumps(result), flush=True)
+    result["cascade"] = cascade(coded, corpus, queries, truth, args.probes, args.keep, args.rerank)
+    return result
+
+
+@dataclass
+class CodedCorpus:
+    """Every document of a corpus coded by one codec, laid out as the server's code file."""
+
+    codec: codec.Codec
+    blocks: np.ndarray  # uint8: one block per document, back to back
+    block_offsets: np.ndarray  # int64 (n_docs,)
+
+
+def code_corpus(
+    trained: codec.Codec, tokens: np.ndarray, offsets: np.ndarray, threads: int = 1
+) -> CodedCorpus:
+    ids, payload = trained.encode(tokens, threads)
     blocks = np.frombuffer(
-        b"".join(codec.pack_block(ids[a:b], packed[a:b]) for a, b in pairwise(bounds)),
+        b"".join(codec.pack_block(ids[a:b], payload[a:b]) for a, b in pairwise(offsets.tolist())),
         dtype=np.uint8,
     )
-    block_offsets = offsets[:-1] * trained.token_bytes
+    return CodedCorpus(trained, blocks, offsets[:-1] * trained.token_bytes)
+
+
+def decode_corpus(coded: CodedCorpus, offsets: np.ndarray) -> np.ndarray:
+    out = np.empty((int(offsets[-1]), coded.codec.dim), dtype=np.float32)
+    coded.codec.decode_into(coded.blocks, coded.block_offsets, np.diff(offsets), offsets[:-1], out)
+    return out
+
+
+def ceiling_recall(coded: CodedCorpus, corpus, queries, truth) -> float:
+    """recall@10 of exact MaxSim over every document's decoded tokens."""
+    found, _ = exact_top_k(decode_corpus(coded, corpus.offsets), corpus.offsets, queries, 10)
+    return recall(list(found), truth)
+
+
+def cascade(coded: CodedCorpus, corpus, queries, truth, probes, keeps, reranks) -> list[dict]:
+    """The cheap stages and the exact one over decoded candidates, for every (probe, keep, rerank):
+    recall of each stage's survivors and ms per query, one thread."""
+    trained, blocks, block_offsets, offsets = coded.codec, coded.blocks, coded.block_offsets, corpus.offsets
+    n_centroids = trained.n_centroids
     doc_cids, doc_offsets = codec.distinct_centroids(blocks, block_offsets, np.diff(offsets), n_centroids)
     list_offsets, list_slots = candidates.build_lists(doc_cids, doc_offsets, corpus.n_docs, n_centroids)
     alive = np.ones(corpus.n_docs, np.uint8)
-    for n_probe in args.probes:
-        for keep in args.keep:
-            for rerank in args.rerank:
+    rows = []
+    for n_probe in probes:
+        for keep in keeps:
+            for rerank in reranks:
                 stage_s = np.zeros(4)
                 kept_found, ci_found, final_found = [], [], []
                 for query in queries:
                     t0 = time.perf_counter()
                     scores = candidates.centroid_scores(trained.centroids, query)
-                    probes = candidates.probe_table(scores, len(query), n_probe)
+                    probed = candidates.probe_table(scores, len(query), n_probe)
                     slots, _ = candidates.probe_lists(
-                        scores, probes, list_offsets, list_slots, corpus.n_docs, alive, keep
+                        scores, probed, list_offsets, list_slots, corpus.n_docs, alive, keep
                     )
                     t1 = time.perf_counter()
                     ci = candidates.centroid_interaction(scores, doc_cids, doc_offsets, slots)
@@ -121,8 +155,8 @@ def run_config(corpus, queries, truth, n_centroids: int, bits: int, scaled: bool
                 }
                 row["ms_per_query"]["total"] = round(sum(row["ms_per_query"].values()), 3)
                 print(json.dumps(row), flush=True)
-                result["cascade"].append(row)
-    return result
+                rows.append(row)
+    return rows
 
 
 def main() -> None:

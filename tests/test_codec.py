@@ -139,7 +139,12 @@ def test_default_centroids_grow_with_the_collection() -> None:
     assert codec.default_centroids(1000) == 256
     assert codec.default_centroids(40_000) == 1024
     assert codec.default_centroids(1 << 17) == 4096  # the default training point
-    assert codec.default_centroids(10**9) == 4096
+    assert codec.default_centroids(1_150_000) == 4096  # 10k documents of 115 tokens
+    assert codec.default_centroids(2_100_000) == 8192  # 4·√n from ~18k documents on
+    assert codec.default_centroids(10**9) == codec.MAX_DEFAULT_CENTROIDS == 8192
+    sizes = [0, 1, 100, 10**4, 10**5, 10**6, 10**7, 10**8]
+    counts = [codec.default_centroids(n) for n in sizes]
+    assert counts == sorted(counts) and all(c & (c - 1) == 0 for c in counts)  # powers of two, growing
 
 
 # ------------------------------------------------------------------------------------ candidates

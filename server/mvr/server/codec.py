@@ -33,23 +33,27 @@ import numpy as np
 
 SUPPORTED_BITS = (1, 2, 4, 8)
 MAX_CENTROIDS = 1 << 16  # ids are stored as uint16
+MAX_DEFAULT_CENTROIDS = 8192  # what default_centroids grows to (a collection may ask for more)
 _ASSIGN_CHUNK = 4096  # tokens per GEMM in the nearest-centroid search: (4096 × K) float32 scratch
 
 
 def default_centroids(n_tokens: int) -> int:
-    """Centroids for a codec trained when the collection holds ``n_tokens`` tokens: the largest power
-    of two with at least 32 tokens each (what k-means needs to place them), within [256, 4096].
+    """Centroids for a codec trained when the collection holds ``n_tokens`` tokens (the indexer
+    retrains at every 4× growth, so this is re-evaluated as the collection grows).
 
-    The codec is trained once and kept as the collection grows, so the number is not tied to the
-    size at training (PLAID's 16·√n would freeze a small collection at a few hundred centroids).
-    bench/codec.py, 10k topic-clustered documents (1.15M tokens), 4-bit residuals: 4,096 centroids
-    kept 0.95 of the true top-10 in the centroid-interaction top 64, 1,024 only 0.80. 8,192 (8 bits,
-    bench/results/codec_10k_centroids_8192.json) keeps 0.964 there against 0.936, but doubles the cost
-    of coding every token and of the query × centroid scores; at 10k the time it saves in the exact
-    stage is spent there. At 100k, where the centroid stages are what limits recall, more centroids
-    would need the retraining the indexer does not do yet (see README, Limits)."""
-    fitting = max(n_tokens // 32, 1)
-    return int(min(4096, max(256, 1 << int(np.floor(np.log2(fitting))))))
+    Up to ~1M tokens: the largest power of two with at least 32 tokens each (what k-means needs to
+    place them), within [256, 4096] — at 10k topic-clustered documents (1.15M tokens) 4,096 kept 0.95
+    of the true top-10 in the centroid-interaction top 64, 1,024 only 0.80 (bench/codec.py). Beyond,
+    the power of two nearest 4·√n (a quarter of PLAID's 16·√n), at most :data:`MAX_DEFAULT_CENTROIDS`:
+    at 100k documents (11.5M tokens, codecs trained on all of them, bench/retrain.py) 8,192 centroids
+    keep 0.934 of the true top-10 after the default cascade against 0.922 with 4,096 and 0.912 with
+    16,384, whose smaller inverted lists the default two probes per query token cover too thinly
+    (16,384 needs 4 probes and 2,000 kept for 0.966, at twice the centroid stages' time)."""
+    if n_tokens <= 0:
+        return 256
+    fitting = 1 << int(np.floor(np.log2(max(n_tokens // 32, 1))))
+    by_size = 1 << int(np.round(np.log2(4 * np.sqrt(n_tokens))))
+    return int(min(MAX_DEFAULT_CENTROIDS, max(256, min(fitting, max(4096, by_size)))))
 
 
 @dataclass(frozen=True, eq=False)
