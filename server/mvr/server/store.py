@@ -359,21 +359,22 @@ class Store:
         row = self._db.execute("SELECT data FROM codecs ORDER BY version DESC LIMIT 1").fetchone()
         return None if row is None else Codec.from_bytes(row[0])
 
-    def set_codec(self, codec: Codec) -> None:
-        """Commits the collection's first codec (later ones come with a rewrite of the code file,
-        :meth:`commit_rewrite`: every code in the file belongs to the latest codec)."""
+    def set_codec(self, codec: Codec, trained_tokens: int) -> None:
+        """Commits the collection's first codec, trained when the collection held ``trained_tokens``
+        (later ones come with a rewrite of the code file, :meth:`commit_rewrite`: every code in the file
+        belongs to the latest codec)."""
         if self.codec is not None:
             raise ValueError("the collection already has a codec; a new one needs commit_rewrite")
         with self._db_lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute("INSERT INTO codecs (version, data) VALUES (1, ?)", (codec.to_bytes(),))
-                self._set_state({"codec_trained_tokens": self.live_tokens})
+                self._set_state({"codec_trained_tokens": trained_tokens})
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        self.codec, self.codec_trained_tokens, self.codec_generation = codec, self.live_tokens, 1
+        self.codec, self.codec_trained_tokens, self.codec_generation = codec, trained_tokens, 1
 
     def begin_rewrite(self, codec: Codec, trained_tokens: int) -> CodeRewrite:
         """Starts a code file for ``codec`` (trained when the collection held ``trained_tokens``) beside
