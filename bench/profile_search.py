@@ -38,7 +38,7 @@ from mvr.server.candidates import (  # noqa: E402
 )
 from mvr.server.manager import CollectionManager  # noqa: E402
 from mvr.server.rerank import maxsim_tiled  # noqa: E402
-from mvr.server.search import DEFAULT_CENTROID_CANDIDATES, DEFAULT_PROBE, GRAPH_SHARE  # noqa: E402
+from mvr.server.search import GRAPH_SHARE, default_centroid_candidates, default_probe  # noqa: E402
 from mvr.server.store import token_offsets  # noqa: E402
 from synthetic import topic_dataset, upsert_in_batches  # noqa: E402
 
@@ -69,7 +69,7 @@ def open_collection(args, corpus) -> tuple[CollectionManager, object, dict]:
 
 
 def profile_query(
-    collection, query: np.ndarray, n_candidates: int, clock: dict[str, float], turn: int
+    collection, query: np.ndarray, args, clock: dict[str, float], turn: int
 ) -> dict[str, set[int]]:
     """Runs and times one search stage by stage; returns the document ids each stage passes on."""
     searcher = collection.searcher
@@ -81,6 +81,7 @@ def profile_query(
         clock[stage] += time.perf_counter() - started
         return result
 
+    n_candidates = args.candidates
     query_fde = timed("query_fde", lambda: collection.fde.encode_query(query))
     n_graph = n_candidates // GRAPH_SHARE
     ef = max(collection.config.hnsw.ef_search, 2 * n_graph)  # as Searcher.search sets it
@@ -90,12 +91,12 @@ def profile_query(
         "probe",
         lambda: probe_lists(
             scores,
-            probe_table(scores, len(query), DEFAULT_PROBE),
+            probe_table(scores, len(query), args.probe),
             snapshot.list_offsets,
             snapshot.list_slots,
             snapshot.n_listed,
             snapshot.alive[: snapshot.n],
-            DEFAULT_CENTROID_CANDIDATES,
+            args.centroid_candidates,
         ),
     )
 
@@ -150,6 +151,8 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--candidates", type=int, default=128)
+    parser.add_argument("--probe", type=int, help="default: the engine's for the codec's centroids")
+    parser.add_argument("--centroid-candidates", type=int, help="default: as --probe")
     parser.add_argument(
         "--tile-tokens", type=int, default=rerank.TILE_TOKENS, help="rows per tile of the exact stage"
     )
@@ -173,11 +176,13 @@ def main() -> None:
     print(footprint, flush=True)
     if collection.tokens is None or collection.tokens.snapshot is None:
         raise SystemExit("the collection has no codes: not enough tokens to train a codec")
+    args.probe = args.probe or default_probe(stats.centroids)
+    args.centroid_candidates = args.centroid_candidates or default_centroid_candidates(stats.centroids)
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # searches on one core
     for query in queries[:10]:  # warm up: JIT caches, page cache
-        profile_query(collection, query, args.candidates, dict.fromkeys([*STAGES, UNTILED], 0.0), 0)
+        profile_query(collection, query, args, dict.fromkeys([*STAGES, UNTILED], 0.0), 0)
     clock = dict.fromkeys([*STAGES, UNTILED], 0.0)
-    found = [profile_query(collection, q, args.candidates, clock, turn) for turn, q in enumerate(queries)]
+    found = [profile_query(collection, q, args, clock, turn) for turn, q in enumerate(queries)]
     # the share of the true top-10 that each stage's output still holds
     pairs = list(zip(found, (set(t.tolist()) for t in truth), strict=True))
     stage_recall = {
@@ -201,6 +206,8 @@ def main() -> None:
                 "docs": corpus.n_docs,
                 "queries": len(queries),
                 "candidates": args.candidates,
+                "probe": args.probe,
+                "centroid_candidates": args.centroid_candidates,
                 "tile_tokens": args.tile_tokens,
                 "build": build,
                 "footprint": footprint,

@@ -226,6 +226,7 @@ def main() -> None:
         "server_defaults": {
             "candidates": cascade.DEFAULT_CANDIDATES,
             "candidates_uncoded": cascade.DEFAULT_CANDIDATES_UNCODED,
+            "per_centroids": cascade.DEFAULTS_AT_CENTROIDS,  # probe and centroid_candidates scale with K
             "probe": cascade.DEFAULT_PROBE,
             "centroid_candidates": cascade.DEFAULT_CENTROID_CANDIDATES,
         },
