@@ -370,7 +370,8 @@ class Collection:
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Waits until every acknowledged document is in HNSW and, once the collection has enough
-        tokens for a codec, coded; then saves the index and compacts if dead bytes dominate."""
+        tokens for a codec, coded (by a retrained codec, if its growth calls for one); then saves the
+        index and compacts if dead bytes dominate."""
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self.pending_changed:
             while self._indexer.busy() and not self.closed:
