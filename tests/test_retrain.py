@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from mvr.server import codec as codec_module
 from mvr.server import store as store_module
+from mvr.server.errors import FailedPrecondition
 from mvr.server.manager import CollectionManager
 from mvr.server.store import CODES, REWRITE_SUFFIX
 from mvr.server.values import DocumentInput
@@ -195,3 +196,40 @@ def test_a_rewrite_missing_a_coded_document_is_refused(tmp_path: Path) -> None:
     assert c.store.codec.n_centroids == SMALL
     rewrite.discard()
     manager.close()
+
+
+def test_a_failed_rename_after_the_commit_stops_the_collection_and_reopening_completes_it(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The indexer's own rewrite, with the rename failing after the catalog committed: the collection
+    stops (more codes appended to the old file would corrupt what reopening recovers), nothing is lost."""
+    docs = clustered_corpus(300, seed=28)
+    manager = CollectionManager(tmp_path, save_interval_s=3600)
+    manager.create("grow", model=None, dim=DIM, tokens={"train_after_tokens": 1024})
+    c = manager.get("grow")
+    upsert_in_batches(c, dict(list(docs.items())[:60]))
+    c.flush(timeout_s=120)
+    real_replace = store_module.os.replace
+
+    def failing_rename(source, target) -> None:
+        if str(source).endswith(REWRITE_SUFFIX):
+            raise OSError("simulated rename failure")
+        real_replace(source, target)
+
+    monkeypatch.setattr(store_module.os, "replace", failing_rename)
+    upsert_in_batches(c, dict(list(docs.items())[60:]))
+    with pytest.raises(FailedPrecondition, match="restart the server"):
+        c.flush(timeout_s=120)
+    with pytest.raises(FailedPrecondition):  # writes refused; searches still read the old codes whole
+        c.upsert([DocumentInput("late", vectors=docs["d0001"])])
+    assert len(c.search(paraphrases(docs, 1, seed=29)[0], 10)) == 10
+    assert (c.directory / (CODES + REWRITE_SUFFIX)).exists()  # kept: the catalog points into it
+    monkeypatch.setattr(store_module.os, "replace", real_replace)
+    manager.close()
+    reopened = CollectionManager(tmp_path, save_interval_s=3600)
+    c = reopened.get("grow")
+    c.flush(timeout_s=120)
+    assert (c.stats().centroids, c.stats().coded, c.stats().codec_generation) == (LARGE, 300, 2)
+    for query in paraphrases(docs, 3, seed=30):
+        check_scores_are_exact_over_decoded_tokens(c, query, 300)
+    reopened.close()

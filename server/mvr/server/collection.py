@@ -81,6 +81,8 @@ class Collection:
         self.pending: list[PendingBatch] = []
         self.pending_changed = threading.Condition()
         self.closed = False
+        self._released = False  # files closed (close() done)
+        self.stop_reason: str | None = None  # why the indexer stopped the collection, if it did
         self.dirty = False
         self._last_save = time.monotonic()
         for record in self.store.records.values():
@@ -381,12 +383,14 @@ class Collection:
                         f"collection {self.config.name!r}: index not caught up in {timeout_s} s"
                     )
                 self.pending_changed.wait(timeout=0.5 if remaining is None else min(remaining, 0.5))
+        self._check_open()
         self.save_index()
         self.maybe_compact()
 
     def compact(self) -> int:
         """Reclaims the space of replaced and deleted versions, and of vectors superseded by codes."""
         with self.write_lock:
+            self._check_open()
             reclaimed = self.store.compact()
             if self.tokens is not None:
                 self.tokens.rebuild(list(self.store.records.values()), self.store.codes_mapping)
@@ -434,13 +438,14 @@ class Collection:
 
     def _check_open(self) -> None:
         if self.closed:
-            raise FailedPrecondition(f"collection {self.config.name!r} is closed (deleted or shutting down)")
+            why = self.stop_reason or "deleted or shutting down"
+            raise FailedPrecondition(f"collection {self.config.name!r} is closed ({why})")
 
     def close(self, save: bool = True) -> None:
         """Stops the indexer and saves the graph as it is. Shutdown never waits for the backlog: the
         store holds every acknowledged document, and the next open replays what the graph lacks."""
-        if self.closed:
-            return
+        if self._released:
+            return  # (closed alone may also mean stopped by the indexer, with files still open)
         with self.write_lock, self.pending_changed:
             self.closed = True
             self.pending_changed.notify_all()
@@ -448,3 +453,4 @@ class Collection:
         if save:
             self.save_index()
         self.store.close()
+        self._released = True

@@ -50,7 +50,7 @@ DEFAULT_CENTROID_CANDIDATES = 1000
 # ... at up to this many centroids. A codec with more (a large collection, retrained) has shorter
 # inverted lists and finer centroid scores: probe and kept candidates grow in proportion
 # (bench/profile_search.py, 100k documents, 8,192 centroids: 2 probes and 1,000 kept → recall@10
-# 0.922; 4 and 2,000 → 0.955, for 2.8 ms more).
+# 0.922; 4 and 2,000 → 0.955, for 3–5 ms more a query).
 DEFAULTS_AT_CENTROIDS = 4096
 
 

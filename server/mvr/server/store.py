@@ -416,6 +416,7 @@ class Store:
                 self._db.execute("ROLLBACK")
                 rewrite.discard()
                 raise
+        rewrite.committed = True  # from here the file is the collection's: never discarded
         os.replace(rewrite.path, self.directory / CODES)
         _fsync_directory(self.directory)
         self._codes.replaced(end)
@@ -706,6 +707,7 @@ class CodeRewrite:
     def __init__(self, path: Path, codec: Codec, trained_tokens: int) -> None:
         self.path, self.codec, self.trained_tokens = path, codec, trained_tokens
         self.offsets: dict[int, int] = {}  # label → byte offset of its block
+        self.committed = False  # set once the catalog points into this file
         self._handle = path.open("wb")
         self._position = 0
 
@@ -724,6 +726,9 @@ class CodeRewrite:
         return self._position
 
     def discard(self) -> None:
+        """Deletes the file of a rewrite that was not committed (a no-op once it was)."""
+        if self.committed:
+            return
         if not self._handle.closed:
             self._handle.close()
         self.path.unlink(missing_ok=True)
