@@ -113,11 +113,18 @@ def main() -> None:
             "encode_tokens_per_s": round(len(tokens) / (time.perf_counter() - started)),
         }
         results.append(evaluate(f"retrained {n_centroids}", coded, corpus, queries, truth, args, extra))
+        write(args, corpus, queries, results)
         if decoded_first is not None:
             del coded
             coded = code_corpus(trained, decoded_first, offsets, args.threads)
             name = f"retrained {n_centroids}, from decoded"
             results.append(evaluate(name, coded, corpus, queries, truth, args, extra))
+            write(args, corpus, queries, results)
+    write(args, corpus, queries, results)
+
+
+def write(args, corpus, queries, results: list[dict]) -> None:
+    """The JSON so far: rewritten after every codec, so that a long run stopped early keeps its rows."""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps(
@@ -125,7 +132,7 @@ def main() -> None:
                 "command": " ".join(sys.argv),
                 "machine": platform.machine(),
                 "docs": corpus.n_docs,
-                "tokens": len(tokens),
+                "tokens": len(corpus.tokens),
                 "queries": len(queries),
                 "bits": args.bits,
                 "results": results,

@@ -46,9 +46,9 @@ def default_centroids(n_tokens: int) -> int:
     of the true top-10 in the centroid-interaction top 64, 1,024 only 0.80 (bench/codec.py). Beyond,
     the power of two nearest 4·√n (a quarter of PLAID's 16·√n), at most :data:`MAX_DEFAULT_CENTROIDS`:
     at 100k documents (11.5M tokens, codecs trained on all of them, bench/retrain.py) 8,192 centroids
-    keep 0.934 of the true top-10 after the default cascade against 0.922 with 4,096 and 0.912 with
-    16,384, whose smaller inverted lists the default two probes per query token cover too thinly
-    (16,384 needs 4 probes and 2,000 kept for 0.966, at twice the centroid stages' time)."""
+    with 4 probes and 2,000 kept give recall@10 0.955, 4,096 with 2 and 1,000 0.922; more centroids
+    cost coding time in proportion (30k tokens/s on two cores at 8,192) and the query × centroid
+    scores grow with them; 16,384 was not measured to the end."""
     if n_tokens <= 0:
         return 256
     fitting = 1 << int(np.floor(np.log2(max(n_tokens // 32, 1))))
