@@ -187,20 +187,20 @@ def main() -> None:
         for b in args.bits
         for scaled in args.scaled
     ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "command": " ".join(sys.argv),
-                "machine": platform.machine(),
-                "docs": corpus.n_docs,
-                "tokens": len(corpus.tokens),
-                "queries": len(queries),
-                "results": results,
-            },
-            indent=2,
-        )
-    )
+    write_results(args.out, corpus, queries, results)
+
+
+def write_results(out: Path, corpus, queries, results: list[dict], **extra) -> None:
+    """The run's JSON: command, machine, data sizes, ``extra`` fields and the result rows."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = {
+        "command": " ".join(sys.argv),
+        "machine": platform.machine(),
+        "docs": corpus.n_docs,
+        "tokens": len(corpus.tokens),
+        "queries": len(queries),
+    }
+    out.write_text(json.dumps({**header, **extra, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "server"), str(ROOT / "bench")]
 
-from codec import cascade, ceiling_recall, code_corpus, decode_corpus  # noqa: E402
+from codec import cascade, ceiling_recall, code_corpus, decode_corpus, write_results  # noqa: E402
 from mvr.server import codec  # noqa: E402
 from mvr.server.app import limit_blas_threads  # noqa: E402
 from mvr.server.indexer import TRAIN_ITERATIONS, TRAIN_SAMPLE_PER_CENTROID  # noqa: E402
@@ -125,21 +124,7 @@ def main() -> None:
 
 def write(args, corpus, queries, results: list[dict]) -> None:
     """The JSON so far: rewritten after every codec, so that a long run stopped early keeps its rows."""
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "command": " ".join(sys.argv),
-                "machine": platform.machine(),
-                "docs": corpus.n_docs,
-                "tokens": len(corpus.tokens),
-                "queries": len(queries),
-                "bits": args.bits,
-                "results": results,
-            },
-            indent=2,
-        )
-    )
+    write_results(args.out, corpus, queries, results, bits=args.bits)
 
 
 if __name__ == "__main__":

@@ -145,6 +145,20 @@ def rewrite_everything(c, n_centroids: int):
     return rewrite
 
 
+def fail_rewrite_rename(monkeypatch, message: str):
+    """Makes the store's rename of a rewritten code file fail (other renames go through); returns the
+    real ``os.replace``, to put back."""
+    real_replace = store_module.os.replace
+
+    def replace(source, target) -> None:
+        if str(source).endswith(REWRITE_SUFFIX):
+            raise OSError(message)
+        real_replace(source, target)
+
+    monkeypatch.setattr(store_module.os, "replace", replace)
+    return real_replace
+
+
 def test_crash_before_the_commit_keeps_the_old_codes(tmp_path: Path) -> None:
     manager, c = build_small(tmp_path)
     query = paraphrases(clustered_corpus(120, seed=25), 1, seed=26)[0]
@@ -165,14 +179,7 @@ def test_crash_between_the_commit_and_the_rename_completes_the_switch(tmp_path: 
     manager, c = build_small(tmp_path)
     query = paraphrases(clustered_corpus(120, seed=25), 1, seed=27)[0]
     rewrite = rewrite_everything(c, LARGE)
-    real_replace = store_module.os.replace
-
-    def crash_on_rename(source, target) -> None:
-        if str(source).endswith(REWRITE_SUFFIX):
-            raise OSError("simulated crash after the commit")
-        real_replace(source, target)
-
-    monkeypatch.setattr(store_module.os, "replace", crash_on_rename)
+    real_replace = fail_rewrite_rename(monkeypatch, "simulated crash after the commit")
     with c.write_lock, pytest.raises(OSError, match="simulated"):
         c.store.commit_rewrite(rewrite)
     monkeypatch.setattr(store_module.os, "replace", real_replace)
@@ -209,14 +216,7 @@ def test_a_failed_rename_after_the_commit_stops_the_collection_and_reopening_com
     c = manager.get("grow")
     upsert_in_batches(c, dict(list(docs.items())[:60]))
     c.flush(timeout_s=120)
-    real_replace = store_module.os.replace
-
-    def failing_rename(source, target) -> None:
-        if str(source).endswith(REWRITE_SUFFIX):
-            raise OSError("simulated rename failure")
-        real_replace(source, target)
-
-    monkeypatch.setattr(store_module.os, "replace", failing_rename)
+    real_replace = fail_rewrite_rename(monkeypatch, "simulated rename failure")
     upsert_in_batches(c, dict(list(docs.items())[60:]))
     with pytest.raises(FailedPrecondition, match="restart the server"):
         c.flush(timeout_s=120)

@@ -166,8 +166,7 @@ class Indexer:
         todo = [r for r in records if r.has_vectors and not r.coded]
         if not todo or c.tokens is None:
             return
-        tokens = c.searcher.token_matrix(todo, vectors_when_present=True)
-        blocks = codec_module.encode_blocks(c.store.codec, tokens, token_offsets(todo), c.fde.threads)
+        blocks = self._encode(c.store.codec, todo)
         with c.write_lock:  # the catalog swap must not race an upsert replacing the same id
             if c.closed:
                 return
@@ -326,10 +325,12 @@ class Indexer:
             return
         rewrite = self._rewrite
         assert rewrite is not None
+        rewrite.append(records, self._encode(rewrite.codec, records))
+
+    def _encode(self, codec: codec_module.Codec, records: Sequence[Record]) -> list[bytes]:
+        """The code blocks of ``records`` under ``codec``, from the best precision still stored."""
         tokens = self._c.searcher.token_matrix(records, vectors_when_present=True)
-        threads = self._c.fde.threads
-        blocks = codec_module.encode_blocks(rewrite.codec, tokens, token_offsets(records), threads)
-        rewrite.append(records, blocks)
+        return codec_module.encode_blocks(codec, tokens, token_offsets(records), self._c.fde.threads)
 
     def _stop_collection(self) -> None:
         """Fail-stop after a rewrite committed in the catalog but not applied in memory (the rename

@@ -208,28 +208,6 @@ def token_offsets(records: Sequence[Record]) -> np.ndarray:
     return offsets
 
 
-def by_mapping(mappings: Sequence[MappedFile]) -> list[tuple[MappedFile, list[int]]]:
-    """The distinct mappings among ``mappings`` and the positions holding each: records read in one
-    kernel call per file mapping (one, except across a compaction)."""
-    groups: dict[int, tuple[MappedFile, list[int]]] = {}
-    for i, mapping in enumerate(mappings):
-        groups.setdefault(id(mapping), (mapping, []))[1].append(i)
-    return list(groups.values())
-
-
-def gather_vectors(records: Sequence[Record], out: np.ndarray, rows: np.ndarray) -> None:
-    """Stored vectors of ``records`` (all with vectors) into float32 ``out``, record i at row
-    ``rows[i]``."""
-    for mapping, members in by_mapping([r.segment for r in records]):
-        read_vectors(
-            mapping,
-            np.fromiter((records[i].offset for i in members), np.int64, len(members)),
-            np.fromiter((records[i].n_tokens for i in members), np.int64, len(members)),
-            rows[members],
-            out,
-        )
-
-
 def read_vectors(
     mapping: MappedFile, byte_offsets: np.ndarray, n_tokens: np.ndarray, rows: np.ndarray, out: np.ndarray
 ) -> None:
@@ -241,14 +219,6 @@ def read_vectors(
         _gather_half(mapping.bytes.view(np.uint16), starts, counts, targets, _HALF_TO_FLOAT, out.reshape(-1))
     else:
         _gather_float(mapping.bytes.view(np.float32), starts, counts, targets, out.reshape(-1))
-
-
-def gather(records: Sequence[Record], dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """The records' stored vectors back to back as one float32 (n, dim) matrix, and their offsets."""
-    offsets = token_offsets(records)
-    out = np.empty((int(offsets[-1]), dim), dtype=np.float32)
-    gather_vectors(records, out, offsets[:-1])
-    return out, offsets
 
 
 class Store:
