@@ -122,7 +122,8 @@ def cascade(coded: CodedCorpus, corpus, queries, truth, probes, keeps, reranks) 
                         scores, probed, list_offsets, list_slots, corpus.n_docs, alive, keep
                     )
                     t1 = time.perf_counter()
-                    ci = candidates.centroid_interaction(scores, doc_cids, doc_offsets, slots)
+                    table, _, _ = candidates.byte_scores(scores)
+                    ci = candidates.centroid_interaction(table, doc_cids, doc_offsets, slots)
                     best = slots[np.argsort(-ci)[:rerank]]
                     t2 = time.perf_counter()
                     counts = offsets[best + 1] - offsets[best]

@@ -31,6 +31,7 @@ sys.path[:0] = [str(ROOT / "server"), str(ROOT / "bench")]
 from mvr.server import rerank  # noqa: E402
 from mvr.server.app import limit_blas_threads  # noqa: E402
 from mvr.server.candidates import (  # noqa: E402
+    byte_scores,
     centroid_interaction,
     centroid_scores,
     probe_lists,
@@ -101,7 +102,8 @@ def profile_query(
     )
 
     def centroid_stage() -> np.ndarray:
-        approximate = centroid_interaction(scores, snapshot.cids, snapshot.cid_offsets, probed)
+        table, _, _ = byte_scores(scores)
+        approximate = centroid_interaction(table, snapshot.cids, snapshot.cid_offsets, probed)
         return probed[np.argpartition(-approximate, n_candidates - 1)[:n_candidates]]
 
     slots = timed("centroid_interaction", centroid_stage)

@@ -201,33 +201,60 @@ def test_probe_lists_equals_reference(sizes, n_centroids, n_query, n_probe, keep
         assert score == pytest.approx(expected[slot], abs=1e-5)
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    values=st.lists(
+        st.sampled_from([-2.0, -0.5, 0.0, 0.25, 1.0, 3.5]) | st.floats(-5, 5, width=32), max_size=300
+    ),
+    keep=st.integers(1, 80),
+)
+def test_best_positions_keeps_the_largest_ties_to_lower_positions(values, keep) -> None:
+    array = np.array(values, np.float32)
+    got = candidates.best_positions(array, keep)
+    expected = sorted(range(len(values)), key=lambda k: (-float(array[k]), k))[:keep]
+    assert sorted(got.tolist()) == sorted(expected)
+
+
 def centroid_major(similarities: np.ndarray) -> np.ndarray:
     """A (query tokens, K) similarity matrix laid out as centroid_scores lays it out."""
-    n_query, n_centroids = similarities.shape
-    table = np.zeros((n_centroids, -(-n_query // candidates.LANES) * candidates.LANES), np.float32)
-    table[:, :n_query] = similarities.T
-    return table
+    return np.ascontiguousarray(similarities.T, dtype=np.float32)
 
 
 @settings(max_examples=40, deadline=None)
 @given(
     sizes=st.lists(st.integers(1, 12), min_size=1, max_size=30),
-    n_query=st.integers(1, 20),
+    n_query=st.integers(1, 70),
     seed=st.integers(0, 2**16),
 )
-def test_centroid_interaction_is_maxsim_over_centroids(sizes, n_query, seed) -> None:
+def test_centroid_interaction_is_maxsim_over_byte_scores(sizes, n_query, seed) -> None:
     n_centroids, dim = 16, 8
     rng = np.random.default_rng(seed)
     centroids, query = unit(rng, n_centroids, dim), unit(rng, n_query, dim)
     cids, cid_offsets = ragged_sets(sizes, n_centroids, seed)
     scores = candidates.centroid_scores(centroids, query)
-    assert scores.shape[1] % candidates.LANES == 0 and not scores[:, n_query:].any()
-    np.testing.assert_allclose(scores[:, :n_query], centroids @ query.T, atol=1e-6)
+    np.testing.assert_allclose(scores, centroids @ query.T, atol=1e-6)
+    table, lo, step = candidates.byte_scores(scores)
+    assert table.dtype == np.uint8 and table.shape[1] % candidates.LANES == 0
+    assert table.shape[1] - n_query < candidates.LANES and not table[:, n_query:].any()
+    assert np.abs(lo + step * table[:, :n_query] - scores).max() <= step / 2 + 1e-6
     slots = rng.permutation(len(sizes)).astype(np.int64)
-    got = candidates.centroid_interaction(scores, cids, cid_offsets, slots)
-    for slot, score in zip(slots.tolist(), got.tolist(), strict=True):
-        members = centroids[cids[cid_offsets[slot] : cid_offsets[slot + 1]]]
-        assert score == pytest.approx(float((query @ members.T).max(axis=1).sum()), abs=1e-5)
+    got = candidates.centroid_interaction(table, cids, cid_offsets, slots)
+    for slot, total in zip(slots.tolist(), got.tolist(), strict=True):
+        members = cids[cid_offsets[slot] : cid_offsets[slot + 1]]
+        assert total == int(table[members].max(axis=0).astype(np.int64).sum())  # the kernel, exactly
+        exact = float((query @ centroids[members].T).max(axis=1).sum())  # what the bytes stand for
+        assert abs(n_query * lo + step * total - exact) <= n_query * step / 2 + 1e-4
+
+
+def test_centroid_interaction_of_constant_scores_and_empty_documents() -> None:
+    table, lo, step = candidates.byte_scores(np.full((5, 3), 0.25, np.float32))
+    assert (lo, step) == (np.float32(0.25), 0.0) and not table.any()
+    cids = np.array([1, 2, 4], np.uint16)
+    offsets = np.array([0, 3, 3], np.int64)  # the second document holds no centroid
+    got = candidates.centroid_interaction(table, cids, offsets, np.array([1, 0], np.int64))
+    assert got.tolist() == [0, 0]
+    with pytest.raises(ValueError, match="multiple of LANES"):
+        candidates.centroid_interaction(np.zeros((5, 3), np.uint8), cids, offsets, np.array([0], np.int64))
 
 
 @settings(max_examples=60, deadline=None)

@@ -8,13 +8,19 @@ Owns the two Numba kernels that sit between the first stage and the exact MaxSim
   similarity of the first centroid it did not probe (an upper bound of what it missed). One pass over
   the probed postings; the documents are ranked by that sum.
 * :func:`centroid_interaction` — Σ over query tokens of the max over a document's distinct centroids
-  of ⟨q, centroid⟩: late interaction with every token replaced by its centroid, one (query tokens)-wide
-  row lookup per distinct centroid of a candidate, so thousands of candidates cost a few milliseconds.
+  of ⟨q, centroid⟩: late interaction with every token replaced by its centroid, so thousands of
+  candidates cost about a millisecond.
 
-Both read one table of query-token × centroid similarities, :func:`centroid_scores`: centroid-major
-(a centroid's row of query-token scores is contiguous) and padded to a multiple of :data:`LANES`
-query tokens with zero columns, so that the interaction kernel keeps eight running maxima in one
-vector register (bench/profile_search.py, 10k documents, 1,000 candidates: 1.2–1.7 ms, was 3.4).
+The probe reads the query-token × centroid similarities as float32, :func:`centroid_scores`
+(centroid-major: a centroid's row of query-token scores is contiguous). Centroid interaction reads
+them quantised to one byte on one affine scale, :func:`byte_scores`, rows padded to a multiple of
+:data:`LANES` query tokens: a row block is one 32-byte load and one unsigned-max instruction
+(``llvm.umax.v32i8``, emitted directly: LLVM did not vectorise the scalar maxima of the float kernel
+this replaces), and the table (8,192 centroids × 32 tokens: 256 KiB) stays in L2 where the float one
+(1 MiB) did not (bench/profile_search.py, 100k documents, 2,000 candidates: 5.4 ms → see
+BENCHMARKS.md). One scale for the whole table keeps the sum of byte maxima an affine function of the
+sum of the dequantised maxima, so it ranks documents as they would, up to rounding (at most half a
+step, ≈ 0.003, per query token).
 
 Both work on *slots*: dense document positions of :class:`mvr.server.tokens.TokenIndex`; the caller
 maps slots to labels and drops versions that are no longer live.
@@ -24,16 +30,38 @@ from __future__ import annotations
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-LANES = 8  # float32 lanes of an AVX2 register: the interaction kernel's block of query tokens
+LANES = 32  # uint8 lanes of an AVX2 register: the interaction kernel's block of query tokens
 
 
 def centroid_scores(centroids: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """⟨q_i, centroid_c⟩ as float32 (K, m rounded up to a multiple of LANES); the padding columns
-    are 0, so they add nothing to a sum of maxima and are never read as query tokens."""
-    padded = np.zeros((-(-len(query) // LANES) * LANES, query.shape[1]), dtype=np.float32)
-    padded[: len(query)] = query
-    return centroids @ padded.T
+    """⟨q_i, centroid_c⟩ as float32 (K, m), C-contiguous."""
+    return centroids @ np.ascontiguousarray(query, dtype=np.float32).T
+
+
+@numba.njit(cache=True)
+def byte_scores(scores):
+    """``scores`` (K, m) quantised to uint8 on one affine scale: (table uint8 (K, m rounded up to a
+    multiple of LANES), lo, step) with ``scores[c, i] ≈ lo + step · table[c, i]`` (error ≤ step / 2).
+    Padding columns are 0 in every row, so they add the same (nothing) to every document's sum."""
+    n_centroids, n_query = scores.shape
+    lo, hi = np.float32(np.inf), np.float32(-np.inf)
+    for c in range(n_centroids):
+        for i in range(n_query):
+            lo = min(lo, scores[c, i])
+            hi = max(hi, scores[c, i])
+    table = np.zeros((n_centroids, -(-n_query // LANES) * LANES), dtype=np.uint8)
+    if not hi > lo:  # one value everywhere (or no query token): every byte 0 ranks every document alike
+        return table, lo, np.float32(0.0)
+    scale = np.float32(255.0) / (hi - lo)
+    for c in range(n_centroids):
+        for i in range(n_query):
+            table[c, i] = np.uint8(min(255, np.int32((scores[c, i] - lo) * scale + np.float32(0.5))))
+    return table, lo, (hi - lo) / np.float32(255.0)
 
 
 @numba.njit(cache=True)
@@ -65,64 +93,150 @@ def probe_lists(scores, probes, list_offsets, list_slots, n_slots, alive, keep):
     ``scores``: :func:`centroid_scores` of a query. ``probes``: :func:`probe_table`, int64
     (query tokens, n_probe + 1), each row the query token's best centroids in descending score; the
     last column is the first centroid *not* probed, whose score is imputed to a document the token
-    did not find. Returns (slots int64, scores float32) of at most ``keep`` documents, best first."""
+    did not find. Returns (slots int64, scores float32) of at most ``keep`` live documents, in no
+    particular order (:func:`best_positions`: ties at the cut go to the documents found first)."""
     n_query, n_probe = probes.shape[0], probes.shape[1] - 1
     imputed = np.empty(n_query, dtype=np.float32)
     base = np.float32(0.0)
     for i in range(n_query):
         imputed[i] = scores[probes[i, n_probe], i]
         base += imputed[i]
-    gain = np.zeros(n_slots, dtype=np.float32)
-    stamp = np.full(n_slots, -1, dtype=np.int32)  # the last query token that found the slot; -1: none yet
-    touched = np.empty(n_slots, dtype=np.int64)
+    # per slot, side by side (one cache line per posting: the walk is bound by these random accesses):
+    # the last query token that found it (-1: none yet; exact in float32 below 2^24) and its gain
+    state = np.empty((n_slots, 2), dtype=np.float32)
+    state[:, 0] = -1.0
+    touched = np.empty(n_slots, dtype=np.int32)
     n_touched = 0
     for i in range(n_query):
+        token = np.float32(i)
         for p in range(n_probe):
             c = probes[i, p]
             delta = scores[c, i] - imputed[i]
             for q in range(list_offsets[c], list_offsets[c + 1]):
                 s = list_slots[q]
-                if stamp[s] == i or not alive[s]:
+                found_by = state[s, 0]
+                if found_by == token:
                     continue  # probes descend: the first centroid that found s is its best for i
-                if stamp[s] == -1:
+                if found_by < 0:
                     touched[n_touched] = s
                     n_touched += 1
-                stamp[s] = i
-                gain[s] += delta
-    found = touched[:n_touched]
-    approximate = gain[found] + base
-    if n_touched > keep:  # select before sorting: a large collection touches tens of thousands
-        threshold = np.partition(approximate, n_touched - keep)[n_touched - keep]
-        selected = np.flatnonzero(approximate >= threshold)
-        found, approximate = found[selected], approximate[selected]
-    top = np.argsort(-approximate, kind="mergesort")[:keep]
-    return found[top], approximate[top]
+                    state[s, 1] = delta
+                else:
+                    state[s, 1] += delta
+                state[s, 0] = token
+    n_found = 0  # dead versions are dropped once here rather than tested at every posting
+    for k in range(n_touched):
+        if alive[touched[k]]:
+            touched[n_found] = touched[k]
+            n_found += 1
+    approximate = np.empty(n_found, dtype=np.float32)
+    for k in range(n_found):
+        approximate[k] = state[touched[k], 1] + base
+    top = best_positions(approximate, keep)
+    return touched[top].astype(np.int64), approximate[top]
 
 
-@numba.njit(cache=True, fastmath=True)
-def centroid_interaction(scores, doc_cids, doc_offsets, slots):
-    """Σ_i max over a document's distinct centroids c of scores[c, i], for each slot.
+_SELECT_BINS = 4096
 
-    ``scores``: :func:`centroid_scores` (columns a multiple of LANES; zero padding adds nothing). Eight
-    query tokens at a time, their running maxima in scalars that LLVM keeps in one vector register."""
-    out = np.empty(slots.shape[0], dtype=np.float32)
+
+@numba.njit(cache=True)
+def best_positions(values, keep):
+    """Positions of the ``keep`` largest of ``values`` (all of them if fewer), ties at the cut to the
+    lower positions; above the cut in ascending position, then the cut's bin best first. A histogram
+    finds the bin of the cut in two passes (a large collection touches tens of thousands of documents:
+    a partition and a sort of them cost more than the walk over the postings)."""
+    n = values.shape[0]
+    if n <= keep:
+        return np.arange(n)
+    lo, hi = values.min(), values.max()
+    scale = (_SELECT_BINS - 1) / (np.float64(hi) - np.float64(lo)) if hi > lo else 0.0
+    bins = np.empty(n, dtype=np.int32)
+    counts = np.zeros(_SELECT_BINS, dtype=np.int64)
+    for k in range(n):
+        bins[k] = min(_SELECT_BINS - 1, int((np.float64(values[k]) - lo) * scale))
+        counts[bins[k]] += 1
+    cut, above = _SELECT_BINS - 1, 0
+    while above + counts[cut] < keep:  # bins are monotone in value: every bin above the cut is kept
+        above += counts[cut]
+        cut -= 1
+    out = np.empty(keep, dtype=np.int64)
+    at_cut = np.empty(counts[cut], dtype=np.int64)
+    n_out = n_cut = 0
+    for k in range(n):
+        if bins[k] > cut:
+            out[n_out] = k
+            n_out += 1
+        elif bins[k] == cut:
+            at_cut[n_cut] = k
+            n_cut += 1
+    out[n_out:] = at_cut[np.argsort(-values[at_cut], kind="mergesort")[: keep - n_out]]
+    return out
+
+
+@intrinsic
+def _max_rows_sum(typingctx, table, rows, first, last, column):
+    """Σ over LANES byte lanes j of max over t in [first, last) of ``table[rows[t], column + j]``
+    (0 if the range is empty), as int64: the maxima live in one <32 x i8> register (``llvm.umax``),
+    summed once at the end. ``table``: uint8 (K, width) C-contiguous, ``column + LANES ≤ width``;
+    ``rows``: unsigned integers < K. Neither is checked here: the caller guarantees them."""
+    if not (
+        isinstance(table, types.Array)
+        and table.dtype == types.uint8
+        and table.ndim == 2
+        and table.layout == "C"
+        and isinstance(rows, types.Array)
+        and rows.ndim == 1
+        and isinstance(rows.dtype, types.Integer)
+        and not rows.dtype.signed
+        and all(isinstance(ty, types.Integer) for ty in (first, last, column))
+    ):
+        return None
+
+    def codegen(context, builder, signature, args):
+        table_ty, rows_ty, first_ty, last_ty, column_ty = signature.args
+        i64 = ir.IntType(64)
+        lanes = ir.VectorType(ir.IntType(8), LANES)
+        wide = ir.VectorType(ir.IntType(32), LANES)
+        table_array = context.make_array(table_ty)(context, builder, args[0])
+        rows_array = context.make_array(rows_ty)(context, builder, args[1])
+        start = context.cast(builder, args[2], first_ty, types.int64)
+        stop = context.cast(builder, args[3], last_ty, types.int64)
+        column = context.cast(builder, args[4], column_ty, types.int64)
+        row_bytes = builder.extract_value(table_array.strides, 0)
+        base = builder.gep(table_array.data, [column])
+        umax = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(lanes, [lanes, lanes]), f"llvm.umax.v{LANES}i8"
+        )
+        add = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.IntType(32), [wide]), f"llvm.vector.reduce.add.v{LANES}i32"
+        )
+        maxima = cgutils.alloca_once(builder, lanes)  # promoted to a register by LLVM's mem2reg
+        builder.store(ir.Constant(lanes, None), maxima)
+        with cgutils.for_range_slice(builder, start, stop, i64(1), intp=i64) as (t, _):
+            row = builder.zext(builder.load(builder.gep(rows_array.data, [t])), i64)
+            pointer = builder.bitcast(builder.gep(base, [builder.mul(row, row_bytes)]), lanes.as_pointer())
+            builder.store(builder.call(umax, [builder.load(maxima), builder.load(pointer, align=1)]), maxima)
+        total = builder.call(add, [builder.zext(builder.load(maxima), wide)])
+        return builder.zext(total, i64)
+
+    return types.int64(table, rows, first, last, column), codegen
+
+
+@numba.njit(cache=True)
+def centroid_interaction(table, doc_cids, doc_offsets, slots):
+    """Σ_i max over a document's distinct centroids c of table[c, i], for each slot, as int64.
+
+    ``table``: :func:`byte_scores` (columns a multiple of LANES; zero padding adds nothing). The sums
+    rank documents as Σ_i max_c ⟨q_i, c⟩ does, up to rounding: that sum ≈ m · lo + step · result."""
+    if table.shape[1] % LANES:
+        raise ValueError("centroid_interaction: table columns must be a multiple of LANES")
+    out = np.empty(slots.shape[0], dtype=np.int64)
     for r in range(slots.shape[0]):
         s = slots[r]
         first, last = doc_offsets[s], doc_offsets[s + 1]
-        total = np.float32(0.0)
-        for i in range(0, scores.shape[1], LANES):
-            m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = np.float32(-np.inf)
-            for t in range(first, last):
-                row = scores[doc_cids[t]]
-                m0 = max(m0, row[i])
-                m1 = max(m1, row[i + 1])
-                m2 = max(m2, row[i + 2])
-                m3 = max(m3, row[i + 3])
-                m4 = max(m4, row[i + 4])
-                m5 = max(m5, row[i + 5])
-                m6 = max(m6, row[i + 6])
-                m7 = max(m7, row[i + 7])
-            total += ((m0 + m1) + (m2 + m3)) + ((m4 + m5) + (m6 + m7))
+        total = 0
+        for column in range(0, table.shape[1], LANES):
+            total += _max_rows_sum(table, doc_cids, first, last, column)
         out[r] = total
     return out
 

@@ -26,7 +26,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from mvr.server.candidates import centroid_interaction, centroid_scores, probe_lists, probe_table
+from mvr.server.candidates import (
+    byte_scores,
+    centroid_interaction,
+    centroid_scores,
+    probe_lists,
+    probe_table,
+)
 from mvr.server.codec import Codec
 from mvr.server.config import CollectionConfig, check_range
 from mvr.server.fde import FDE
@@ -182,7 +188,8 @@ class Searcher:
         tail = np.arange(snapshot.n_listed, snapshot.n, dtype=np.int64)
         slots = np.concatenate([probed, tail[alive[tail] > 0]])
         if len(slots) > n_candidates:
-            approximate = centroid_interaction(scores, snapshot.cids, snapshot.cid_offsets, slots)
+            table, _, _ = byte_scores(scores)
+            approximate = centroid_interaction(table, snapshot.cids, snapshot.cid_offsets, slots)
             slots = slots[np.argpartition(-approximate, n_candidates - 1)[:n_candidates]]
         return snapshot.labels[slots]
 
