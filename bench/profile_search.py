@@ -10,16 +10,21 @@ into one matrix, then one GEMM): the before/after of the tiling. Prints a table 
     python bench/profile_search.py [--docs 10000] [--dir /tmp/mvr-profile] [--build-threads 2] \
         [--candidates 128] [--out bench/results/profile_search_10k.json]
 
-Builds with both cores (as `mvr serve` does), then pins itself to one core for the searches.
+Builds with both cores (as `mvr serve` does), closes the collection and reopens it as a restarted
+server would (measuring the resident anonymous memory the open adds), then pins itself to one core
+for the searches.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -49,11 +54,61 @@ STAGES = ["query_fde", "graph", "centroid_scores", "probe", "centroid_interactio
 UNTILED = "exact_untiled"
 
 
-def open_collection(args, corpus) -> tuple[CollectionManager, object, dict]:
-    """The collection in ``args.dir`` (built first if absent), and how its build went."""
+def anonymous_rss() -> int:
+    """This process's resident anonymous memory in bytes (Linux: RssAnon of /proc/self/status): the
+    heap and anonymous mappings, not the pages of mapped files (the code file), which the page cache
+    can drop."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
+
+
+def open_collection(args, corpus) -> tuple[CollectionManager, object, dict, int]:
+    """The collection in ``args.dir`` (built first if absent, then closed), how its build went, and
+    the resident anonymous memory opening it takes, measured in a fresh process (this one's heap
+    holds the corpus and what an earlier open freed)."""
+    build = build_collection(args, corpus)
+    measured = subprocess.run(
+        [sys.executable, __file__, "--measure-open", str(args.dir)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    manager = CollectionManager(args.dir, index_threads=args.build_threads, fde_threads=args.build_threads)
+    return manager, manager.get("profile"), build, int(measured.stdout.split()[-1])
+
+
+def measure_open(directory: Path) -> None:
+    """Prints the resident anonymous memory that opening the collection adds to a process that has
+    already run every kernel once (JIT code, libraries and pools are per process, not per document):
+    a small collection is built, coded and searched first in a temporary directory."""
+    limit_blas_threads()
+    corpus, queries, _ = topic_dataset(1_500, 1, cache=None)
+    with tempfile.TemporaryDirectory() as scratch:
+        warm = CollectionManager(Path(scratch), index_threads=1, fde_threads=1)
+        warm.create("warm", model=None, dim=corpus.tokens.shape[1], tokens={"train_after_tokens": 1 << 14})
+        collection = warm.get("warm")
+        upsert_in_batches(collection, corpus)
+        collection.flush()
+        assert collection.stats().centroids, "the warm-up collection was not coded"
+        collection.search(queries[0], 10, explain=True)
+        collection.search(queries[0], 10)
+        warm.close()
+    gc.collect()
+    before = anonymous_rss()
+    manager = CollectionManager(directory, index_threads=1, fde_threads=1)
+    manager.get("profile").flush()  # the indexer has caught up
+    print(anonymous_rss() - before)
+    manager.close()
+
+
+def build_collection(args, corpus) -> dict:
+    """Builds the collection in ``args.dir`` unless it is there; how its build went."""
     manager = CollectionManager(args.dir, index_threads=args.build_threads, fde_threads=args.build_threads)
     if "profile" in {config.name for config in manager.list()}:
-        return manager, manager.get("profile"), {"reused": str(args.dir)}
+        manager.close()
+        return {"reused": str(args.dir)}
     manager.create("profile", model=None, dim=corpus.tokens.shape[1])
     collection = manager.get("profile")
     started = time.perf_counter()
@@ -66,7 +121,8 @@ def open_collection(args, corpus) -> tuple[CollectionManager, object, dict]:
         "threads": args.build_threads,
     }
     print(build, flush=True)
-    return manager, collection, build
+    manager.close()
+    return build
 
 
 def profile_query(
@@ -163,17 +219,24 @@ def main() -> None:
         "--build-threads", type=int, default=2, help="indexer and coding threads (as mvr serve)"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "profile_search_10k.json")
+    parser.add_argument("--measure-open", type=Path, help=argparse.SUPPRESS)  # the child of open_collection
     args = parser.parse_args()
+    if args.measure_open:
+        measure_open(args.measure_open)
+        return
     limit_blas_threads()
     rerank.TILE_TOKENS = args.tile_tokens
     corpus, queries, truth = topic_dataset(args.docs, args.queries)
-    manager, collection, build = open_collection(args, corpus)
+    manager, collection, build, opened_rss = open_collection(args, corpus)
     stats = collection.stats()
     footprint = {
         "disk_bytes_per_doc": {k: round(v / stats.documents) for k, v in stats.bytes_on_disk.items()},
         "memory_bytes_per_doc": {k: round(v / stats.documents) for k, v in stats.bytes_in_memory.items()},
         "centroids": stats.centroids,
         "codec_generation": stats.codec_generation,  # 1 + retrainings while the collection grew
+        # measured, not estimated: the resident anonymous memory opening the collection adds to a
+        # fresh process (an upper bound: what the open allocated and freed may stay in its heap)
+        "opened_anon_rss_bytes_per_doc": round(opened_rss / stats.documents),
     }
     print(footprint, flush=True)
     if collection.tokens is None or collection.tokens.snapshot is None:

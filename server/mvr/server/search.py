@@ -10,7 +10,8 @@ Stages, for a query of m token vectors (numbers: bench/codec.py and bench/vs_pee
    walks the inverted lists of its ``probe`` best centroids; documents found are ranked by that
    imputed sum (:func:`mvr.server.candidates.probe_lists`) and the best ``centroid_candidates`` kept.
 3. **Centroid interaction**: the probe's candidates, plus the recent documents not yet in the
-   inverted lists, scored by MaxSim over their distinct centroids; best ``candidates`` kept.
+   inverted lists, scored by MaxSim over their distinct centroids (the query × centroid scores
+   quantised to bytes, :func:`mvr.server.candidates.byte_scores`); best ``candidates`` kept.
 4. **Exact**: those and the graph's candidates, over their token vectors (decoded from the codes, or
    the stored float vectors where the collection keeps them and for documents not coded yet), by
    exact MaxSim, a cache-sized tile of documents at a time (:func:`mvr.server.rerank.maxsim_tiled`);

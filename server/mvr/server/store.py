@@ -38,9 +38,10 @@ import mmap
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 
 import numba
 import numpy as np
@@ -68,15 +69,24 @@ CREATE TABLE IF NOT EXISTS codecs (version INTEGER PRIMARY KEY, data BLOB NOT NU
 CODES = "codes.bin"
 REWRITE_SUFFIX = ".rewrite"  # codes.bin.rewrite: the code file of a retrained codec, until committed
 NO_OFFSET = -1  # a document without vectors (dropped after coding) or without codes (not coded yet)
+# the metadata of every record that has none: one read-only mapping rather than an empty dict each
+# (a record is resident for every live document: bench/profile_search.py measures the bytes)
+NO_METADATA: Mapping[str, str] = MappingProxyType({})
 
 
-@dataclass(frozen=True)
+def record_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
+    """What a record keeps of a document's metadata: a copy, or the shared empty mapping."""
+    return dict(metadata) if metadata else NO_METADATA
+
+
+@dataclass(frozen=True, slots=True)
 class Record:
-    """One live document version, as the search path sees it."""
+    """One live document version, as the search path sees it. Resident for every live document:
+    slotted, and metadata read-only (never mutated in place; the empty one is shared)."""
 
     label: int
     id: str
-    metadata: dict[str, str]
+    metadata: Mapping[str, str]
     offset: int  # byte offset in the vector file, NO_OFFSET once its vectors were dropped
     n_tokens: int
     truncated: bool
@@ -310,7 +320,7 @@ class Store:
             record = Record(
                 label,
                 doc_id,
-                json.loads(metadata),
+                record_metadata(json.loads(metadata)),
                 offset,
                 n_tokens,
                 bool(truncated),
@@ -481,7 +491,15 @@ class Store:
         mapping, codes = self._vectors.mapping, self._codes.mapping
         records = [
             Record(
-                label, d.id, dict(d.metadata), offset, len(d.vectors), d.truncated, mapping, NO_OFFSET, codes
+                label,
+                d.id,
+                record_metadata(d.metadata),
+                offset,
+                len(d.vectors),
+                d.truncated,
+                mapping,
+                NO_OFFSET,
+                codes,
             )
             for label, d, offset in zip(labels, docs, offsets, strict=True)
         ]
