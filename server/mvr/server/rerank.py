@@ -3,9 +3,9 @@
 Owns the last stage. score(Q, D) = Σ_q max_d ⟨q, d⟩ over the documents' token vectors. The
 candidates' tokens are read a tile at a time (about :data:`TILE_TOKENS` rows: whole documents, decoded
 or converted into one float32 buffer that stays in cache), one BLAS GEMM per tile gives every
-document-token × query-token similarity (token-major: ``tile @ query.T`` measured ~15% faster than
-``query @ tile.T`` for 32 query tokens, bench/profile_search.py), and a Numba kernel takes the maximum
-over each document's own rows (ragged: there is no padding, so no padded zero can beat an
+document-token × query-token similarity (token-major: OpenBLAS runs ``tile @ query.T`` faster than
+``query @ tile.T`` when the query is the thin side), and a Numba kernel takes the maximum over each
+document's own rows (ragged: there is no padding, so no padded zero can beat an
 all-negative row); scores are summed over query tokens in float32. With ``explain`` the kernel also
 keeps the argmax per (query token, document): the per-token explanation.
 
