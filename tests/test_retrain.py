@@ -28,12 +28,13 @@ def centroids_grow_with_the_collection(monkeypatch) -> None:
     monkeypatch.setattr(codec_module, "default_centroids", lambda n: SMALL if n < 3000 else LARGE)
 
 
-def codec_versions(directory: Path) -> int:
+def codec_versions(directory: Path) -> list[int]:
+    """The codec versions the catalog keeps: only the live one (a superseded codec is deleted)."""
     import sqlite3
 
     db = sqlite3.connect(directory / "catalog.sqlite")
     try:
-        return db.execute("SELECT COUNT(*) FROM codecs").fetchone()[0]
+        return [row[0] for row in db.execute("SELECT version FROM codecs ORDER BY version")]
     finally:
         db.close()
 
@@ -82,7 +83,7 @@ def test_growing_collection_retrains_and_rewrites_every_code(tmp_path: Path) -> 
     assert not failures
     stats = c.stats()
     assert (stats.centroids, stats.coded) == (LARGE, 300)
-    assert codec_versions(c.directory) == 2 and (stats.codec_generation, stats.recoded) == (2, 0)
+    assert codec_versions(c.directory) == [2] and (stats.codec_generation, stats.recoded) == (2, 0)
     token_bytes = c.store.codec.token_bytes
     assert {r.codec for r in c.store.records.values()} == {c.store.codec}
     assert c.store.codes_end == stats.tokens * token_bytes  # one block per live document, nothing else
@@ -97,7 +98,7 @@ def test_growing_collection_retrains_and_rewrites_every_code(tmp_path: Path) -> 
     reopened = CollectionManager(tmp_path, save_interval_s=3600)
     c = reopened.get("grow")
     c.flush(timeout_s=60)  # the growth since the last training is remembered: no retraining now
-    assert (c.stats().centroids, c.stats().coded, codec_versions(c.directory)) == (LARGE, 300, 2)
+    assert (c.stats().centroids, c.stats().coded, codec_versions(c.directory)) == (LARGE, 300, [2])
     assert [[(h.id, h.score) for h in c.search(q, 10)] for q in queries] == before
     reopened.close()
 
@@ -170,7 +171,7 @@ def test_crash_before_the_commit_keeps_the_old_codes(tmp_path: Path) -> None:
     reopened = CollectionManager(tmp_path, save_interval_s=3600)
     c = reopened.get("grow")
     assert not rewrite.path.exists()  # the partial file is deleted on open
-    assert c.stats().centroids == SMALL and codec_versions(c.directory) == c.stats().codec_generation == 1
+    assert c.stats().centroids == SMALL and codec_versions(c.directory) == [c.stats().codec_generation] == [1]
     assert [(h.id, h.score) for h in c.search(query, 10)] == before
     reopened.close()
 
@@ -187,7 +188,7 @@ def test_crash_between_the_commit_and_the_rename_completes_the_switch(tmp_path: 
     reopened = CollectionManager(tmp_path, save_interval_s=3600)
     c = reopened.get("grow")
     assert not rewrite.path.exists()
-    assert c.stats().centroids == LARGE and c.stats().coded == 120 and codec_versions(c.directory) == 2
+    assert c.stats().centroids == LARGE and c.stats().coded == 120 and codec_versions(c.directory) == [2]
     check_scores_are_exact_over_decoded_tokens(c, query, 120)
     reopened.close()
     manager.close()

@@ -380,6 +380,8 @@ class Store:
                 self._db.execute(
                     "INSERT INTO codecs (version, data) VALUES (?, ?)", (version, rewrite.codec.to_bytes())
                 )
+                # no code refers to an older codec once this commits (the generation is MAX(version))
+                self._db.execute("DELETE FROM codecs WHERE version < ?", (version,))
                 self._db.executemany(
                     "UPDATE documents SET code_offset = ? WHERE label = ?",
                     [(rewrite.offsets.get(r.label, NO_OFFSET), r.label) for r in live],
@@ -402,6 +404,9 @@ class Store:
         self._codes.replaced(end)
         with self._db_lock:
             self._db.execute("DELETE FROM state WHERE key = 'rewritten_pending_rename'")
+            # the superseded codec's pages (its centroids: 2–4 MiB) back to the file system, and the
+            # WAL the rewrite's offsets grew folded in and truncated
+            self._db.execute("VACUUM")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.codec, self.codec_trained_tokens, self.codec_generation = (
             rewrite.codec,
