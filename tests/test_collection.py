@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from mvr.server import collection as collection_module
 from mvr.server import rerank
 from mvr.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from mvr.server.index import INDEX_FILE
@@ -95,9 +96,34 @@ def test_validation_errors(manager: CollectionManager) -> None:
         c.search(ok, 0)
     with pytest.raises(InvalidArgument, match="candidates"):
         c.search(ok, 10, candidates=5)
+    longest = np.ones((collection_module.MAX_DOCUMENT_TOKENS, DIM), np.float32)
+    with pytest.raises(InvalidArgument, match=r"documents\[0\]\.vectors: has 8193 tokens; the limit is 8192"):
+        c.upsert([DocumentInput("long", vectors=np.vstack([longest, ok[:1]]))])
+    with pytest.raises(InvalidArgument, match=r"query\.vectors: has 1025 tokens; the limit is 1024"):
+        c.search(longest[: collection_module.MAX_QUERY_TOKENS + 1], 10)
+    c.search(longest[: collection_module.MAX_QUERY_TOKENS], 10)  # at the limit: accepted
     with pytest.raises(NotFound):
         manager.get("nope")
     assert c.stats().documents == 0
+
+
+def test_texts_that_encode_past_the_token_limits_name_the_text(tmp_path: Path, monkeypatch) -> None:
+    from mvr.server.encoder import Encoder
+
+    from tests.models import make_tiny_colbert
+
+    model = make_tiny_colbert(tmp_path / "model")
+    manager = CollectionManager(tmp_path / "data", lambda name, q=None, d=None: Encoder.load(name))
+    manager.create("txt", model=str(model), dim=None)
+    c = manager.get("txt")
+    monkeypatch.setattr(collection_module, "MAX_DOCUMENT_TOKENS", 4)  # what a long doc_maxlen would reach
+    monkeypatch.setattr(collection_module, "MAX_QUERY_TOKENS", 4)
+    with pytest.raises(InvalidArgument, match=r"documents\[1\]\.text: encodes to \d+ tokens; the limit is 4"):
+        c.upsert([DocumentInput("short", text="cat"), DocumentInput("long", text="the cat sat on the mat")])
+    with pytest.raises(InvalidArgument, match=r"query\.text: has \d+ tokens; the limit is 4"):
+        c.search("the cat sat on the mat", 1)
+    assert c.stats().documents == 0  # the batch is refused whole
+    manager.close()
 
 
 def test_filter_returns_top_k_when_enough_documents_match(manager: CollectionManager) -> None:

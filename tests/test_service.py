@@ -420,6 +420,12 @@ def test_upsert_errors_name_the_field(stubs, vector_collection: str) -> None:
     )
     assert "documents[0].vectors.data" in err.details()
 
+    long_document = dpb.Document(id="long", vectors=pack(unit_rows(rng, 8193)))
+    err = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, documents.UpsertDocuments, upsert(good, long_document)
+    )
+    assert "documents[1].vectors" in err.details() and "8193 tokens; the limit is 8192" in err.details()
+
     err = expect_error(
         grpc.StatusCode.INVALID_ARGUMENT, documents.UpsertDocuments, upsert(dpb.Document(id="e"))
     )
@@ -573,6 +579,11 @@ def test_search_errors(stubs, vector_collection: str, corpus) -> None:
         grpc.StatusCode.INVALID_ARGUMENT, search.Search, request(query=spb.Query(vectors=pack(bad)))
     )
     assert "query.vectors" in err.details()
+    long_query = unit_rows(np.random.default_rng(5), 1025)  # one over the limit: bounds the rerank's memory
+    err = expect_error(
+        grpc.StatusCode.INVALID_ARGUMENT, search.Search, request(query=spb.Query(vectors=pack(long_query)))
+    )
+    assert "query.vectors" in err.details() and "1025 tokens; the limit is 1024" in err.details()
     err = expect_error(
         grpc.StatusCode.FAILED_PRECONDITION,
         search.Search,

@@ -42,6 +42,12 @@ from mvr.server.values import CollectionStats, Document, DocumentInput, Hit, Ups
 log = logging.getLogger("mvr.collection")
 
 MAX_ID_BYTES = 512
+# Token limits of precomputed vectors: the exact stage scores a tile of (max(tile, longest document)
+# × query tokens) float32 similarities, so these bound one request's memory (8,192 × 1,024 × 4 B =
+# 32 MiB) whatever it sends; a 50,000-token query against a 100,000-token document once needed 20 GB.
+# Text is cut to the collection's doc_maxlen / query_maxlen by the encoder before it gets here.
+MAX_DOCUMENT_TOKENS = 8192
+MAX_QUERY_TOKENS = 1024
 FDE_FILE = "fde.npz"
 
 
@@ -204,6 +210,11 @@ class Collection:
                         f"documents[{i}].text", "encodes to no tokens (only punctuation or markers)"
                     )
                 vectors, truncated = encoded[i].vectors, encoded[i].truncated
+                if len(vectors) > MAX_DOCUMENT_TOKENS:  # a collection created with doc_maxlen above it
+                    raise InvalidArgument(
+                        f"documents[{i}].text",
+                        f"encodes to {len(vectors)} tokens; the limit is {MAX_DOCUMENT_TOKENS}",
+                    )
             else:
                 vectors, truncated = np.ascontiguousarray(doc.vectors, dtype=np.float32), False
             prepared.append(NewDocument(doc.id, vectors, doc.text, dict(doc.metadata), truncated))
@@ -221,18 +232,20 @@ class Collection:
         if doc.text is not None and not doc.text.strip():
             raise InvalidArgument(f"documents[{i}].text", "must not be empty or only whitespace")
         if doc.vectors is not None:
-            self._validate_vectors(doc.vectors, f"documents[{i}].vectors")
+            self._validate_vectors(doc.vectors, f"documents[{i}].vectors", MAX_DOCUMENT_TOKENS)
         for key, value in doc.metadata.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise InvalidArgument(
                     f"documents[{i}].metadata", f"keys and values must be strings, got {key!r}: {value!r}"
                 )
 
-    def _validate_vectors(self, vectors: np.ndarray, field_name: str) -> None:
+    def _validate_vectors(self, vectors: np.ndarray, field_name: str, max_tokens: int) -> None:
         if vectors.ndim != 2 or vectors.shape[0] < 1:
             raise InvalidArgument(
                 field_name, f"must have shape (n_tokens >= 1, {self.config.dim}), got {vectors.shape}"
             )
+        if vectors.shape[0] > max_tokens:
+            raise InvalidArgument(field_name, f"has {vectors.shape[0]} tokens; the limit is {max_tokens}")
         if vectors.shape[1] != self.config.dim:
             raise FailedPrecondition(
                 f"{field_name}: vectors have dim {vectors.shape[1]}, but collection "
@@ -347,10 +360,11 @@ class Collection:
         filter: dict[str, str] | None = None,
         explain: bool = False,
     ) -> list[Hit]:
+        field_name = "query.vectors"
         if isinstance(query, str):
-            query = self.encode_query(query)
+            query, field_name = self.encode_query(query), "query.text"
         query = np.ascontiguousarray(query, dtype=np.float32)
-        self._validate_vectors(query, "query.vectors")
+        self._validate_vectors(query, field_name, MAX_QUERY_TOKENS)
         params = SearchParams(top_k, candidates, ef, probe, centroid_candidates, explain)
         allowed = self._matching(filter) if filter else None
         return self.searcher.search(query, params, allowed)
