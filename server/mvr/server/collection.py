@@ -44,7 +44,8 @@ log = logging.getLogger("mvr.collection")
 MAX_ID_BYTES = 512
 # Token limits of precomputed vectors: the exact stage scores a tile of (max(tile, longest document)
 # × query tokens) float32 similarities, so these bound one request's memory (8,192 × 1,024 × 4 B =
-# 32 MiB) whatever it sends; a 50,000-token query against a 100,000-token document once needed 20 GB.
+# 32 MiB) whatever it sends; before them, one tile of a 50,000-token query against a 100,000-token
+# document was 20 GB (the hardening issue saw a server's RSS grow by ~16 GB on such a request).
 # Text is cut to the collection's doc_maxlen / query_maxlen by the encoder before it gets here.
 MAX_DOCUMENT_TOKENS = 8192
 MAX_QUERY_TOKENS = 1024
