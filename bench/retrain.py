@@ -84,7 +84,14 @@ def main() -> None:
     first_tokens = tokens[: int(offsets[min(args.first_docs, corpus.n_docs)])]
     first, train_s = train_timed(first_tokens, min(args.first_centroids, len(first_tokens)), args)
     coded_first = code_corpus(first, tokens, offsets, args.threads)
-    results = [
+    results: list[dict] = []
+
+    def add(result: dict) -> None:
+        """Keeps a row and rewrites the JSON: a long run stopped early keeps the rows it has."""
+        results.append(result)
+        write_results(args.out, corpus, queries, results, bits=args.bits)
+
+    add(
         evaluate(
             "first",
             coded_first,
@@ -94,7 +101,7 @@ def main() -> None:
             args,
             {"centroids": first.n_centroids, "sample_tokens": len(first_tokens), "train_s": train_s},
         )
-    ]
+    )
     decoded_first = decode_corpus(coded_first, offsets) if args.from_decoded else None
     del coded_first
     rng = np.random.default_rng(0)
@@ -111,20 +118,13 @@ def main() -> None:
             "train_s": train_s,
             "encode_tokens_per_s": round(len(tokens) / (time.perf_counter() - started)),
         }
-        results.append(evaluate(f"retrained {n_centroids}", coded, corpus, queries, truth, args, extra))
-        write(args, corpus, queries, results)
+        add(evaluate(f"retrained {n_centroids}", coded, corpus, queries, truth, args, extra))
         if decoded_first is not None:
             del coded
             coded = code_corpus(trained, decoded_first, offsets, args.threads)
-            name = f"retrained {n_centroids}, from decoded"
-            results.append(evaluate(name, coded, corpus, queries, truth, args, extra))
-            write(args, corpus, queries, results)
-    write(args, corpus, queries, results)
-
-
-def write(args, corpus, queries, results: list[dict]) -> None:
-    """The JSON so far: rewritten after every codec, so that a long run stopped early keeps its rows."""
-    write_results(args.out, corpus, queries, results, bits=args.bits)
+            add(
+                evaluate(f"retrained {n_centroids}, from decoded", coded, corpus, queries, truth, args, extra)
+            )
 
 
 if __name__ == "__main__":

@@ -53,14 +53,20 @@ def check_scores_are_exact_over_decoded_tokens(collection, query: np.ndarray, n:
     return hits
 
 
-def test_growing_collection_retrains_and_rewrites_every_code(tmp_path: Path) -> None:
-    docs = clustered_corpus(300, seed=21)
+def grown_from_first_codec(tmp_path: Path, docs: dict[str, np.ndarray]):
+    """A collection "grow" holding the first 60 of ``docs`` (~1,500 tokens), indexed and coded with its
+    first codec (SMALL centroids); the rest of ``docs`` is for the test to add."""
     manager = CollectionManager(tmp_path, save_interval_s=3600)
     manager.create("grow", model=None, dim=DIM, tokens={"train_after_tokens": 1024})
     c = manager.get("grow")
-    first = dict(list(docs.items())[:60])  # ~1,500 tokens: trained with 16 centroids
-    upsert_in_batches(c, first)
+    upsert_in_batches(c, dict(list(docs.items())[:60]))
     c.flush(timeout_s=120)
+    return manager, c
+
+
+def test_growing_collection_retrains_and_rewrites_every_code(tmp_path: Path) -> None:
+    docs = clustered_corpus(300, seed=21)
+    manager, c = grown_from_first_codec(tmp_path, docs)
     assert (c.stats().centroids, c.stats().coded) == (SMALL, 60)
     queries = paraphrases(docs, 12, seed=22)
     searching, failures = True, []
@@ -105,11 +111,7 @@ def test_growing_collection_retrains_and_rewrites_every_code(tmp_path: Path) -> 
 
 def test_documents_without_vectors_are_recoded_from_their_codes(tmp_path: Path) -> None:
     docs = clustered_corpus(320, seed=23)
-    manager = CollectionManager(tmp_path, save_interval_s=3600)
-    manager.create("grow", model=None, dim=DIM, tokens={"train_after_tokens": 1024})
-    c = manager.get("grow")
-    upsert_in_batches(c, dict(list(docs.items())[:60]))
-    c.flush(timeout_s=120)
+    manager, c = grown_from_first_codec(tmp_path, docs)
     c.compact()  # the first 60 keep only their 16-centroid codes
     assert c.store.bytes_on_disk()["vectors"] == 0 and c.stats().centroids == SMALL
     upsert_in_batches(c, dict(list(docs.items())[60:]))
@@ -212,11 +214,7 @@ def test_a_failed_rename_after_the_commit_stops_the_collection_and_reopening_com
     """The indexer's own rewrite, with the rename failing after the catalog committed: the collection
     stops (more codes appended to the old file would corrupt what reopening recovers), nothing is lost."""
     docs = clustered_corpus(300, seed=28)
-    manager = CollectionManager(tmp_path, save_interval_s=3600)
-    manager.create("grow", model=None, dim=DIM, tokens={"train_after_tokens": 1024})
-    c = manager.get("grow")
-    upsert_in_batches(c, dict(list(docs.items())[:60]))
-    c.flush(timeout_s=120)
+    manager, c = grown_from_first_codec(tmp_path, docs)
     real_replace = fail_rewrite_rename(monkeypatch, "simulated rename failure")
     upsert_in_batches(c, dict(list(docs.items())[60:]))
     with pytest.raises(FailedPrecondition, match="restart the server"):

@@ -61,12 +61,17 @@ DEFAULT_CENTROID_CANDIDATES = 1000
 DEFAULTS_AT_CENTROIDS = 4096
 
 
+def _per_centroids(n_centroids: int) -> int:
+    """How many times DEFAULTS_AT_CENTROIDS the codec's centroids are (at least 1)."""
+    return max(1, n_centroids // DEFAULTS_AT_CENTROIDS)
+
+
 def default_probe(n_centroids: int) -> int:
-    return DEFAULT_PROBE * max(1, n_centroids // DEFAULTS_AT_CENTROIDS)
+    return DEFAULT_PROBE * _per_centroids(n_centroids)
 
 
 def default_centroid_candidates(n_centroids: int) -> int:
-    return DEFAULT_CENTROID_CANDIDATES * max(1, n_centroids // DEFAULTS_AT_CENTROIDS)
+    return DEFAULT_CENTROID_CANDIDATES * _per_centroids(n_centroids)
 
 
 GRAPH_SHARE = 4  # coded collections: the graph sends candidates / GRAPH_SHARE documents to the exact stage
