@@ -109,6 +109,48 @@ def test_growing_collection_retrains_and_rewrites_every_code(tmp_path: Path) -> 
     reopened.close()
 
 
+def test_a_load_that_outgrows_the_first_codec_codes_each_document_once(tmp_path: Path, monkeypatch) -> None:
+    """The first codec is trained on the first documents; the rest of the load arrives while it
+    trains. A retraining is then due before the backfill has run: it goes first, and every document
+    is coded once, with the retrained codec (none with the first, which would be re-coded)."""
+    docs = clustered_corpus(300, seed=31)
+    first_training_started, rest_loaded = threading.Event(), threading.Event()
+    real_train, real_encode_blocks = codec_module.train, codec_module.encode_blocks
+    trained: list[codec_module.Codec] = []
+    coded_with: list[tuple[codec_module.Codec, int]] = []
+
+    def train(*args, **kwargs):
+        if not trained:  # the first training waits until the rest of the load is acknowledged
+            first_training_started.set()
+            assert rest_loaded.wait(60)
+        trained.append(real_train(*args, **kwargs))
+        return trained[-1]
+
+    def encode_blocks(codec, tokens, offsets, threads=1):
+        coded_with.append((codec, len(offsets) - 1))
+        return real_encode_blocks(codec, tokens, offsets, threads)
+
+    monkeypatch.setattr(codec_module, "train", train)
+    monkeypatch.setattr(codec_module, "encode_blocks", encode_blocks)
+    manager = CollectionManager(tmp_path, save_interval_s=3600)
+    manager.create("grow", model=None, dim=DIM, tokens={"train_after_tokens": 1024})
+    c = manager.get("grow")
+    upsert_in_batches(c, dict(list(docs.items())[:60]))
+    assert first_training_started.wait(60)
+    upsert_in_batches(c, dict(list(docs.items())[60:]))
+    rest_loaded.set()
+    c.flush(timeout_s=120)
+    assert len(trained) == 2
+    assert [n for codec, n in coded_with if codec is trained[0]] == []
+    assert sum(n for codec, n in coded_with if codec is trained[1]) == 300
+    stats = c.stats()
+    assert (stats.centroids, stats.coded, stats.codec_generation) == (LARGE, 300, 2)
+    assert codec_versions(c.directory) == [2]
+    query = paraphrases(docs, 1, seed=32)[0]
+    check_scores_are_exact_over_decoded_tokens(c, query, 300)
+    manager.close()
+
+
 def test_documents_without_vectors_are_recoded_from_their_codes(tmp_path: Path) -> None:
     docs = clustered_corpus(320, seed=23)
     manager, c = grown_from_first_codec(tmp_path, docs)
