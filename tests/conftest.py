@@ -43,10 +43,19 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def wait_serving(target: str, process: subprocess.Popen, timeout_s: float = 180.0) -> None:
-    """Polls grpc.health.v1 until SERVING; fails early if the process died."""
+def wait_serving(
+    target: str,
+    process: subprocess.Popen,
+    timeout_s: float = 180.0,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> None:
+    """Polls grpc.health.v1 until SERVING (over TLS with ``credentials``); fails early if the process
+    died."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(target) as channel:
+    channel_of = (
+        grpc.insecure_channel if credentials is None else lambda t: grpc.secure_channel(t, credentials)
+    )
+    with channel_of(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -74,7 +83,12 @@ class RunningServer:
 
 
 def start_server(
-    data_dir: Path, model: str, log_path: Path, *extra: str, port: int | None = None
+    data_dir: Path,
+    model: str,
+    log_path: Path,
+    *extra: str,
+    port: int | None = None,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> RunningServer:
     port = port or free_port()
     command = [
@@ -98,7 +112,7 @@ def start_server(
     process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=subprocess_env())
     server = RunningServer(f"127.0.0.1:{port}", data_dir, Path(model), process, log_path)
     try:
-        wait_serving(server.target, process)
+        wait_serving(server.target, process, credentials=credentials)
     except Exception:
         process.kill()
         raise RuntimeError(f"server did not start; its log:\n{server.log()}") from None

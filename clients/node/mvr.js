@@ -2,6 +2,7 @@
 // and provides the one helper every client needs: packing token vectors as little-endian float32.
 'use strict';
 
+const fs = require('node:fs');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -25,14 +26,41 @@ function loadMvr() {
   return grpc.loadPackageDefinition(definition).mvr.v1;
 }
 
-// Connects the three mvr.v1 services to `target` ('host:port', plaintext).
-function connect(target) {
+// PEM given as a Buffer, or read from a file path.
+function pem(source) {
+  return source === undefined || Buffer.isBuffer(source) ? source : fs.readFileSync(source);
+}
+
+// Connects the three mvr.v1 services to `target` ('host:port').
+// options (all optional):
+// - apiKey: sent as 'authorization: Bearer <apiKey>' on every call (servers with --api-keys-file).
+// - rootCert: PEM (Buffer or path) of the CA of the server's certificate: connect with TLS.
+// - tls: true to connect with TLS trusting the system's roots (implied by rootCert / certChain).
+// - certChain + privateKey: PEM (Buffers or paths) of a client certificate (mutual TLS).
+// Without rootCert, tls or certChain the connection is plaintext.
+function connect(target, options = {}) {
   const mvr = loadMvr();
-  const credentials = grpc.credentials.createInsecure();
+  const { apiKey, rootCert, certChain, privateKey, tls } = options;
+  if ((certChain === undefined) !== (privateKey === undefined)) {
+    throw new Error('certChain and privateKey go together: give both or neither');
+  }
+  const credentials =
+    tls || rootCert !== undefined || certChain !== undefined
+      ? grpc.credentials.createSsl(pem(rootCert) ?? null, pem(privateKey) ?? null, pem(certChain) ?? null)
+      : grpc.credentials.createInsecure();
+  // an interceptor rather than call credentials: grpc-js attaches call credentials only to TLS channels
+  const addKey = (callOptions, nextCall) =>
+    new grpc.InterceptingCall(nextCall(callOptions), {
+      start(metadata, listener, next) {
+        metadata.set('authorization', `Bearer ${apiKey}`);
+        next(metadata, listener);
+      },
+    });
+  const stubOptions = apiKey ? { interceptors: [addKey] } : {};
   return {
-    collections: new mvr.CollectionService(target, credentials),
-    documents: new mvr.DocumentService(target, credentials),
-    search: new mvr.SearchService(target, credentials),
+    collections: new mvr.CollectionService(target, credentials, stubOptions),
+    documents: new mvr.DocumentService(target, credentials, stubOptions),
+    search: new mvr.SearchService(target, credentials, stubOptions),
     close() {
       for (const stub of [this.collections, this.documents, this.search]) stub.close();
     },

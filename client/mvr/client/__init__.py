@@ -22,7 +22,9 @@ from mvr.client.errors import (
     InvalidArgumentError,
     MvrError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
+    UnauthenticatedError,
     UnavailableError,
 )
 from mvr.client.types import (
@@ -59,9 +61,11 @@ __all__ = [
     "InvalidArgumentError",
     "MvrError",
     "NotFoundError",
+    "PermissionDeniedError",
     "ResourceExhaustedError",
     "StoredDocument",
     "TokenMatch",
+    "UnauthenticatedError",
     "UnavailableError",
     "UpsertResult",
 ]

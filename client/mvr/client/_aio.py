@@ -32,12 +32,27 @@ class AsyncClient:
     use ``async with AsyncClient(target) as mvr:`` or ``await mvr.close()``."""
 
     def __init__(
-        self, target: str, api_key: str | None = None, timeout: float = 30.0, max_message_mb: int = 64
+        self,
+        target: str,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        max_message_mb: int = 64,
+        *,
+        tls: bool = False,
+        root_certificates: convert.PemSource | None = None,
+        certificate_chain: convert.PemSource | None = None,
+        private_key: convert.PemSource | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
-        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self._channel = grpc.aio.insecure_channel(target, options=convert.channel_options(max_message_mb))
+        self._metadata = convert.auth_metadata(api_key)
+        options = convert.channel_options(max_message_mb)
+        credentials = convert.channel_credentials(tls, root_certificates, certificate_chain, private_key)
+        self._channel = (
+            grpc.aio.insecure_channel(target, options=options)
+            if credentials is None
+            else grpc.aio.secure_channel(target, credentials, options=options)
+        )
         self._collections = cgrpc.CollectionServiceStub(self._channel)
         self._documents = dgrpc.DocumentServiceStub(self._channel)
         self._search = sgrpc.SearchServiceStub(self._channel)

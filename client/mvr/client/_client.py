@@ -33,10 +33,17 @@ class Client:
 
     Args:
         target: ``host:port`` of the server, e.g. ``"127.0.0.1:50051"``.
-        api_key: sent as ``authorization: Bearer <api_key>`` metadata on every call, for a proxy or
-            gateway in front of mvr; the mvr server itself does not check it yet.
+        api_key: sent as ``authorization: Bearer <api_key>`` metadata on every call; a server started
+            with ``--api-keys-file`` refuses calls without a key (UNAUTHENTICATED) or whose key's role
+            lacks the right (PERMISSION_DENIED). Over plaintext the key crosses the network in the
+            clear: use TLS beyond loopback.
         timeout: default deadline of every call, in seconds (each method also takes ``timeout=``).
         max_message_mb: largest message sent or received; match the server's ``--max-message-mb``.
+        tls: connect with TLS, trusting the system's roots unless ``root_certificates`` is given.
+        root_certificates: PEM (bytes, or a file path) of the CA that signed the server's certificate;
+            giving it (or a client certificate) implies ``tls``.
+        certificate_chain, private_key: PEM (bytes or paths) of a client certificate and its key, for a
+            server started with ``--tls-client-ca`` (mutual TLS).
 
     Calls that fail with UNAVAILABLE (server restarting, loading) are retried by gRPC itself with
     exponential backoff (5 attempts, 0.1 s to 2 s). Failed calls raise :class:`mvr.client.MvrError`
@@ -44,12 +51,27 @@ class Client:
     """
 
     def __init__(
-        self, target: str, api_key: str | None = None, timeout: float = 30.0, max_message_mb: int = 64
+        self,
+        target: str,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        max_message_mb: int = 64,
+        *,
+        tls: bool = False,
+        root_certificates: convert.PemSource | None = None,
+        certificate_chain: convert.PemSource | None = None,
+        private_key: convert.PemSource | None = None,
     ) -> None:
         self.target = target
         self.timeout = timeout
-        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
-        self._channel = grpc.insecure_channel(target, options=convert.channel_options(max_message_mb))
+        self._metadata = convert.auth_metadata(api_key)
+        options = convert.channel_options(max_message_mb)
+        credentials = convert.channel_credentials(tls, root_certificates, certificate_chain, private_key)
+        self._channel = (
+            grpc.insecure_channel(target, options=options)
+            if credentials is None
+            else grpc.secure_channel(target, credentials, options=options)
+        )
         self._collections = cgrpc.CollectionServiceStub(self._channel)
         self._documents = dgrpc.DocumentServiceStub(self._channel)
         self._search = sgrpc.SearchServiceStub(self._channel)

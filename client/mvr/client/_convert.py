@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 from mvr.client.types import (
     BatchAck,
@@ -60,6 +62,41 @@ def channel_options(max_message_mb: int) -> list[tuple[str, Any]]:
         ("grpc.max_receive_message_length", size),
         ("grpc.max_send_message_length", size),
     ]
+
+
+PemSource = bytes | str | Path
+
+
+def _pem(source: PemSource | None) -> bytes | None:
+    """PEM bytes as given, or read from a file path."""
+    if source is None or isinstance(source, bytes):
+        return source
+    return Path(source).read_bytes()
+
+
+def channel_credentials(
+    tls: bool,
+    root_certificates: PemSource | None,
+    certificate_chain: PemSource | None,
+    private_key: PemSource | None,
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials for a channel, or None for plaintext. Any certificate given means TLS; a client
+    certificate (mutual TLS) needs both its chain and its key."""
+    if (certificate_chain is None) != (private_key is None):
+        raise ValueError("certificate_chain and private_key go together: give both or neither")
+    if not (tls or root_certificates is not None or certificate_chain is not None):
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=_pem(root_certificates),  # None: the system's trusted roots
+        private_key=_pem(private_key),
+        certificate_chain=_pem(certificate_chain),
+    )
+
+
+def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
+    if api_key is not None and (not api_key or api_key != api_key.strip() or "\n" in api_key):
+        raise ValueError("api_key must be a non-empty string without surrounding whitespace or newlines")
+    return (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
 
 _WIRE = {tpb.DTYPE_FLOAT32: np.dtype("<f4"), tpb.DTYPE_FLOAT16: np.dtype("<f2")}

@@ -7,7 +7,9 @@
     mvr collections list | create NAME [--model M | --dim D] [...] | get NAME | delete NAME
 
 Every flag of `serve` has an MVR_* environment twin (flag beats environment beats default); client
-commands take --target (MVR_TARGET). Failed calls print `error: CODE: message` and exit 1.
+commands take --target (MVR_TARGET), --api-key (MVR_API_KEY) and --tls / --tls-ca / --tls-cert /
+--tls-key (MVR_TLS, MVR_TLS_CA, MVR_TLS_CLIENT_CERT, MVR_TLS_CLIENT_KEY). Failed calls print
+`error: CODE: message` and exit 1.
 """
 
 from __future__ import annotations
@@ -67,6 +69,24 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     _add(serve, "--log-format", "MVR_LOG_FORMAT", "json", str, "json or text")
     _add(serve, "--log-level", "MVR_LOG_LEVEL", "INFO", str, "DEBUG, INFO, WARNING, ERROR")
     _add(serve, "--metrics-port", "MVR_METRICS_PORT", 0, int, "Prometheus /metrics port (0: off)")
+    _add(serve, "--tls-cert", "MVR_TLS_CERT", None, str, "PEM certificate chain: serve TLS (with --tls-key)")
+    _add(serve, "--tls-key", "MVR_TLS_KEY", None, str, "PEM private key of --tls-cert")
+    _add(
+        serve,
+        "--tls-client-ca",
+        "MVR_TLS_CLIENT_CA",
+        None,
+        str,
+        "PEM CA: require client certificates it signed (mutual TLS)",
+    )
+    _add(
+        serve,
+        "--api-keys-file",
+        "MVR_API_KEYS_FILE",
+        None,
+        str,
+        "'KEY ROLE' lines (roles read, write, admin): every call but health needs a key",
+    )
     serve.set_defaults(run=_serve)
 
 
@@ -90,8 +110,11 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from mvr.server.app import ServerConfig, run
 
-    return run(
-        ServerConfig(
+    def path(value: str | None) -> Path | None:
+        return None if value is None else Path(value)
+
+    try:
+        config = ServerConfig(
             host=args.host,
             port=args.port,
             data_dir=Path(args.data_dir),
@@ -106,14 +129,35 @@ def _serve(args: argparse.Namespace) -> int:
             log_format=args.log_format,
             log_level=args.log_level,
             metrics_port=args.metrics_port,
+            tls_cert=path(args.tls_cert),
+            tls_key=path(args.tls_key),
+            tls_client_ca=path(args.tls_client_ca),
+            api_keys_file=path(args.api_keys_file),
         )
-    )
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    return run(config)
 
 
 def _client(args: argparse.Namespace):
+    try:
+        return _connect(args)
+    except (ValueError, OSError) as error:  # half a client certificate, an unreadable PEM file
+        raise SystemExit(f"error: {error}") from None
+
+
+def _connect(args: argparse.Namespace):
     from mvr.client import Client
 
-    return Client(args.target, timeout=args.timeout)
+    return Client(
+        args.target,
+        api_key=args.api_key,
+        timeout=args.timeout,
+        tls=args.tls,
+        root_certificates=args.tls_ca,
+        certificate_chain=args.tls_cert,
+        private_key=args.tls_key,
+    )
 
 
 # ------------------------------------------------------------------------------------------ ingest
@@ -349,6 +393,27 @@ def build_parser() -> argparse.ArgumentParser:
     client_flags = argparse.ArgumentParser(add_help=False)
     _add(client_flags, "--target", "MVR_TARGET", "127.0.0.1:50051", str, "server address")
     client_flags.add_argument("--timeout", type=float, default=120.0, help="deadline of each call, seconds")
+    client_flags.add_argument(  # no default shown in --help: it would print the key
+        "--api-key",
+        default=os.environ.get("MVR_API_KEY"),
+        help="sent as 'authorization: Bearer KEY' [env MVR_API_KEY]",
+    )
+    client_flags.add_argument(
+        "--tls",
+        action="store_true",
+        default=_env("MVR_TLS", False, lambda v: v.lower() in ("1", "true", "yes")),
+        help="connect with TLS (system roots unless --tls-ca) [env MVR_TLS]",
+    )
+    _add(
+        client_flags,
+        "--tls-ca",
+        "MVR_TLS_CA",
+        None,
+        str,
+        "PEM CA of the server's certificate (implies --tls)",
+    )
+    _add(client_flags, "--tls-cert", "MVR_TLS_CLIENT_CERT", None, str, "PEM client certificate (mutual TLS)")
+    _add(client_flags, "--tls-key", "MVR_TLS_CLIENT_KEY", None, str, "PEM key of --tls-cert")
 
     wait = sub.add_parser("wait", parents=[client_flags], help="wait until the server is SERVING")
     wait.add_argument("--wait-timeout", type=float, default=300.0, help="give up after this many seconds")

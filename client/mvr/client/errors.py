@@ -63,6 +63,14 @@ class DeadlineExceededError(MvrError):
     """The call's deadline passed (DEADLINE_EXCEEDED)."""
 
 
+class UnauthenticatedError(MvrError):
+    """The server wants an API key and got none or an unknown one (UNAUTHENTICATED)."""
+
+
+class PermissionDeniedError(MvrError):
+    """The API key's role does not cover this call (PERMISSION_DENIED)."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[MvrError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
     grpc.StatusCode.NOT_FOUND: NotFoundError,
@@ -71,6 +79,8 @@ _BY_CODE: dict[grpc.StatusCode, type[MvrError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
 }
 
 

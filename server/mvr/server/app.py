@@ -15,6 +15,7 @@ only help with many thousands of idle connections, which is not this service's l
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from mvr.server import service
+from mvr.server import auth, service
 from mvr.server.fde import available_cpus
 
 log = logging.getLogger("mvr.server")
@@ -54,6 +55,16 @@ class ServerConfig:
     log_level: str = "INFO"
     grace_s: float = 30.0
     metrics_port: int = 0  # 0: no Prometheus endpoint
+    tls_cert: Path | None = None  # PEM certificate chain: serve TLS (with tls_key)
+    tls_key: Path | None = None  # PEM private key of tls_cert
+    tls_client_ca: Path | None = None  # PEM CA: require client certificates signed by it (mutual TLS)
+    api_keys_file: Path | None = None  # 'KEY ROLE' lines: every call but health needs a key (auth.py)
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (client certificates need TLS)")
 
 
 class JsonFormatter(logging.Formatter):
@@ -95,9 +106,12 @@ class Server:
         self.engine = service.Engine()
         self.health = health.HealthServicer()
         max_bytes = config.max_message_mb * 1024 * 1024
+        interceptors: list[grpc.ServerInterceptor] = [_metrics_interceptor()]  # outermost: counts refusals
+        if config.api_keys_file is not None:
+            interceptors.append(auth.AuthInterceptor(auth.ApiKeys.load(config.api_keys_file)))
         self.grpc_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="rpc"),
-            interceptors=[_metrics_interceptor()],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", max_bytes),
                 ("grpc.max_send_message_length", max_bytes),
@@ -117,9 +131,23 @@ class Server:
             ),
             self.grpc_server,
         )
-        self.port = self.grpc_server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        if config.tls_cert is not None and config.tls_key is not None:
+            credentials = auth.server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+            self.port = self.grpc_server.add_secure_port(address, credentials)
+        else:
+            self.port = self.grpc_server.add_insecure_port(address)
         if self.port == 0:
-            raise OSError(f"cannot listen on {config.host}:{config.port}")
+            raise OSError(f"cannot listen on {address}")
+        if not _is_loopback(config.host) and (config.tls_cert is None or config.api_keys_file is None):
+            log.warning(
+                "listening beyond this machine without TLS or without API keys",
+                extra={
+                    "address": address,
+                    "tls": config.tls_cert is not None,
+                    "api_keys": config.api_keys_file is not None,
+                },
+            )
         self.manager = None
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -129,7 +157,15 @@ class Server:
 
     def start(self) -> None:
         self.grpc_server.start()
-        log.info("listening", extra={"address": f"{self.config.host}:{self.port}"})
+        log.info(
+            "listening",
+            extra={
+                "address": f"{self.config.host}:{self.port}",
+                "tls": self.config.tls_cert is not None,
+                "mutual_tls": self.config.tls_client_ca is not None,
+                "api_keys": self.config.api_keys_file is not None,
+            },
+        )
 
     def load(self) -> None:
         """Loads the default model and every collection, then reports SERVING."""
@@ -187,6 +223,15 @@ class Server:
         log.info("stopped")
 
 
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
 def _metrics_interceptor() -> grpc.ServerInterceptor:
     from mvr.server.metrics import MetricsInterceptor
 
@@ -217,8 +262,8 @@ def run(config: ServerConfig) -> int:
     signal.signal(signal.SIGINT, request_stop)
     try:
         server = Server(config)
-    except OSError as error:
-        log.error("cannot start", extra={"error": str(error)})
+    except (OSError, ValueError) as error:  # a port taken, a certificate or keys file unreadable or malformed
+        log.error("cannot start: %s", error)
         return 2
     if config.metrics_port:
         from prometheus_client import start_http_server
