@@ -4,7 +4,9 @@ compaction, concurrency, and the store's durability rules."""
 from __future__ import annotations
 
 import os
+import re
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 from mvr.server import collection as collection_module
 from mvr.server import rerank
-from mvr.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from mvr.server.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from mvr.server.index import INDEX_FILE
 from mvr.server.manager import CollectionManager
 from mvr.server.store import NO_OFFSET, VECTORS
@@ -105,6 +107,35 @@ def test_validation_errors(manager: CollectionManager) -> None:
     with pytest.raises(NotFound):
         manager.get("nope")
     assert c.stats().documents == 0
+
+
+def test_ids_and_metadata_are_bounded_by_name(manager: CollectionManager) -> None:
+    manager.create("m", model=None, dim=DIM)
+    c = manager.get("m")
+    ok = np.ones((2, DIM), np.float32)
+
+    def upsert(id: str = "x", metadata: dict | None = None) -> None:
+        c.upsert([DocumentInput("fine", vectors=ok), DocumentInput(id, vectors=ok, metadata=metadata or {})])
+
+    for bad, position in (("a\x00b", "U+0000 at position 1"), ("line\n", "U+000A at position 4")):
+        with pytest.raises(
+            InvalidArgument,
+            match=r"documents\[1\]\.id: contains the control character " + re.escape(position),
+        ):
+            upsert(bad)
+    with pytest.raises(InvalidArgument, match=r"documents\[1\]\.metadata: has 65 keys; the limit is 64"):
+        upsert(metadata={f"k{j}": "v" for j in range(65)})
+    with pytest.raises(InvalidArgument, match=r"documents\[1\]\.metadata\['big'\]: is 16385 bytes"):
+        upsert(metadata={"big": "x" * (16 * 1024 + 1)})
+    with pytest.raises(InvalidArgument, match=r"documents\[1\]\.metadata: key '' is 0 bytes"):
+        upsert(metadata={"": "v"})
+    with pytest.raises(InvalidArgument, match=r"metadata: key 'kkkk.* is 257 bytes"):
+        upsert(metadata={"k" * 257: "v"})
+    with pytest.raises(InvalidArgument, match=r"documents\[1\]\.metadata: is 81930 bytes .* limit is 65536"):
+        upsert(metadata={f"k{j}": "x" * 16 * 1024 for j in range(5)})
+    assert c.stats().documents == 0  # a refused document refuses its whole batch
+    upsert("ünïcode/ok id", {f"k{j}": "x" * 16 * 1024 for j in range(3)})  # within every limit
+    assert c.stats().documents == 2
 
 
 def test_texts_that_encode_past_the_token_limits_name_the_text(tmp_path: Path, monkeypatch) -> None:
@@ -501,3 +532,17 @@ def test_bad_token_storage_is_rejected_by_name(manager: CollectionManager) -> No
     ]:
         with pytest.raises(InvalidArgument, match=field.replace(".", r"\.")):
             manager.create("bad", model=None, dim=DIM, tokens=tokens)
+
+
+def test_a_passed_deadline_stops_searches_and_stores_nothing(manager: CollectionManager) -> None:
+    docs = clustered_corpus(200, seed=41)
+    c = build_coded(manager, docs)
+    query = paraphrases(docs, 1, seed=42)[0]
+    past = time.monotonic() - 0.001
+    with pytest.raises(DeadlineExceeded, match="deadline passed before the graph stage"):
+        c.search(query, 10, deadline=past)
+    assert len(c.search(query, 10, deadline=time.monotonic() + 60)) == 10
+    before = c.stats().documents
+    with pytest.raises(DeadlineExceeded, match="before encoding the documents"):
+        c.upsert([DocumentInput("late", vectors=docs["d0000"])], deadline=past)
+    assert c.stats().documents == before and "late" not in c.store.records

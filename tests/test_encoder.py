@@ -123,6 +123,18 @@ def test_loading_errors_name_the_path(tmp_path: Path) -> None:
         Encoder.load(str(tmp_path / "empty"))
 
 
+@pytest.mark.parametrize("fmt", list(MAKERS))
+def test_lengths_beyond_the_models_positions_are_refused_by_name(models, fmt: str) -> None:
+    """The tiny models embed 128 positions: a longer doc_maxlen would fail every long text later."""
+    for field in ("query_maxlen", "doc_maxlen"):
+        with pytest.raises(InvalidArgument, match=rf"collection.encoder.{field}: is 129, .* 128 positions"):
+            Encoder.load(str(models[fmt]), **{field: 129})
+    encoder = Encoder.load(str(models[fmt]), doc_maxlen=128)
+    assert encoder.spec.doc_maxlen == 128
+    long_text = " ".join(["word"] * 400)
+    assert encoder.encode_documents([long_text])[0].truncated
+
+
 def test_default_model_resolves_inside_site_packages() -> None:
     path = resolve_model("default")
     assert (path / "config.json").exists() and "site-packages" in str(path)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from itertools import pairwise
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mvr.server import rerank
+from mvr.server import errors, rerank
 from mvr.server.rerank import maxsim
 
 
@@ -89,3 +90,29 @@ def test_tiles_of_any_size_score_like_one_matrix(sizes: list[int], tile: int, se
         np.testing.assert_array_equal(result.best_tokens[:, i], sims.argmax(axis=1))
     plain = rerank.maxsim_tiled(query, np.array(sizes), read)
     np.testing.assert_allclose(plain.scores, result.scores, atol=1e-5)
+
+
+def test_the_exact_stage_stops_at_the_first_tile_after_the_deadline(monkeypatch) -> None:
+    """A deadline that passes while a tile is read: that tile is scored, no further tile is read."""
+    rng = np.random.default_rng(3)
+    sizes = [30] * 10
+    query, tokens = unit(rng, 4, 16), unit(rng, sum(sizes), 16)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    monkeypatch.setattr(rerank, "TILE_TOKENS", 60)  # 5 tiles of 2 documents
+    clock = {"now": 0.0}
+    monkeypatch.setattr(errors.time, "monotonic", lambda: clock["now"])
+    reads = []
+
+    def read(start: int, stop: int, buffer: np.ndarray) -> np.ndarray:
+        reads.append(start)
+        clock["now"] += 1.0  # each tile takes "a second"
+        buffer[:] = tokens[offsets[start] : offsets[stop]]
+        return buffer
+
+    with pytest.raises(errors.DeadlineExceeded, match="before the exact scoring's next tile"):
+        rerank.maxsim_tiled(query, np.array(sizes), read, deadline=2.0)
+    assert reads == [0, 2]  # tiles started at t=0 and t=1; at t=2 the deadline had passed
+    reads.clear()
+    clock["now"] = 0.0
+    rerank.maxsim_tiled(query, np.array(sizes), read, deadline=None)
+    assert len(reads) == 5

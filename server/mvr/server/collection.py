@@ -22,15 +22,16 @@ Consistency rules:
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from mvr.server.config import CollectionConfig
 from mvr.server.encoder import Encoder
-from mvr.server.errors import FailedPrecondition, InvalidArgument, MvrError, NotFound
+from mvr.server.errors import FailedPrecondition, InvalidArgument, MvrError, NotFound, check_deadline
 from mvr.server.fde import FDE
 from mvr.server.index import HnswIndex, IndexParams
 from mvr.server.indexer import COMPACT_MIN_DEAD_BYTES, Indexer
@@ -42,6 +43,13 @@ from mvr.server.values import CollectionStats, Document, DocumentInput, Hit, Ups
 log = logging.getLogger("mvr.collection")
 
 MAX_ID_BYTES = 512
+# Metadata is held in memory for filtering and returned with every hit: bounded per document.
+MAX_METADATA_KEYS = 64
+MAX_METADATA_KEY_BYTES = 256
+MAX_METADATA_VALUE_BYTES = 16 * 1024
+MAX_METADATA_BYTES = 64 * 1024  # keys and values of one document together
+# Ids travel in resource names, logs and terminals: control characters (C0 and DEL) are refused.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 # Token limits of precomputed vectors: the exact stage scores a tile of (max(tile, longest document)
 # × query tokens) float32 similarities, so these bound one request's memory (8,192 × 1,024 × 4 B =
 # 32 MiB) whatever it sends; before them, one tile of a 50,000-token query against a 100,000-token
@@ -154,13 +162,18 @@ class Collection:
 
     # ------------------------------------------------------------------------------ writes
 
-    def upsert(self, docs: Sequence[DocumentInput]) -> list[UpsertResult]:
+    def upsert(self, docs: Sequence[DocumentInput], deadline: float | None = None) -> list[UpsertResult]:
+        """Stores ``docs`` durably (one atomic batch) and queues them for the indexer. Past ``deadline``
+        (``time.monotonic()``) nothing is stored: the check comes before encoding and again before
+        the write, never during it."""
         if not docs:
             raise InvalidArgument("documents", "must not be empty")
+        check_deadline(deadline, "encoding the documents")
         prepared = self._prepare(docs)
         tokens = np.concatenate([d.vectors for d in prepared])
         offsets = np.concatenate([[0], np.cumsum([len(d.vectors) for d in prepared])]).astype(np.int64)
         fdes = self.fde.encode_documents(tokens, offsets)
+        check_deadline(deadline, "storing the documents")
         with self.write_lock:
             self._check_open()
             records, replaced = self.store.upsert(prepared)
@@ -228,17 +241,42 @@ class Collection:
             raise InvalidArgument(
                 f"documents[{i}].id", f"is {len(doc.id.encode())} bytes; the limit is {MAX_ID_BYTES}"
             )
+        control = CONTROL_CHARACTERS.search(doc.id)
+        if control:
+            raise InvalidArgument(
+                f"documents[{i}].id",
+                f"contains the control character U+{ord(control.group()):04X} at position {control.start()}",
+            )
         if (doc.text is None) == (doc.vectors is None):
             raise InvalidArgument(f"documents[{i}]", "exactly one of 'text' and 'vectors' must be set")
         if doc.text is not None and not doc.text.strip():
             raise InvalidArgument(f"documents[{i}].text", "must not be empty or only whitespace")
         if doc.vectors is not None:
             self._validate_vectors(doc.vectors, f"documents[{i}].vectors", MAX_DOCUMENT_TOKENS)
-        for key, value in doc.metadata.items():
+        self._validate_metadata(doc.metadata, f"documents[{i}].metadata")
+
+    @staticmethod
+    def _validate_metadata(metadata: Mapping[str, str], field: str) -> None:
+        if len(metadata) > MAX_METADATA_KEYS:
+            raise InvalidArgument(field, f"has {len(metadata)} keys; the limit is {MAX_METADATA_KEYS}")
+        total = 0
+        for key, value in metadata.items():
             if not isinstance(key, str) or not isinstance(value, str):
+                raise InvalidArgument(field, f"keys and values must be strings, got {key!r}: {value!r}")
+            key_bytes, value_bytes = len(key.encode()), len(value.encode())
+            if not 1 <= key_bytes <= MAX_METADATA_KEY_BYTES:
                 raise InvalidArgument(
-                    f"documents[{i}].metadata", f"keys and values must be strings, got {key!r}: {value!r}"
+                    field, f"key {key[:64]!r} is {key_bytes} bytes; keys are 1 to {MAX_METADATA_KEY_BYTES}"
                 )
+            if value_bytes > MAX_METADATA_VALUE_BYTES:
+                raise InvalidArgument(
+                    f"{field}[{key!r}]", f"is {value_bytes} bytes; the limit is {MAX_METADATA_VALUE_BYTES}"
+                )
+            total += key_bytes + value_bytes
+        if total > MAX_METADATA_BYTES:
+            raise InvalidArgument(
+                field, f"is {total} bytes (keys and values); the limit is {MAX_METADATA_BYTES}"
+            )
 
     def _validate_vectors(self, vectors: np.ndarray, field_name: str, max_tokens: int) -> None:
         if vectors.ndim != 2 or vectors.shape[0] < 1:
@@ -360,15 +398,20 @@ class Collection:
         centroid_candidates: int | None = None,
         filter: dict[str, str] | None = None,
         explain: bool = False,
+        deadline: float | None = None,
     ) -> list[Hit]:
+        """The best ``top_k`` documents by exact MaxSim. ``deadline`` (a ``time.monotonic()`` instant):
+        the caller's; once it has passed, the search stops at the next stage boundary with
+        DeadlineExceeded."""
         field_name = "query.vectors"
         if isinstance(query, str):
+            check_deadline(deadline, "encoding the query")
             query, field_name = self.encode_query(query), "query.text"
         query = np.ascontiguousarray(query, dtype=np.float32)
         self._validate_vectors(query, field_name, MAX_QUERY_TOKENS)
         params = SearchParams(top_k, candidates, ef, probe, centroid_candidates, explain)
         allowed = self._matching(filter) if filter else None
-        return self.searcher.search(query, params, allowed)
+        return self.searcher.search(query, params, allowed, deadline)
 
     # ------------------------------------------------------------------------------ indexer hooks
 

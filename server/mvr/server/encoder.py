@@ -267,6 +267,13 @@ class Encoder:
                     settings = _plain_settings(tokenizer, directory, network.config)
         except (OSError, ValueError, KeyError) as error:
             raise FailedPrecondition(f"cannot load model {model!r} from {directory}: {error}") from error
+        positions = _positions(network.config)
+        for length_field, asked in (("query_maxlen", query_maxlen), ("doc_maxlen", doc_maxlen)):
+            if asked is not None and positions is not None and asked > positions:
+                raise InvalidArgument(
+                    f"collection.encoder.{length_field}",
+                    f"is {asked}, but model {model!r} has {positions} positions: at most {positions}",
+                )
         settings.query_maxlen = query_maxlen or settings.query_maxlen
         settings.doc_maxlen = doc_maxlen or settings.doc_maxlen
         network.eval()
@@ -341,6 +348,13 @@ class Encoder:
 
 
 # ---------------------------------------------------------------------------------------- formats
+
+
+def _positions(config) -> int | None:
+    """How many token positions the network embeds (longer inputs cannot be encoded); None when the
+    architecture has no such limit (relative or rotary positions)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    return int(positions) if isinstance(positions, int) and positions > 0 else None
 
 
 def _plain_settings(tokenizer, directory: Path, config) -> _Settings:

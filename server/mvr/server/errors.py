@@ -7,6 +7,8 @@ the text can be passed to the client unchanged.
 
 from __future__ import annotations
 
+import time
+
 
 class MvrError(Exception):
     """Base class of every error the engine reports to a caller."""
@@ -45,3 +47,15 @@ class ResourceExhausted(MvrError):
 
 class Unavailable(MvrError):
     """The server cannot take the call right now (starting, shutting down). Maps to UNAVAILABLE."""
+
+
+class DeadlineExceeded(MvrError):
+    """The caller's deadline passed before the work was done; the work was stopped there, so that no
+    result is computed for a caller that has gone. Maps to DEADLINE_EXCEEDED."""
+
+
+def check_deadline(deadline: float | None, before: str) -> None:
+    """Raises DeadlineExceeded if ``deadline`` (a ``time.monotonic()`` instant; None: none) has passed;
+    ``before`` names the step that would have come next."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise DeadlineExceeded(f"the call's deadline passed before {before}; the work was stopped")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numba
 import numpy as np
+from mvr.server.errors import check_deadline
 
 # Tokens per tile: (2048 × 128) float32 is 1 MiB, which stays in L2/L3 between the read and the GEMM.
 TILE_TOKENS = 2048
@@ -52,9 +53,16 @@ def maxsim(query: np.ndarray, tokens: np.ndarray, offsets: np.ndarray, explain: 
     )
 
 
-def maxsim_tiled(query: np.ndarray, counts: np.ndarray, read: TileReader, explain: bool = False) -> Scored:
+def maxsim_tiled(
+    query: np.ndarray,
+    counts: np.ndarray,
+    read: TileReader,
+    explain: bool = False,
+    deadline: float | None = None,
+) -> Scored:
     """Chamfer similarity of ``query`` (q, dim) to documents of ``counts[i]`` ≥ 1 tokens each, whose
-    tokens ``read`` produces a tile of whole documents at a time."""
+    tokens ``read`` produces a tile of whole documents at a time. Stops with DeadlineExceeded before a
+    tile once ``deadline`` (``time.monotonic()``) has passed."""
     query = np.ascontiguousarray(query, dtype=np.float32)
     n_query, n_docs = len(query), len(counts)
     offsets = np.zeros(n_docs + 1, dtype=np.int64)
@@ -65,6 +73,7 @@ def maxsim_tiled(query: np.ndarray, counts: np.ndarray, read: TileReader, explai
         buffer = np.empty((max(TILE_TOKENS, int(counts.max())), query.shape[1]), dtype=np.float32)
         start = 0
         for stop in tile_bounds(offsets, TILE_TOKENS):
+            check_deadline(deadline, "the exact scoring's next tile")
             rows = offsets[start : stop + 1] - offsets[start]
             tile = read(start, stop, buffer[: rows[-1]])
             similarities = tile @ query.T  # (tile rows, q), one GEMM per tile

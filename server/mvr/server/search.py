@@ -36,6 +36,7 @@ from mvr.server.candidates import (
 )
 from mvr.server.codec import Codec
 from mvr.server.config import CollectionConfig, check_range
+from mvr.server.errors import check_deadline
 from mvr.server.fde import FDE
 from mvr.server.index import HnswIndex
 from mvr.server.rerank import maxsim_tiled
@@ -127,24 +128,34 @@ class Searcher:
         self._pending = pending
         self._tokens = tokens
 
-    def search(self, query: np.ndarray, params: SearchParams, allowed: set[int] | None) -> list[Hit]:
+    def search(
+        self,
+        query: np.ndarray,
+        params: SearchParams,
+        allowed: set[int] | None,
+        deadline: float | None = None,
+    ) -> list[Hit]:
+        """The cascade; stops with DeadlineExceeded between stages (and between the exact stage's
+        tiles) once ``deadline`` (``time.monotonic()``) has passed."""
         token_index = self._tokens()
         snapshot = None if token_index is None else token_index.snapshot
         default = DEFAULT_CANDIDATES if snapshot is not None else DEFAULT_CANDIDATES_UNCODED
         n_candidates = params.candidates or max(default, 10 * params.top_k)
         if allowed is not None and len(allowed) <= n_candidates:
             labels = np.fromiter(allowed, dtype=np.int64, count=len(allowed))  # few matches: score them all
-            return self.exact_stage(query, labels, params.top_k, params.explain)
+            return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
         coded = snapshot is not None and snapshot.n > 0
         n_graph = max(params.top_k, n_candidates // GRAPH_SHARE) if coded else n_candidates
         # unset: 2·k (HNSW recall of the FDE top-k was 0.96 at ef=k, 0.98 at 2·k, 100k docs)
         ef = max(params.ef, n_graph) if params.ef else max(self._config.hnsw.ef_search, 2 * n_graph)
+        check_deadline(deadline, "the graph stage")
         labels = self.graph_stage(self._fde.encode_query(query), n_graph, ef, allowed)
         if coded:
+            check_deadline(deadline, "the centroid stages")
             labels = np.concatenate(
                 [labels, self.centroid_stages(query, snapshot, params, n_candidates, allowed)]
             )
-        return self.exact_stage(query, labels, params.top_k, params.explain)
+        return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
 
     # ------------------------------------------------------------------------------ stages
 
@@ -199,7 +210,14 @@ class Searcher:
             slots = slots[np.argpartition(-approximate, n_candidates - 1)[:n_candidates]]
         return snapshot.labels[slots]
 
-    def exact_stage(self, query: np.ndarray, labels: np.ndarray, top_k: int, explain: bool) -> list[Hit]:
+    def exact_stage(
+        self,
+        query: np.ndarray,
+        labels: np.ndarray,
+        top_k: int,
+        explain: bool,
+        deadline: float | None = None,
+    ) -> list[Hit]:
         """Exact MaxSim of the live candidates over the tokens the collection keeps; best ``top_k``."""
         by_label = self._store.by_label
         records = [r for r in map(by_label.get, dict.fromkeys(labels.tolist())) if r is not None]
@@ -207,7 +225,7 @@ class Searcher:
             return []
         tokens = self.tokens_of(records)
         records = tokens.records
-        scored = maxsim_tiled(query, tokens.counts, tokens.read, explain=explain)
+        scored = maxsim_tiled(query, tokens.counts, tokens.read, explain=explain, deadline=deadline)
         scores = scored.scores
         pool = range(len(records))
         if len(records) > top_k:  # only those at or above the k-th score can rank; ties by id

@@ -7,7 +7,8 @@ packs the answer. gRPC types never go below this module.
 
 Status codes (one engine error class each, see :mod:`mvr.server.errors`):
 INVALID_ARGUMENT (with a google.rpc.BadRequest detail naming the field), NOT_FOUND, ALREADY_EXISTS,
-FAILED_PRECONDITION, RESOURCE_EXHAUSTED, UNAVAILABLE (not started yet / shutting down); anything
+FAILED_PRECONDITION, RESOURCE_EXHAUSTED, UNAVAILABLE (not started yet / shutting down), DEADLINE_EXCEEDED
+(the call's deadline passed: the engine stops between stages, see :func:`deadline_of`); anything
 unexpected is logged with its traceback and answered INTERNAL.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
@@ -29,12 +31,14 @@ from mvr.server.collection import Collection
 from mvr.server.encoder import Encoder
 from mvr.server.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     MvrError,
     NotFound,
     ResourceExhausted,
     Unavailable,
+    check_deadline,
 )
 from mvr.server.manager import CollectionManager
 from mvr.v1 import collection_service_pb2 as cpb
@@ -62,6 +66,7 @@ _CODES: list[tuple[type[MvrError], grpc.StatusCode]] = [
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
 ]
 
 
@@ -149,6 +154,13 @@ def rpc(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def deadline_of(context: grpc.ServicerContext) -> float | None:
+    """The call's deadline as a ``time.monotonic()`` instant (None: the client set none): the engine
+    stops its work there instead of computing a result nobody waits for."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
 def check_count(count: int, field: str, maximum: int) -> None:
     if count == 0:
         raise InvalidArgument(field, "must not be empty")
@@ -225,7 +237,7 @@ class DocumentService(dgrpc.DocumentServiceServicer):
         docs = [
             convert.document_input_from_proto(d, f"documents[{i}]") for i, d in enumerate(request.documents)
         ]
-        results = collection.upsert(docs)
+        results = collection.upsert(docs, deadline_of(context))
         return dpb.UpsertDocumentsResponse(statuses=convert.upsert_statuses(results))
 
     def StreamUpsertDocuments(
@@ -257,11 +269,17 @@ class DocumentService(dgrpc.DocumentServiceServicer):
                 context.abort(
                     grpc.StatusCode.INTERNAL, "internal error in StreamUpsertDocuments; see the server log"
                 )
-            yield self._store_batch(collection, request, index)
+            try:
+                yield self._store_batch(collection, request, index, deadline_of(context))
+            except DeadlineExceeded as error:
+                abort_with(context, error)
 
     @staticmethod
     def _store_batch(
-        collection: Collection, request: dpb.StreamUpsertDocumentsRequest, index: int
+        collection: Collection,
+        request: dpb.StreamUpsertDocumentsRequest,
+        index: int,
+        deadline: float | None,
     ) -> dpb.StreamUpsertDocumentsResponse:
         ids = [d.id for d in request.documents]
         try:
@@ -269,7 +287,7 @@ class DocumentService(dgrpc.DocumentServiceServicer):
                 convert.document_input_from_proto(d, f"documents[{i}]")
                 for i, d in enumerate(request.documents)
             ]
-            results = collection.upsert(docs)
+            results = collection.upsert(docs, deadline)
         except (InvalidArgument, FailedPrecondition) as error:
             culprit = _document_index(error)
             return dpb.StreamUpsertDocumentsResponse(
@@ -343,18 +361,19 @@ class SearchService(sgrpc.SearchServiceServicer):
 
     @rpc
     def Search(self, request, context):
-        return self._search(request, prefix="")
+        return self._search(request, "", deadline_of(context))
 
     @rpc
     def BatchSearch(self, request, context):
         check_count(len(request.searches), "searches", MAX_BATCH_SEARCHES)
+        deadline = deadline_of(context)
         return spb.BatchSearchResponse(
             results=[
-                self._search(search, prefix=f"searches[{i}].") for i, search in enumerate(request.searches)
+                self._search(search, f"searches[{i}].", deadline) for i, search in enumerate(request.searches)
             ]
         )
 
-    def _search(self, request: spb.SearchRequest, prefix: str) -> spb.SearchResponse:
+    def _search(self, request: spb.SearchRequest, prefix: str, deadline: float | None) -> spb.SearchResponse:
         collection = self.engine.collection(request.collection, f"{prefix}collection")
         top_k = request.top_k or DEFAULT_TOP_K
         if top_k > MAX_TOP_K:
@@ -367,6 +386,7 @@ class SearchService(sgrpc.SearchServiceServicer):
             )
         query = self._query(request.query, f"{prefix}query")
         if isinstance(query, str):
+            check_deadline(deadline, "encoding the query")
             query = collection.encode_query(query)
         try:
             hits = collection.search(
@@ -378,6 +398,7 @@ class SearchService(sgrpc.SearchServiceServicer):
                 centroid_candidates=request.centroid_candidates or None,
                 filter=dict(request.filter) or None,
                 explain=request.explain,
+                deadline=deadline,
             )
         except InvalidArgument as error:  # the engine names the field within one search
             if not prefix or error.field.startswith(prefix):
