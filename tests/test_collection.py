@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from mvr.server import collection as collection_module
 from mvr.server import rerank
 from mvr.server.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
 from mvr.server.index import INDEX_FILE
+from mvr.server.limits import Limits
 from mvr.server.manager import CollectionManager
 from mvr.server.store import NO_OFFSET, VECTORS
 from mvr.server.values import DocumentInput
@@ -98,12 +98,12 @@ def test_validation_errors(manager: CollectionManager) -> None:
         c.search(ok, 0)
     with pytest.raises(InvalidArgument, match="candidates"):
         c.search(ok, 10, candidates=5)
-    longest = np.ones((collection_module.MAX_DOCUMENT_TOKENS, DIM), np.float32)
+    longest = np.ones((c.limits.max_document_tokens, DIM), np.float32)
     with pytest.raises(InvalidArgument, match=r"documents\[0\]\.vectors: has 8193 tokens; the limit is 8192"):
         c.upsert([DocumentInput("long", vectors=np.vstack([longest, ok[:1]]))])
     with pytest.raises(InvalidArgument, match=r"query\.vectors: has 1025 tokens; the limit is 1024"):
-        c.search(longest[: collection_module.MAX_QUERY_TOKENS + 1], 10)
-    c.search(longest[: collection_module.MAX_QUERY_TOKENS], 10)  # at the limit: accepted
+        c.search(longest[: c.limits.max_query_tokens + 1], 10)
+    c.search(longest[: c.limits.max_query_tokens], 10)  # at the limit: accepted
     with pytest.raises(NotFound):
         manager.get("nope")
     assert c.stats().documents == 0
@@ -144,11 +144,12 @@ def test_texts_that_encode_past_the_token_limits_name_the_text(tmp_path: Path, m
     from tests.models import make_tiny_colbert
 
     model = make_tiny_colbert(tmp_path / "model")
-    manager = CollectionManager(tmp_path / "data", lambda name, q=None, d=None: Encoder.load(name))
+    limits = Limits(max_document_tokens=4, max_query_tokens=4)  # what a long doc_maxlen would reach
+    manager = CollectionManager(
+        tmp_path / "data", lambda name, q=None, d=None: Encoder.load(name), limits=limits
+    )
     manager.create("txt", model=str(model), dim=None)
     c = manager.get("txt")
-    monkeypatch.setattr(collection_module, "MAX_DOCUMENT_TOKENS", 4)  # what a long doc_maxlen would reach
-    monkeypatch.setattr(collection_module, "MAX_QUERY_TOKENS", 4)
     with pytest.raises(InvalidArgument, match=r"documents\[1\]\.text: encodes to \d+ tokens; the limit is 4"):
         c.upsert([DocumentInput("short", text="cat"), DocumentInput("long", text="the cat sat on the mat")])
     with pytest.raises(InvalidArgument, match=r"query\.text: has \d+ tokens; the limit is 4"):
@@ -546,3 +547,30 @@ def test_a_passed_deadline_stops_searches_and_stores_nothing(manager: Collection
     with pytest.raises(DeadlineExceeded, match="before encoding the documents"):
         c.upsert([DocumentInput("late", vectors=docs["d0000"])], deadline=past)
     assert c.stats().documents == before and "late" not in c.store.records
+
+
+def test_limits_are_configurable_and_named(tmp_path: Path) -> None:
+    limits = Limits.parse(["max_top_k=5", " max_metadata_keys = 2", "max_candidates=50"])
+    assert (limits.max_top_k, limits.max_metadata_keys, limits.max_candidates) == (5, 2, 50)
+    assert limits.max_query_tokens == Limits().max_query_tokens
+    for bad, message in [
+        (["max_topk=5"], "unknown limit 'max_topk=5': expected NAME=VALUE, NAME one of"),
+        (["max_top_k"], "unknown limit 'max_top_k'"),
+        (["max_top_k=0"], "limit max_top_k must be a positive integer, got 0"),
+        (["max_top_k=ten"], "limit max_top_k must be a positive integer, got 'ten'"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            Limits.parse(bad)
+    manager = CollectionManager(tmp_path, save_interval_s=3600, limits=limits)
+    manager.create("l", model=None, dim=DIM)
+    c = manager.get("l")
+    ok = np.ones((2, DIM), np.float32)
+    with pytest.raises(InvalidArgument, match=r"documents\[0\]\.metadata: has 3 keys; the limit is 2"):
+        c.upsert([DocumentInput("a", vectors=ok, metadata={"x": "1", "y": "2", "z": "3"})])
+    c.upsert([DocumentInput("a", vectors=ok, metadata={"x": "1", "y": "2"})])
+    with pytest.raises(InvalidArgument, match=re.escape("top_k: must be an integer in [1, 5], got 6")):
+        c.search(ok, 6)
+    with pytest.raises(InvalidArgument, match=re.escape("candidates: must be an integer in [5, 50], got 51")):
+        c.search(ok, 5, candidates=51)
+    assert [h.id for h in c.search(ok, 5)] == ["a"]
+    manager.close()

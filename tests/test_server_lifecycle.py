@@ -14,6 +14,8 @@ from mvr.v1 import collection_service_pb2 as cpb
 from mvr.v1 import collection_service_pb2_grpc as cgrpc
 from mvr.v1 import document_service_pb2 as dpb
 from mvr.v1 import document_service_pb2_grpc as dgrpc
+from mvr.v1 import search_service_pb2 as spb
+from mvr.v1 import search_service_pb2_grpc as sgrpc
 from mvr.v1 import types_pb2 as tpb
 
 from tests.conftest import free_port, start_server, stop_server
@@ -99,5 +101,63 @@ def test_prometheus_metrics_count_calls_by_method_and_code(tmp_path: Path) -> No
         assert 'mvr_rpc_calls_total{code="OK",method="/mvr.v1.CollectionService/ListCollections"} 1.0' in text
         assert 'code="NOT_FOUND",method="/mvr.v1.CollectionService/GetCollection"} 1.0' in text
         assert "mvr_rpc_latency_seconds_bucket" in text
+    finally:
+        assert stop_server(server) == 0
+
+
+def test_limits_set_on_the_command_line_are_enforced_by_name(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import subprocess_env
+
+    refused = subprocess.run(
+        [sys.executable, "-m", "mvr.client.cli", "serve", "--model", "none", "--limit", "max_batch_docs=2"],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=60,
+    )
+    assert refused.returncode != 0 and "unknown limit 'max_batch_docs=2'" in refused.stderr
+    server = start_server(
+        tmp_path / "data",
+        "none",
+        tmp_path / "server.log",
+        "--limit",
+        "max_batch_documents=2",
+        "--limit",
+        "max_query_tokens=3",
+    )
+    try:
+        dim = 4
+        rows = np.eye(dim, dtype=np.float32)
+
+        def vectors(n: int) -> tpb.Vectors:
+            return tpb.Vectors(dtype=tpb.DTYPE_FLOAT32, shape=[n, dim], data=rows[:n].tobytes())
+
+        with grpc.insecure_channel(server.target) as channel:
+            cgrpc.CollectionServiceStub(channel).CreateCollection(
+                cpb.CreateCollectionRequest(collection_id="lim", collection=cpb.Collection(dim=dim)),
+                timeout=30,
+            )
+            documents = dgrpc.DocumentServiceStub(channel)
+            batch = [dpb.Document(id=f"d{i}", vectors=vectors(2)) for i in range(3)]
+            with pytest.raises(grpc.RpcError) as raised:
+                documents.UpsertDocuments(
+                    dpb.UpsertDocumentsRequest(parent="collections/lim", documents=batch)
+                )
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "documents: 3 entries, more than the limit of 2" in raised.value.details()
+            documents.UpsertDocuments(
+                dpb.UpsertDocumentsRequest(parent="collections/lim", documents=batch[:2])
+            )
+            search = sgrpc.SearchServiceStub(channel)
+            request = spb.SearchRequest(collection="collections/lim", query=spb.Query(vectors=vectors(4)))
+            with pytest.raises(grpc.RpcError) as raised:
+                search.Search(request, timeout=30)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "query.vectors: has 4 tokens; the limit is 3" in raised.value.details()
+            request.query.vectors.CopyFrom(vectors(3))
+            assert len(search.Search(request, timeout=30).hits) == 2
     finally:
         assert stop_server(server) == 0

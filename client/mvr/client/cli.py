@@ -87,6 +87,14 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         str,
         "'KEY ROLE' lines (roles read, write, admin): every call but health needs a key",
     )
+    serve.add_argument(
+        "--limit",
+        action="append",
+        metavar="NAME=VALUE",
+        default=[x for x in os.environ.get("MVR_LIMITS", "").split(",") if x.strip()],
+        help="change a request limit (repeatable), e.g. max_document_tokens=16384; names and defaults "
+        "in README [env MVR_LIMITS='NAME=VALUE,...']",
+    )
     serve.set_defaults(run=_serve)
 
 
@@ -109,12 +117,14 @@ def _serve(args: argparse.Namespace) -> int:
     # bench/load.py --mode search-text: a text search went from 40 ms to 23 ms in-process with PASSIVE).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from mvr.server.app import ServerConfig, run
+    from mvr.server.limits import Limits
 
     def path(value: str | None) -> Path | None:
         return None if value is None else Path(value)
 
     try:
         config = ServerConfig(
+            limits=Limits.parse(args.limit),
             host=args.host,
             port=args.port,
             data_dir=Path(args.data_dir),

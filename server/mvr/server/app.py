@@ -32,6 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from mvr.server import auth, service
 from mvr.server.fde import available_cpus
+from mvr.server.limits import Limits
 
 log = logging.getLogger("mvr.server")
 
@@ -59,6 +60,7 @@ class ServerConfig:
     tls_key: Path | None = None  # PEM private key of tls_cert
     tls_client_ca: Path | None = None  # PEM CA: require client certificates signed by it (mutual TLS)
     api_keys_file: Path | None = None  # 'KEY ROLE' lines: every call but health needs a key (auth.py)
+    limits: Limits = field(default_factory=Limits)  # per-request limits (limits.py)
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -103,7 +105,7 @@ class Server:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.engine = service.Engine()
+        self.engine = service.Engine(config.limits)
         self.health = health.HealthServicer()
         max_bytes = config.max_message_mb * 1024 * 1024
         interceptors: list[grpc.ServerInterceptor] = [_metrics_interceptor()]  # outermost: counts refusals
@@ -200,6 +202,7 @@ class Server:
             query_threads=self.config.query_threads,
             query_max_batch=self.config.query_max_batch,
             query_max_wait_ms=self.config.query_max_wait_ms,
+            limits=self.config.limits,
         )
         self.engine.ready(self.manager, default_encoder)
         self._set_health(health_pb2.HealthCheckResponse.SERVING)

@@ -35,6 +35,7 @@ from mvr.server.errors import FailedPrecondition, InvalidArgument, MvrError, Not
 from mvr.server.fde import FDE
 from mvr.server.index import HnswIndex, IndexParams
 from mvr.server.indexer import COMPACT_MIN_DEAD_BYTES, Indexer
+from mvr.server.limits import Limits
 from mvr.server.search import PendingBatch, Searcher, SearchParams
 from mvr.server.store import NewDocument, Record, Store, token_offsets
 from mvr.server.tokens import TokenIndex
@@ -42,21 +43,14 @@ from mvr.server.values import CollectionStats, Document, DocumentInput, Hit, Ups
 
 log = logging.getLogger("mvr.collection")
 
-MAX_ID_BYTES = 512
-# Metadata is held in memory for filtering and returned with every hit: bounded per document.
-MAX_METADATA_KEYS = 64
-MAX_METADATA_KEY_BYTES = 256
-MAX_METADATA_VALUE_BYTES = 16 * 1024
-MAX_METADATA_BYTES = 64 * 1024  # keys and values of one document together
 # Ids travel in resource names, logs and terminals: control characters (C0 and DEL) are refused.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
-# Token limits of precomputed vectors: the exact stage scores a tile of (max(tile, longest document)
-# × query tokens) float32 similarities, so these bound one request's memory (8,192 × 1,024 × 4 B =
-# 32 MiB) whatever it sends; before them, one tile of a 50,000-token query against a 100,000-token
-# document was 20 GB (the hardening issue saw a server's RSS grow by ~16 GB on such a request).
-# Text is cut to the collection's doc_maxlen / query_maxlen by the encoder before it gets here.
-MAX_DOCUMENT_TOKENS = 8192
-MAX_QUERY_TOKENS = 1024
+# The per-request limits (ids, metadata, tokens) come from the server's Limits (limits.py). Token
+# limits matter beyond validation: the exact stage scores a tile of (max(tile, longest document) ×
+# query tokens) float32 similarities, so they bound one request's memory (8,192 × 1,024 × 4 B = 32 MiB
+# at the defaults) whatever it sends; before them, one tile of a 50,000-token query against a
+# 100,000-token document was 20 GB (the hardening issue saw a server's RSS grow by ~16 GB). Text is
+# cut to the collection's doc_maxlen / query_maxlen by the encoder before it gets here.
 FDE_FILE = "fde.npz"
 
 
@@ -74,9 +68,11 @@ class Collection:
         index_threads: int = 1,
         fde_threads: int = 1,
         save_interval_s: float = 60.0,
+        limits: Limits | None = None,
     ) -> None:
         self.directory = directory
         self.config = config
+        self.limits = limits or Limits()
         self._encoder = encoder
         self._query_encode = query_encode
         self._text_error = text_error
@@ -224,10 +220,10 @@ class Collection:
                         f"documents[{i}].text", "encodes to no tokens (only punctuation or markers)"
                     )
                 vectors, truncated = encoded[i].vectors, encoded[i].truncated
-                if len(vectors) > MAX_DOCUMENT_TOKENS:  # a collection created with doc_maxlen above it
+                limit = self.limits.max_document_tokens
+                if len(vectors) > limit:  # a doc_maxlen above the limit
                     raise InvalidArgument(
-                        f"documents[{i}].text",
-                        f"encodes to {len(vectors)} tokens; the limit is {MAX_DOCUMENT_TOKENS}",
+                        f"documents[{i}].text", f"encodes to {len(vectors)} tokens; the limit is {limit}"
                     )
             else:
                 vectors, truncated = np.ascontiguousarray(doc.vectors, dtype=np.float32), False
@@ -237,9 +233,10 @@ class Collection:
     def _validate_document(self, i: int, doc: DocumentInput) -> None:
         if not isinstance(doc.id, str) or not doc.id:
             raise InvalidArgument(f"documents[{i}].id", "is required")
-        if len(doc.id.encode()) > MAX_ID_BYTES:
+        limits = self.limits
+        if len(doc.id.encode()) > limits.max_id_bytes:
             raise InvalidArgument(
-                f"documents[{i}].id", f"is {len(doc.id.encode())} bytes; the limit is {MAX_ID_BYTES}"
+                f"documents[{i}].id", f"is {len(doc.id.encode())} bytes; the limit is {limits.max_id_bytes}"
             )
         control = CONTROL_CHARACTERS.search(doc.id)
         if control:
@@ -252,30 +249,32 @@ class Collection:
         if doc.text is not None and not doc.text.strip():
             raise InvalidArgument(f"documents[{i}].text", "must not be empty or only whitespace")
         if doc.vectors is not None:
-            self._validate_vectors(doc.vectors, f"documents[{i}].vectors", MAX_DOCUMENT_TOKENS)
+            self._validate_vectors(doc.vectors, f"documents[{i}].vectors", limits.max_document_tokens)
         self._validate_metadata(doc.metadata, f"documents[{i}].metadata")
 
-    @staticmethod
-    def _validate_metadata(metadata: Mapping[str, str], field: str) -> None:
-        if len(metadata) > MAX_METADATA_KEYS:
-            raise InvalidArgument(field, f"has {len(metadata)} keys; the limit is {MAX_METADATA_KEYS}")
+    def _validate_metadata(self, metadata: Mapping[str, str], field: str) -> None:
+        limits = self.limits
+        if len(metadata) > limits.max_metadata_keys:
+            raise InvalidArgument(field, f"has {len(metadata)} keys; the limit is {limits.max_metadata_keys}")
         total = 0
         for key, value in metadata.items():
             if not isinstance(key, str) or not isinstance(value, str):
                 raise InvalidArgument(field, f"keys and values must be strings, got {key!r}: {value!r}")
             key_bytes, value_bytes = len(key.encode()), len(value.encode())
-            if not 1 <= key_bytes <= MAX_METADATA_KEY_BYTES:
+            if not 1 <= key_bytes <= limits.max_metadata_key_bytes:
                 raise InvalidArgument(
-                    field, f"key {key[:64]!r} is {key_bytes} bytes; keys are 1 to {MAX_METADATA_KEY_BYTES}"
+                    field,
+                    f"key {key[:64]!r} is {key_bytes} bytes; keys are 1 to {limits.max_metadata_key_bytes}",
                 )
-            if value_bytes > MAX_METADATA_VALUE_BYTES:
+            if value_bytes > limits.max_metadata_value_bytes:
                 raise InvalidArgument(
-                    f"{field}[{key!r}]", f"is {value_bytes} bytes; the limit is {MAX_METADATA_VALUE_BYTES}"
+                    f"{field}[{key!r}]",
+                    f"is {value_bytes} bytes; the limit is {limits.max_metadata_value_bytes}",
                 )
             total += key_bytes + value_bytes
-        if total > MAX_METADATA_BYTES:
+        if total > limits.max_metadata_bytes:
             raise InvalidArgument(
-                field, f"is {total} bytes (keys and values); the limit is {MAX_METADATA_BYTES}"
+                field, f"is {total} bytes (keys and values); the limit is {limits.max_metadata_bytes}"
             )
 
     def _validate_vectors(self, vectors: np.ndarray, field_name: str, max_tokens: int) -> None:
@@ -408,8 +407,9 @@ class Collection:
             check_deadline(deadline, "encoding the query")
             query, field_name = self.encode_query(query), "query.text"
         query = np.ascontiguousarray(query, dtype=np.float32)
-        self._validate_vectors(query, field_name, MAX_QUERY_TOKENS)
+        self._validate_vectors(query, field_name, self.limits.max_query_tokens)
         params = SearchParams(top_k, candidates, ef, probe, centroid_candidates, explain)
+        params.check(self.limits)
         allowed = self._matching(filter) if filter else None
         return self.searcher.search(query, params, allowed, deadline)
 

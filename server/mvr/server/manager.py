@@ -24,6 +24,7 @@ from mvr.server.config import (
 from mvr.server.encoder import Encoder
 from mvr.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MvrError, NotFound
 from mvr.server.fde import FDE
+from mvr.server.limits import Limits
 from mvr.server.store import Store
 
 log = logging.getLogger("mvr.collection")
@@ -46,8 +47,10 @@ class CollectionManager:
         query_max_batch: int = 32,
         query_max_wait_ms: float = 2.0,
         save_interval_s: float = 60.0,
+        limits: Limits | None = None,
     ) -> None:
         self.root = Path(data_dir) / "collections"
+        self.limits = limits or Limits()
         self.root.mkdir(parents=True, exist_ok=True)
         self._encoder_loader = encoder_loader
         self._index_threads = index_threads
@@ -80,6 +83,7 @@ class CollectionManager:
             index_threads=self._index_threads,
             fde_threads=self._fde_threads,
             save_interval_s=self._save_interval_s,
+            limits=self.limits,
         )
 
     def _text_path(self, config: CollectionConfig):

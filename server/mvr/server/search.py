@@ -39,15 +39,12 @@ from mvr.server.config import CollectionConfig, check_range
 from mvr.server.errors import check_deadline
 from mvr.server.fde import FDE
 from mvr.server.index import HnswIndex
+from mvr.server.limits import Limits
 from mvr.server.rerank import maxsim_tiled
 from mvr.server.store import MappedFile, Record, Store, read_vectors
 from mvr.server.tokens import TokenIndex, TokenSnapshot
 from mvr.server.values import Hit, TokenMatch
 
-MAX_TOP_K = 1000
-MAX_CANDIDATES = 10_000
-MAX_PROBE = 64
-MAX_CENTROID_CANDIDATES = 100_000
 # Defaults, set by bench/codec.py and bench/vs_peers.py on the topic-clustered corpus (10k documents):
 # exactly scored candidates max(DEFAULT_CANDIDATES, 10·top_k); the probe keeps DEFAULT_CENTROID_CANDIDATES
 # for centroid interaction. Collections without codes rerank more: the FDE alone ranks less well.
@@ -88,7 +85,7 @@ class PendingBatch:
 
 @dataclass(frozen=True)
 class SearchParams:
-    """One search's knobs, validated; None means the collection's default."""
+    """One search's knobs (None: the collection's default), checked against the server's limits."""
 
     top_k: int = 10
     candidates: int | None = None
@@ -97,16 +94,17 @@ class SearchParams:
     centroid_candidates: int | None = None
     explain: bool = False
 
-    def __post_init__(self) -> None:
-        check_range("top_k", self.top_k, 1, MAX_TOP_K)
+    def check(self, limits: Limits) -> None:
+        """Raises InvalidArgument naming the first knob outside the server's limits."""
+        check_range("top_k", self.top_k, 1, limits.max_top_k)
         if self.candidates is not None:
-            check_range("candidates", self.candidates, self.top_k, MAX_CANDIDATES)
+            check_range("candidates", self.candidates, self.top_k, limits.max_candidates)
         if self.ef is not None:
-            check_range("ef", self.ef, 1, 100_000)
+            check_range("ef", self.ef, 1, limits.max_ef)
         if self.probe is not None:
-            check_range("probe", self.probe, 1, MAX_PROBE)
+            check_range("probe", self.probe, 1, limits.max_probe)
         if self.centroid_candidates is not None:
-            check_range("centroid_candidates", self.centroid_candidates, 1, MAX_CENTROID_CANDIDATES)
+            check_range("centroid_candidates", self.centroid_candidates, 1, limits.max_centroid_candidates)
 
 
 class Searcher:

@@ -40,6 +40,7 @@ from mvr.server.errors import (
     Unavailable,
     check_deadline,
 )
+from mvr.server.limits import Limits
 from mvr.server.manager import CollectionManager
 from mvr.v1 import collection_service_pb2 as cpb
 from mvr.v1 import collection_service_pb2_grpc as cgrpc
@@ -51,12 +52,6 @@ from mvr.v1 import types_pb2 as tpb
 
 log = logging.getLogger("mvr.service")
 
-MAX_BATCH_DOCUMENTS = 1000
-MAX_DELETE_IDS = 1000
-MAX_BATCH_SEARCHES = 100
-MAX_ENCODE_TEXTS = 256
-MAX_TOP_K = 1000
-MAX_CANDIDATES = 10_000
 DEFAULT_TOP_K = 10
 
 _CODES: list[tuple[type[MvrError], grpc.StatusCode]] = [
@@ -77,7 +72,8 @@ class Engine:
     collections are loaded; :meth:`ready` flips it to serving.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, limits: Limits | None = None) -> None:
+        self.limits = limits or Limits()
         self._manager: CollectionManager | None = None
         self._default_encoder: Encoder | None = None
         self._draining = False
@@ -233,7 +229,7 @@ class DocumentService(dgrpc.DocumentServiceServicer):
     @rpc
     def UpsertDocuments(self, request, context):
         collection = self.engine.collection(request.parent, "parent")
-        check_count(len(request.documents), "documents", MAX_BATCH_DOCUMENTS)
+        check_count(len(request.documents), "documents", self.engine.limits.max_batch_documents)
         docs = [
             convert.document_input_from_proto(d, f"documents[{i}]") for i, d in enumerate(request.documents)
         ]
@@ -261,7 +257,7 @@ class DocumentService(dgrpc.DocumentServiceServicer):
                         "parent", f"{request.parent!r} differs from the stream's collection {parent!r}"
                     )
                 self.engine.manager  # noqa: B018 — raises UNAVAILABLE once shutdown has begun
-                check_count(len(request.documents), "documents", MAX_BATCH_DOCUMENTS)
+                check_count(len(request.documents), "documents", self.engine.limits.max_batch_documents)
             except MvrError as error:
                 abort_with(context, error)
             except Exception:
@@ -311,7 +307,7 @@ class DocumentService(dgrpc.DocumentServiceServicer):
     @rpc
     def DeleteDocuments(self, request, context):
         collection = self.engine.collection(request.parent, "parent")
-        check_count(len(request.ids), "ids", MAX_DELETE_IDS)
+        check_count(len(request.ids), "ids", self.engine.limits.max_delete_ids)
         for i, doc_id in enumerate(request.ids):
             if not doc_id:
                 raise InvalidArgument(f"ids[{i}]", "must not be empty")
@@ -365,7 +361,7 @@ class SearchService(sgrpc.SearchServiceServicer):
 
     @rpc
     def BatchSearch(self, request, context):
-        check_count(len(request.searches), "searches", MAX_BATCH_SEARCHES)
+        check_count(len(request.searches), "searches", self.engine.limits.max_batch_searches)
         deadline = deadline_of(context)
         return spb.BatchSearchResponse(
             results=[
@@ -376,13 +372,16 @@ class SearchService(sgrpc.SearchServiceServicer):
     def _search(self, request: spb.SearchRequest, prefix: str, deadline: float | None) -> spb.SearchResponse:
         collection = self.engine.collection(request.collection, f"{prefix}collection")
         top_k = request.top_k or DEFAULT_TOP_K
-        if top_k > MAX_TOP_K:
-            raise InvalidArgument(f"{prefix}top_k", f"must be between 1 and {MAX_TOP_K}, got {top_k}")
+        limits = self.engine.limits
+        # checked here too (the engine checks every knob) so that a bad number fails before a text
+        # query is encoded
+        if top_k > limits.max_top_k:
+            raise InvalidArgument(f"{prefix}top_k", f"must be between 1 and {limits.max_top_k}, got {top_k}")
         candidates = request.candidates or None
-        if candidates is not None and not top_k <= candidates <= MAX_CANDIDATES:
+        if candidates is not None and not top_k <= candidates <= limits.max_candidates:
             raise InvalidArgument(
                 f"{prefix}candidates",
-                f"must be between top_k ({top_k}) and {MAX_CANDIDATES}, got {candidates}",
+                f"must be between top_k ({top_k}) and {limits.max_candidates}, got {candidates}",
             )
         query = self._query(request.query, f"{prefix}query")
         if isinstance(query, str):
@@ -419,7 +418,7 @@ class SearchService(sgrpc.SearchServiceServicer):
 
     @rpc
     def Encode(self, request, context):
-        check_count(len(request.texts), "texts", MAX_ENCODE_TEXTS)
+        check_count(len(request.texts), "texts", self.engine.limits.max_encode_texts)
         if request.kind == spb.ENCODE_KIND_UNSPECIFIED or request.kind not in spb.EncodeKind.values():
             raise InvalidArgument(
                 "kind", f"must be ENCODE_KIND_QUERY or ENCODE_KIND_DOCUMENT, got {request.kind}"
