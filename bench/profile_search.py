@@ -33,7 +33,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "server"), str(ROOT / "bench")]
 
-from mvr.server import rerank  # noqa: E402
+from mvr.server import indexer, rerank  # noqa: E402
 from mvr.server.app import limit_blas_threads  # noqa: E402
 from mvr.server.candidates import (  # noqa: E402
     byte_scores,
@@ -214,6 +214,12 @@ def main() -> None:
     parser.add_argument(
         "--tile-tokens", type=int, default=rerank.TILE_TOKENS, help="rows per tile of the exact stage"
     )
+    parser.add_argument(
+        "--train-rounds",
+        type=int,
+        default=indexer.TRAIN_ITERATIONS,
+        help="k-means rounds of the codec trainings during the build (default: the engine's)",
+    )
     parser.add_argument("--dir", type=Path, default=Path("/tmp/mvr-profile"))
     parser.add_argument(
         "--build-threads", type=int, default=2, help="indexer and coding threads (as mvr serve)"
@@ -226,6 +232,7 @@ def main() -> None:
         return
     limit_blas_threads()
     rerank.TILE_TOKENS = args.tile_tokens
+    indexer.TRAIN_ITERATIONS = args.train_rounds
     corpus, queries, truth = topic_dataset(args.docs, args.queries)
     manager, collection, build, opened_rss = open_collection(args, corpus)
     stats = collection.stats()
@@ -274,6 +281,7 @@ def main() -> None:
                 "probe": args.probe,
                 "centroid_candidates": args.centroid_candidates,
                 "tile_tokens": args.tile_tokens,
+                "train_rounds": args.train_rounds,
                 "build": build,
                 "footprint": footprint,
                 "ms_per_query": ms,

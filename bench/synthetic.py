@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,6 +34,20 @@ class Corpus:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
 
+def upsert_retrying(collection, documents: list) -> list:
+    """``collection.upsert(documents)``, waiting and trying again while the server says its indexing
+    backlog is full (ResourceExhausted with a retry delay), as a well-behaved client does."""
+    from mvr.server.errors import ResourceExhausted
+
+    while True:
+        try:
+            return collection.upsert(documents)
+        except ResourceExhausted as error:
+            if error.retry_after_s is None:
+                raise
+            time.sleep(error.retry_after_s)
+
+
 def upsert_in_batches(collection, corpus: Corpus, batch: int = 500) -> int:
     """Upserts every document of ``corpus`` into an in-process collection, ids ``str(i)``, ``batch`` at
     a time; returns how many were acknowledged. Needs the server package on ``sys.path``."""
@@ -41,9 +56,8 @@ def upsert_in_batches(collection, corpus: Corpus, batch: int = 500) -> int:
     acknowledged = 0
     for start in range(0, corpus.n_docs, batch):
         stop = min(start + batch, corpus.n_docs)
-        acknowledged += len(
-            collection.upsert([DocumentInput(str(i), vectors=corpus.document(i)) for i in range(start, stop)])
-        )
+        documents = [DocumentInput(str(i), vectors=corpus.document(i)) for i in range(start, stop)]
+        acknowledged += len(upsert_retrying(collection, documents))
     return acknowledged
 
 

@@ -204,3 +204,55 @@ def test_serve_rejects_bad_counts_naming_the_flag(flag: str, value: str, minimum
     """Checked before anything loads: the error names the flag, its bound and the value given."""
     with pytest.raises(SystemExit, match=f"{flag} must be at least {minimum}, got {value}"):
         cli.main(["serve", flag, value])
+
+
+def test_cli_ingest_waits_as_told_and_resumes_from_its_checkpoint(tmp_path, monkeypatch) -> None:
+    """RESOURCE_EXHAUSTED with a retry delay (a full indexing backlog) in the middle of the stream: the
+    ingest waits that long and resumes after the last acknowledged batch, each line sent until acked."""
+    import grpc
+    from mvr.client import cli
+    from mvr.client.errors import ResourceExhaustedError
+    from mvr.client.types import BatchAck
+
+    data = tmp_path / "docs.jsonl"
+    data.write_text("".join(f'{{"id": "d{i}", "text": "line {i}"}}\n' for i in range(10)))
+    sent: list[list[str]] = []
+    slept: list[float] = []
+
+    class Busy(ResourceExhaustedError):
+        def __init__(self) -> None:
+            super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, "documents: the backlog is full")
+            self.retry_after_s = 0.25
+
+    class FakeClient:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+        def get_collection(self, name):
+            return None
+
+        def upsert_stream(self, collection, batches):
+            for index, batch in enumerate(batches):
+                sent.append([d.id for d in batch])
+                if len(sent) == 2:  # the second batch ever sent is refused: the stream ends
+                    raise Busy()
+                yield BatchAck(index, True, [])
+
+    monkeypatch.setattr(cli, "_client", lambda args: FakeClient())
+    monkeypatch.setattr(cli.time, "sleep", slept.append)
+    code = cli.main(
+        [
+            "ingest", str(data), "--collection", "c", "--text-field", "text", "--batch-size", "4",
+            "--checkpoint", str(tmp_path / "ckpt.json"), "--quiet",
+        ]
+    )  # fmt: skip
+    assert code == 0 and slept == [0.25]
+    assert sent == [
+        ["d0", "d1", "d2", "d3"],
+        ["d4", "d5", "d6", "d7"],
+        ["d4", "d5", "d6", "d7"],
+        ["d8", "d9"],
+    ]

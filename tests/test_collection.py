@@ -13,7 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mvr.server import rerank
-from mvr.server.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, InvalidArgument, NotFound
+from mvr.server.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from mvr.server.index import INDEX_FILE
 from mvr.server.limits import Limits
 from mvr.server.manager import CollectionManager
@@ -573,4 +580,35 @@ def test_limits_are_configurable_and_named(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match=re.escape("candidates: must be an integer in [5, 50], got 51")):
         c.search(ok, 5, candidates=51)
     assert [h.id for h in c.search(ok, 5)] == ["a"]
+    manager.close()
+
+
+def test_a_full_indexing_backlog_refuses_upserts_with_a_retry_delay(tmp_path: Path, monkeypatch) -> None:
+    """While the indexer is stuck, acknowledged documents pile up to max_indexing_backlog; past it an
+    upsert is refused whole (nothing stored) with a retry delay, and accepted again once it drains."""
+    from mvr.server import indexer as indexer_module
+
+    release = threading.Event()
+    real_insert = indexer_module.Indexer._insert
+
+    def stuck_insert(self, batch):
+        release.wait(60)
+        real_insert(self, batch)
+
+    monkeypatch.setattr(indexer_module.Indexer, "_insert", stuck_insert)
+    manager = CollectionManager(tmp_path, save_interval_s=3600, limits=Limits(max_indexing_backlog=5))
+    manager.create("b", model=None, dim=DIM)
+    c = manager.get("b")
+    docs = list(clustered_corpus(10, seed=51).items())
+    c.upsert([DocumentInput(i, vectors=v) for i, v in docs[:3]])
+    with pytest.raises(ResourceExhausted, match=r"3 acknowledged documents .* limit of 5") as raised:
+        c.upsert([DocumentInput(i, vectors=v) for i, v in docs[3:6]])
+    assert raised.value.retry_after_s == 1.0
+    assert c.stats().documents == 3
+    c.upsert([DocumentInput(i, vectors=v) for i, v in docs[3:5]])  # 5: at the limit
+    release.set()
+    c.flush(timeout_s=60)
+    c.upsert([DocumentInput(i, vectors=v) for i, v in docs[5:]])
+    c.flush(timeout_s=60)
+    assert c.stats().documents == 10
     manager.close()

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from mvr.server.batcher import QueryBatcher
 from mvr.server.encoder import EncodedText, Encoder, resolve_model
-from mvr.server.errors import FailedPrecondition, InvalidArgument
+from mvr.server.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
 
 from tests.models import PROJECTED, make_tiny_bert, make_tiny_colbert, make_tiny_pylate
 
@@ -191,3 +192,32 @@ def test_batcher_isolates_errors_and_rejects_after_close() -> None:
     batcher.close()
     with pytest.raises(Exception, match="shutting down"):
         batcher.submit("late")
+
+
+def test_batcher_refuses_past_its_queue_limit_with_a_retry_delay() -> None:
+    release = threading.Event()
+
+    def encode(texts):
+        release.wait(30)
+        return [EncodedText(np.ones((1, 2), np.float32), 1, False) for _ in texts]
+
+    batcher = QueryBatcher(encode, max_batch=1, max_wait_ms=0, max_queued=2)
+    waiting = [threading.Thread(target=batcher.submit, args=(f"q{i}",)) for i in range(3)]
+    waiting[0].start()
+    deadline = time.monotonic() + 10
+    while batcher._queue.qsize() and time.monotonic() < deadline:  # the worker took q0 and blocks on it
+        time.sleep(0.01)
+    for thread in waiting[1:]:
+        thread.start()
+    while batcher._queue.qsize() < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(
+        ResourceExhausted, match=r"query\.text: 2 text queries are waiting.*limit is 2"
+    ) as raised:
+        batcher.submit("one too many")
+    assert raised.value.retry_after_s == pytest.approx(0.1)
+    release.set()
+    for thread in waiting:
+        thread.join(10)
+    assert batcher.submit("after").vectors.shape == (1, 2)  # the queue drained: accepted again
+    batcher.close()

@@ -681,3 +681,46 @@ def test_text_documents_search_and_encode(stubs, unique_name: str, mvr_server) -
     assert "texts[1]" in err.details()
     err = expect_error(grpc.StatusCode.INVALID_ARGUMENT, search.Encode, spb.EncodeRequest(texts=["ok"]))
     assert "kind" in err.details()
+
+
+def test_a_transient_resource_exhausted_carries_its_retry_delay_to_the_client() -> None:
+    """abort_with packs RetryInfo for a queue that will drain; the client reads it back as
+    retry_after_s (the status travels exactly as gRPC sends it: code, message, trailer)."""
+    from mvr.client.errors import ResourceExhaustedError, from_rpc_error
+    from mvr.server.errors import ResourceExhausted
+    from mvr.server.service import abort_with
+
+    class Aborted(Exception):
+        pass
+
+    class Context:
+        status = code = None
+
+        def abort_with_status(self, status):
+            self.status = status
+            raise Aborted
+
+        def abort(self, code, message):
+            self.code = code
+            raise Aborted
+
+    transient, permanent = Context(), Context()
+    with pytest.raises(Aborted):
+        abort_with(transient, ResourceExhausted("documents: the backlog is full", retry_after_s=1.5))
+    with pytest.raises(Aborted):
+        abort_with(permanent, ResourceExhausted("documents: 3 entries, more than the limit of 2 per call"))
+    assert permanent.status is None and permanent.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    class Failed(grpc.RpcError):
+        def code(self):
+            return transient.status.code
+
+        def details(self):
+            return transient.status.details
+
+        def trailing_metadata(self):
+            return transient.status.trailing_metadata
+
+    error = from_rpc_error(Failed())
+    assert isinstance(error, ResourceExhaustedError)
+    assert error.retry_after_s == 1.5 and error.message == "documents: the backlog is full"

@@ -21,6 +21,7 @@ sys.path[:0] = [str(ROOT / "server"), str(ROOT / "client")]
 import common  # noqa: E402
 from mvr.server.app import limit_blas_threads  # noqa: E402
 from mvr.server.collection import DocumentInput  # noqa: E402
+from mvr.server.errors import ResourceExhausted  # noqa: E402
 
 try:  # the manager moved out of collection.py in the engine rewrite
     from mvr.server.manager import CollectionManager
@@ -44,7 +45,15 @@ def build(data: common.Data, index_dir: Path, create: dict) -> dict:
     def insert() -> None:
         for start in range(0, data.n_docs, CHUNK):
             stop = min(start + CHUNK, data.n_docs)
-            collection.upsert([DocumentInput(str(i), vectors=data.document(i)) for i in range(start, stop)])
+            documents = [DocumentInput(str(i), vectors=data.document(i)) for i in range(start, stop)]
+            while True:
+                try:
+                    collection.upsert(documents)
+                    break
+                except ResourceExhausted as error:  # the indexing backlog is full: wait as told
+                    if error.retry_after_s is None:
+                        raise
+                    time.sleep(error.retry_after_s)
         collection.flush()
 
     build_s = common.timed(insert)

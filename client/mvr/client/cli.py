@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -266,7 +267,7 @@ def _batches(lines: Iterator[IngestLine], size: int, invalid: list[IngestLine]) 
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    from mvr.client import NotFoundError
+    from mvr.client import NotFoundError, ResourceExhaustedError
     from tqdm import tqdm
 
     data_file = Path(args.file)
@@ -282,7 +283,7 @@ def _ingest(args: argparse.Namespace) -> int:
             client.create_collection(args.collection, model=model, dim=args.dim)
             print(f"created collection {args.collection} (model {args.model})", file=sys.stderr)
         invalid: list[IngestLine] = []
-        failed = 0
+        failed = stored = 0
         pending: list[list[IngestLine]] = []
 
         def documents() -> Iterator[list[Any]]:
@@ -296,21 +297,34 @@ def _ingest(args: argparse.Namespace) -> int:
         with tqdm(
             total=total, initial=start, unit="B", unit_scale=True, desc="ingest", disable=args.quiet
         ) as bar:
-            stored = 0
-            for ack in client.upsert_stream(args.collection, documents()):
-                batch = pending.pop(0)
-                if ack.ok:
-                    stored += len(batch)
-                else:
-                    failed += 1
-                    for status in ack.statuses:
-                        if status.code == "INVALID":
-                            print(f"batch {ack.batch_index}: {status.id}: {status.message}", file=sys.stderr)
-                write_checkpoint(state_file, data_file, batch[-1].end_offset)
-                bar.update(batch[-1].end_offset - bar.n)
-                bar.set_postfix(docs=stored)
+            while True:
+                pending.clear()
+                try:
+                    for ack in client.upsert_stream(args.collection, documents()):
+                        batch = pending.pop(0)
+                        if ack.ok:
+                            stored += len(batch)
+                        else:
+                            failed += 1
+                            for status in ack.statuses:
+                                if status.code == "INVALID":
+                                    print(
+                                        f"batch {ack.batch_index}: {status.id}: {status.message}",
+                                        file=sys.stderr,
+                                    )
+                        write_checkpoint(state_file, data_file, batch[-1].end_offset)
+                        bar.update(batch[-1].end_offset - bar.n)
+                        bar.set_postfix(docs=stored)
+                    break
+                except ResourceExhaustedError as error:  # the server's indexer is behind: wait, resume
+                    if error.retry_after_s is None:
+                        raise
+                    start = read_checkpoint(state_file, data_file)
+                    bar.write(f"server busy ({error.message}); resuming in {error.retry_after_s:g} s")
+                    time.sleep(error.retry_after_s)
+    invalid_lines = len({line.line_number for line in invalid})  # a resumed stream re-reads some
     print(
-        f"ingested {stored} documents into {args.collection}; {len(invalid)} invalid lines; "
+        f"ingested {stored} documents into {args.collection}; {invalid_lines} invalid lines; "
         f"{failed} failed batches; checkpoint {state_file}",
         file=sys.stderr,
     )

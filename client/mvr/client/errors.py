@@ -33,6 +33,9 @@ class MvrError(Exception):
         self.code = code
         self.message = message
         self.field_violations = field_violations
+        # set when the server says the failure is transient and when to try again (google.rpc.RetryInfo),
+        # e.g. RESOURCE_EXHAUSTED from a full indexing backlog or query queue
+        self.retry_after_s: float | None = None
 
 
 class InvalidArgumentError(MvrError):
@@ -52,7 +55,8 @@ class FailedPreconditionError(MvrError):
 
 
 class ResourceExhaustedError(MvrError):
-    """A batch or message exceeded a server limit, or the server is overloaded (RESOURCE_EXHAUSTED)."""
+    """A batch or message exceeded a server limit, or the server is overloaded (RESOURCE_EXHAUSTED);
+    ``retry_after_s`` is set when it is a queue that will drain (wait that long and try again)."""
 
 
 class UnavailableError(MvrError):
@@ -84,15 +88,20 @@ _BY_CODE: dict[grpc.StatusCode, type[MvrError]] = {
 }
 
 
-def _violations(error: grpc.Call) -> tuple[FieldViolation, ...]:
+def _status_details(error: grpc.RpcError) -> list:
+    """The google.rpc.Status details of a failed call (empty when there are none or they are malformed)."""
+    if not hasattr(error, "trailing_metadata"):
+        return []
     try:
         status = rpc_status.from_call(error)
     except ValueError:  # malformed status details: keep the plain message
-        return ()
-    if status is None:
-        return ()
+        return []
+    return [] if status is None else list(status.details)
+
+
+def _violations(details: list) -> tuple[FieldViolation, ...]:
     found = []
-    for detail in status.details:
+    for detail in details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad_request = error_details_pb2.BadRequest()
             detail.Unpack(bad_request)
@@ -100,13 +109,24 @@ def _violations(error: grpc.Call) -> tuple[FieldViolation, ...]:
     return tuple(found)
 
 
+def _retry_after_s(details: list) -> float | None:
+    for detail in details:
+        if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            return retry.retry_delay.ToNanoseconds() / 1e9
+    return None
+
+
 def from_rpc_error(error: grpc.RpcError) -> MvrError:
     """The MvrError subclass for a failed call (sync or asyncio)."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = error.details() if hasattr(error, "details") else str(error)
-    violations = (
-        _violations(error)
-        if code == grpc.StatusCode.INVALID_ARGUMENT and hasattr(error, "trailing_metadata")
-        else ()
+    details = (
+        _status_details(error)
+        if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        else []
     )
-    return _BY_CODE.get(code, MvrError)(code, message or "", violations)
+    failure = _BY_CODE.get(code, MvrError)(code, message or "", _violations(details))
+    failure.retry_after_s = _retry_after_s(details)
+    return failure

@@ -18,16 +18,23 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 from mvr.server.encoder import EncodedText
-from mvr.server.errors import InvalidArgument, Unavailable
+from mvr.server.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 EncodeFn = Callable[[Sequence[str]], list[EncodedText]]
+RETRY_QUERY_S = 0.1  # a full queue of 32-query batches drains in a few forward passes
 
 
 class QueryBatcher:
     def __init__(
-        self, encode_fn: EncodeFn, max_batch: int = 32, max_wait_ms: float = 2.0, threads: int | None = 1
+        self,
+        encode_fn: EncodeFn,
+        max_batch: int = 32,
+        max_wait_ms: float = 2.0,
+        threads: int | None = 1,
+        max_queued: int = 1024,
     ) -> None:
         self._encode = encode_fn
+        self._max_queued = max_queued
         self._max_batch = max_batch
         self._max_wait_s = max_wait_ms / 1000
         self._threads = threads
@@ -43,6 +50,13 @@ class QueryBatcher:
             raise InvalidArgument("query.text", "must not be empty or only whitespace")
         if self._closed:
             raise Unavailable("the query encoder is shutting down")
+        waiting = self._queue.qsize()
+        if waiting >= self._max_queued:  # unbounded waiting would only turn into timeouts
+            raise ResourceExhausted(
+                f"query.text: {waiting} text queries are waiting for the query encoder; the limit is "
+                f"{self._max_queued} (max_queued_queries): retry shortly",
+                retry_after_s=RETRY_QUERY_S,
+            )
         future: Future = Future()
         self._queue.put((text, future))
         return future.result()

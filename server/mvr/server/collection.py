@@ -31,7 +31,14 @@ from pathlib import Path
 import numpy as np
 from mvr.server.config import CollectionConfig
 from mvr.server.encoder import Encoder
-from mvr.server.errors import FailedPrecondition, InvalidArgument, MvrError, NotFound, check_deadline
+from mvr.server.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    MvrError,
+    NotFound,
+    ResourceExhausted,
+    check_deadline,
+)
 from mvr.server.fde import FDE
 from mvr.server.index import HnswIndex, IndexParams
 from mvr.server.indexer import COMPACT_MIN_DEAD_BYTES, Indexer
@@ -52,6 +59,7 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 # 100,000-token document was 20 GB (the hardening issue saw a server's RSS grow by ~16 GB). Text is
 # cut to the collection's doc_maxlen / query_maxlen by the encoder before it gets here.
 FDE_FILE = "fde.npz"
+RETRY_BACKLOG_S = 1.0  # the indexer inserts thousands of documents a second (bench/ingest.py)
 
 
 class Collection:
@@ -165,6 +173,7 @@ class Collection:
         if not docs:
             raise InvalidArgument("documents", "must not be empty")
         check_deadline(deadline, "encoding the documents")
+        self._check_backlog(len(docs))  # before the encoding: a refusal should cost nothing
         prepared = self._prepare(docs)
         tokens = np.concatenate([d.vectors for d in prepared])
         offsets = np.concatenate([[0], np.cumsum([len(d.vectors) for d in prepared])]).astype(np.int64)
@@ -172,6 +181,7 @@ class Collection:
         check_deadline(deadline, "storing the documents")
         with self.write_lock:
             self._check_open()
+            self._check_backlog(len(docs))
             records, replaced = self.store.upsert(prepared)
             for old in replaced:
                 if old is not None:
@@ -189,6 +199,19 @@ class Collection:
             UpsertResult(r.id, old is None, r.n_tokens, r.truncated)
             for r, old in zip(records, replaced, strict=True)
         ]
+
+    def _check_backlog(self, n_docs: int) -> None:
+        """RESOURCE_EXHAUSTED (with a retry delay) when the indexer's backlog would pass its limit; an
+        empty backlog takes any batch."""
+        backlog = sum(len(batch.labels) for batch in self.pending)
+        limit = self.limits.max_indexing_backlog
+        if backlog and backlog + n_docs > limit:
+            raise ResourceExhausted(
+                f"documents: the collection {self.config.name!r} has {backlog} acknowledged documents "
+                f"waiting for its indexer; {n_docs} more would pass the limit of {limit} "
+                "(max_indexing_backlog): retry once it has caught up",
+                retry_after_s=RETRY_BACKLOG_S,
+            )
 
     def _prepare(self, docs: Sequence[DocumentInput]) -> list[NewDocument]:
         """Validates every document, then encodes the texts in one batch."""

@@ -42,7 +42,13 @@ class FailedPrecondition(MvrError):
 
 
 class ResourceExhausted(MvrError):
-    """A size or capacity limit was hit (batch too large, message too large). Maps to RESOURCE_EXHAUSTED."""
+    """A size or capacity limit was hit (batch too large, message too large, a queue full). Maps to
+    RESOURCE_EXHAUSTED; ``retry_after_s`` set means the condition is transient (a queue draining) and
+    travels as a google.rpc.RetryInfo detail."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(MvrError):

@@ -35,6 +35,10 @@ class Limits:
     max_metadata_key_bytes: int = 256
     max_metadata_value_bytes: int = 16 * 1024
     max_metadata_bytes: int = 64 * 1024  # keys and values of one document together
+    # Queues. Acknowledged documents not yet in a collection's graph: every search scans them exactly
+    # (2 KiB and ~0.03 µs·dim a document), so the backlog is bounded; beyond it upserts wait their turn.
+    max_indexing_backlog: int = 100_000
+    max_queued_queries: int = 1024  # text queries waiting for one model's query encoder
 
     def __post_init__(self) -> None:
         for f in fields(self):

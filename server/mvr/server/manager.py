@@ -108,7 +108,10 @@ class CollectionManager:
             batcher = self._batchers.get(id(encoder))
             if batcher is None:
                 batcher = QueryBatcher(
-                    encoder.encode_queries, threads=self._query_threads, **self._query_batching
+                    encoder.encode_queries,
+                    threads=self._query_threads,
+                    max_queued=self.limits.max_queued_queries,
+                    **self._query_batching,
                 )
                 self._batchers[id(encoder)] = batcher
         return lambda text: batcher.submit(text).vectors

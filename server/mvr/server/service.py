@@ -125,6 +125,13 @@ def abort_with(context: grpc.ServicerContext, error: MvrError) -> None:
         )
         status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[detail])
         context.abort_with_status(rpc_status.to_status(status))
+    if isinstance(error, ResourceExhausted) and error.retry_after_s is not None:
+        detail = any_pb2.Any()
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromNanoseconds(int(error.retry_after_s * 1e9))
+        detail.Pack(retry)
+        status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message, details=[detail])
+        context.abort_with_status(rpc_status.to_status(status))
     context.abort(code, message)
 
 
@@ -267,7 +274,9 @@ class DocumentService(dgrpc.DocumentServiceServicer):
                 )
             try:
                 yield self._store_batch(collection, request, index, deadline_of(context))
-            except DeadlineExceeded as error:
+            except (DeadlineExceeded, ResourceExhausted, Unavailable, NotFound) as error:
+                # not about one document: the stream ends with the status (a full indexing backlog
+                # with its retry delay; the acknowledged batches before it are durable)
                 abort_with(context, error)
 
     @staticmethod
