@@ -97,10 +97,28 @@ def test_prometheus_metrics_count_calls_by_method_and_code(tmp_path: Path) -> No
             stub.ListCollections(cpb.ListCollectionsRequest(), timeout=30)
             with pytest.raises(grpc.RpcError):
                 stub.GetCollection(cpb.GetCollectionRequest(name="collections/missing"), timeout=30)
+            dim, rows = 4, np.eye(4, dtype=np.float32)
+            vectors = tpb.Vectors(dtype=tpb.DTYPE_FLOAT32, shape=[2, dim], data=rows[:2].tobytes())
+            stub.CreateCollection(
+                cpb.CreateCollectionRequest(collection_id="m", collection=cpb.Collection(dim=dim)), timeout=30
+            )
+            dgrpc.DocumentServiceStub(channel).UpsertDocuments(
+                dpb.UpsertDocumentsRequest(
+                    parent="collections/m", documents=[dpb.Document(id="a", vectors=vectors)]
+                ),
+                timeout=30,
+            )
+            search = spb.SearchRequest(collection="collections/m", query=spb.Query(vectors=vectors))
+            for _ in range(3):
+                assert len(sgrpc.SearchServiceStub(channel).Search(search, timeout=30).hits) == 1
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
         assert 'mvr_rpc_calls_total{code="OK",method="/mvr.v1.CollectionService/ListCollections"} 1.0' in text
         assert 'code="NOT_FOUND",method="/mvr.v1.CollectionService/GetCollection"} 1.0' in text
         assert "mvr_rpc_latency_seconds_bucket" in text
+        # per stage: a collection too small for codes runs the graph and the exact stage only
+        assert 'mvr_search_stage_seconds_count{stage="graph"} 3.0' in text
+        assert 'mvr_search_stage_seconds_count{stage="exact"} 3.0' in text
+        assert 'mvr_indexing_backlog_documents{collection="m"}' in text
     finally:
         assert stop_server(server) == 0
 

@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_flags.add_argument("--timeout", type=float, default=120.0, help="deadline of each call, seconds")
     client_flags.add_argument(  # no default shown in --help: it would print the key
         "--api-key",
-        default=os.environ.get("MVR_API_KEY"),
+        default=os.environ.get("MVR_API_KEY") or None,
         help="sent as 'authorization: Bearer KEY' [env MVR_API_KEY]",
     )
     client_flags.add_argument(

@@ -44,6 +44,10 @@ class QueryBatcher:
         self._worker = threading.Thread(target=self._run, name="query-batcher", daemon=True)
         self._worker.start()
 
+    def queue_depth(self) -> int:
+        """Text queries waiting for the worker (not counting the batch being encoded)."""
+        return self._queue.qsize()
+
     def submit(self, text: str) -> EncodedText:
         """Encodes one query, batched with concurrent ones; blocks until done."""
         if not isinstance(text, str) or not text.strip():

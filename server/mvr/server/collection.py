@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from mvr.server import engine_metrics
 from mvr.server.config import CollectionConfig
 from mvr.server.encoder import Encoder
 from mvr.server.errors import (
@@ -116,6 +117,7 @@ class Collection:
         self.index = self._open_index()
         self._indexer = Indexer(self, save_interval_s)
         self._indexer.start()
+        engine_metrics.track_backlog(config.name, self.backlog)
 
     # ------------------------------------------------------------------------------ open
 
@@ -200,10 +202,14 @@ class Collection:
             for r, old in zip(records, replaced, strict=True)
         ]
 
+    def backlog(self) -> int:
+        """Acknowledged documents waiting for the indexer's graph insertion."""
+        return sum(len(batch.labels) for batch in self.pending)
+
     def _check_backlog(self, n_docs: int) -> None:
         """RESOURCE_EXHAUSTED (with a retry delay) when the indexer's backlog would pass its limit; an
         empty backlog takes any batch."""
-        backlog = sum(len(batch.labels) for batch in self.pending)
+        backlog = self.backlog()
         limit = self.limits.max_indexing_backlog
         if backlog and backlog + n_docs > limit:
             raise ResourceExhausted(
@@ -428,7 +434,8 @@ class Collection:
         field_name = "query.vectors"
         if isinstance(query, str):
             check_deadline(deadline, "encoding the query")
-            query, field_name = self.encode_query(query), "query.text"
+            with engine_metrics.stage("encode"):
+                query, field_name = self.encode_query(query), "query.text"
         query = np.ascontiguousarray(query, dtype=np.float32)
         self._validate_vectors(query, field_name, self.limits.max_query_tokens)
         params = SearchParams(top_k, candidates, ef, probe, centroid_candidates, explain)
@@ -535,3 +542,4 @@ class Collection:
             self.save_index()
         self.store.close()
         self._released = True
+        engine_metrics.forget_collection(self.config.name)

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from mvr.server import engine_metrics
 from mvr.server.collection import FDE_FILE, Collection
 from mvr.server.config import (
     NAME_PATTERN,
@@ -114,6 +115,7 @@ class CollectionManager:
                     **self._query_batching,
                 )
                 self._batchers[id(encoder)] = batcher
+                engine_metrics.track_query_queue(encoder.spec.model, batcher.queue_depth)
         return lambda text: batcher.submit(text).vectors
 
     def create(

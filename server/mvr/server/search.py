@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from mvr.server import engine_metrics
 from mvr.server.candidates import (
     byte_scores,
     centroid_interaction,
@@ -141,19 +142,22 @@ class Searcher:
         n_candidates = params.candidates or max(default, 10 * params.top_k)
         if allowed is not None and len(allowed) <= n_candidates:
             labels = np.fromiter(allowed, dtype=np.int64, count=len(allowed))  # few matches: score them all
-            return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
+            with engine_metrics.stage("exact"):
+                return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
         coded = snapshot is not None and snapshot.n > 0
         n_graph = max(params.top_k, n_candidates // GRAPH_SHARE) if coded else n_candidates
         # unset: 2·k (HNSW recall of the FDE top-k was 0.96 at ef=k, 0.98 at 2·k, 100k docs)
         ef = max(params.ef, n_graph) if params.ef else max(self._config.hnsw.ef_search, 2 * n_graph)
         check_deadline(deadline, "the graph stage")
-        labels = self.graph_stage(self._fde.encode_query(query), n_graph, ef, allowed)
+        with engine_metrics.stage("graph"):
+            labels = self.graph_stage(self._fde.encode_query(query), n_graph, ef, allowed)
         if coded:
             check_deadline(deadline, "the centroid stages")
-            labels = np.concatenate(
-                [labels, self.centroid_stages(query, snapshot, params, n_candidates, allowed)]
-            )
-        return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
+            with engine_metrics.stage("centroids"):
+                centroid_labels = self.centroid_stages(query, snapshot, params, n_candidates, allowed)
+            labels = np.concatenate([labels, centroid_labels])
+        with engine_metrics.stage("exact"):
+            return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
 
     # ------------------------------------------------------------------------------ stages
 

@@ -273,11 +273,18 @@ class DocumentService(dgrpc.DocumentServiceServicer):
                     grpc.StatusCode.INTERNAL, "internal error in StreamUpsertDocuments; see the server log"
                 )
             try:
-                yield self._store_batch(collection, request, index, deadline_of(context))
-            except (DeadlineExceeded, ResourceExhausted, Unavailable, NotFound) as error:
-                # not about one document: the stream ends with the status (a full indexing backlog
-                # with its retry delay; the acknowledged batches before it are durable)
+                response = self._store_batch(collection, request, index, deadline_of(context))
+            except MvrError as error:
+                # not about one document (those are answered in the batch's response): the stream ends
+                # with the status, e.g. a full indexing backlog with its retry delay; the batches
+                # acknowledged before it are durable
                 abort_with(context, error)
+            except Exception:
+                log.exception("internal error", extra={"rpc": "StreamUpsertDocuments"})
+                context.abort(
+                    grpc.StatusCode.INTERNAL, "internal error in StreamUpsertDocuments; see the server log"
+                )
+            yield response
 
     @staticmethod
     def _store_batch(
