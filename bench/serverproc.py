@@ -22,8 +22,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_server(*flags: str, env: dict[str, str] | None = None) -> Iterator[str]:
-    """Yields the target ("127.0.0.1:PORT") of a server started with ``flags`` (e.g. --model none)."""
+def server_process(*flags: str, env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Yields the target ("127.0.0.1:PORT") and the process of a server started with ``flags`` (e.g.
+    --model none); SIGTERM and a wait at the end."""
     port = free_port()
     environment = {
         **os.environ,
@@ -38,7 +39,24 @@ def running_server(*flags: str, env: dict[str, str] | None = None) -> Iterator[s
             env=environment,
         )
         try:
-            yield f"127.0.0.1:{port}"
+            yield f"127.0.0.1:{port}", server
         finally:
             server.terminate()
             server.wait(120)
+
+
+@contextlib.contextmanager
+def running_server(*flags: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Yields the target ("127.0.0.1:PORT") of a server started with ``flags`` (e.g. --model none)."""
+    with server_process(*flags, env=env) as (target, _):
+        yield target
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """Resident memory of a process now (VmRSS) and at its peak so far (VmHWM), KiB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0])
+    return fields
