@@ -5,6 +5,8 @@ before must answer exactly as before."""
 
 from __future__ import annotations
 
+import threading
+import time
 import uuid
 
 import grpc
@@ -219,6 +221,72 @@ def test_hostile_reads_deletes_and_pages_get_precise_codes(stubs, collections) -
         assert outcome(document_stub.DeleteDocuments, delete) in PRECISE
 
     run()
+
+
+def test_a_collection_deleted_under_running_searches_and_upserts(stubs) -> None:
+    """Searches and upserts race a DeleteCollection: each call ends with a precise code (the collection
+    is gone: NOT_FOUND, or closed under the call: FAILED_PRECONDITION), none hangs or fails INTERNAL."""
+    collection_stub, document_stub, search_stub = stubs
+    cid = f"hostile-doomed-{uuid.uuid4().hex[:8]}"
+    collection_stub.CreateCollection(
+        cpb.CreateCollectionRequest(collection_id=cid, collection=cpb.Collection(dim=DIM)), timeout=30
+    )
+    name = f"collections/{cid}"
+    query = spb.Query(vectors=packed(unit_rows(4, 1)))
+    codes: list[grpc.StatusCode] = []
+    stop = threading.Event()
+
+    def search_loop() -> None:
+        while not stop.is_set():
+            codes.append(outcome(search_stub.Search, spb.SearchRequest(collection=name, query=query)))
+
+    def upsert_loop() -> None:
+        for i in range(10_000):
+            if stop.is_set():
+                return
+            document = dpb.Document(id=f"u{i}", vectors=packed(unit_rows(5, i)))
+            request = dpb.UpsertDocumentsRequest(parent=name, documents=[document])
+            codes.append(outcome(document_stub.UpsertDocuments, request))
+
+    workers = [threading.Thread(target=search_loop), threading.Thread(target=upsert_loop)]
+    for worker in workers:
+        worker.start()
+    time.sleep(0.5)
+    collection_stub.DeleteCollection(cpb.DeleteCollectionRequest(name=name), timeout=30)
+    time.sleep(0.3)
+    stop.set()
+    for worker in workers:
+        worker.join(30)
+    assert codes and set(codes) <= {
+        grpc.StatusCode.OK,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }, set(codes)
+    assert codes[-1] == grpc.StatusCode.NOT_FOUND  # after the delete
+
+
+def test_streams_cancelled_midway_or_left_half_open_keep_what_was_acknowledged(stubs, collections) -> None:
+    _, document_stub, _ = stubs
+    parent = collections["scratch"]
+    release = threading.Event()
+
+    def one_batch_then_wait(prefix: str):
+        document = dpb.Document(id=f"{prefix}-0", vectors=packed(unit_rows(3, 7)))
+        yield dpb.StreamUpsertDocumentsRequest(parent=parent, documents=[document])
+        release.wait(30)  # the client never finishes its side
+
+    cancelled = document_stub.StreamUpsertDocuments(one_batch_then_wait("cancelled"), timeout=30)
+    assert next(cancelled).ok  # the first batch is acknowledged (durable) ...
+    cancelled.cancel()  # ... then the client goes away mid-stream
+    half_open = document_stub.StreamUpsertDocuments(one_batch_then_wait("half-open"), timeout=2)
+    assert next(half_open).ok
+    with pytest.raises(grpc.RpcError) as raised:
+        next(half_open)  # its deadline passes with the stream still open
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    release.set()
+    for prefix in ("cancelled", "half-open"):
+        request = dpb.GetDocumentRequest(name=f"{parent}/documents/{prefix}-0")
+        assert document_stub.GetDocument(request, timeout=10).document.id == f"{prefix}-0"
 
 
 def test_the_data_answers_as_before_after_the_fuzzing(stubs, collections) -> None:
