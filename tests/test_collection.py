@@ -557,7 +557,7 @@ def test_a_passed_deadline_stops_searches_and_stores_nothing(manager: Collection
 
 
 def test_limits_are_configurable_and_named(tmp_path: Path) -> None:
-    limits = Limits.parse(["max_top_k=5", " max_metadata_keys = 2", "max_candidates=50"])
+    limits = Limits.parse(["max_top_k=5", " max_metadata_keys = 2", "max_candidates=50", "max_collections=2"])
     assert (limits.max_top_k, limits.max_metadata_keys, limits.max_candidates) == (5, 2, 50)
     assert limits.max_query_tokens == Limits().max_query_tokens
     for bad, message in [
@@ -575,6 +575,11 @@ def test_limits_are_configurable_and_named(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match=r"documents\[0\]\.metadata: has 3 keys; the limit is 2"):
         c.upsert([DocumentInput("a", vectors=ok, metadata={"x": "1", "y": "2", "z": "3"})])
     c.upsert([DocumentInput("a", vectors=ok, metadata={"x": "1", "y": "2"})])
+    manager.create("l2", model=None, dim=DIM)
+    with pytest.raises(
+        ResourceExhausted, match=re.escape("holds 2 collections; the limit is 2 (max_collections)")
+    ):
+        manager.create("l3", model=None, dim=DIM)
     with pytest.raises(InvalidArgument, match=re.escape("top_k: must be an integer in [1, 5], got 6")):
         c.search(ok, 6)
     with pytest.raises(InvalidArgument, match=re.escape("candidates: must be an integer in [5, 50], got 51")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -145,6 +146,8 @@ def test_limits_set_on_the_command_line_are_enforced_by_name(tmp_path: Path) -> 
         "max_batch_documents=2",
         "--limit",
         "max_query_tokens=3",
+        "--limit",
+        "max_upsert_streams=1",
     )
     try:
         dim = 4
@@ -177,5 +180,25 @@ def test_limits_set_on_the_command_line_are_enforced_by_name(tmp_path: Path) -> 
             assert "query.vectors: has 4 tokens; the limit is 3" in raised.value.details()
             request.query.vectors.CopyFrom(vectors(3))
             assert len(search.Search(request, timeout=30).hits) == 2
+            # one upsert stream at a time: a second is refused with a retry delay while the first is open
+            release = threading.Event()
+
+            def held_open(prefix: str):
+                yield dpb.StreamUpsertDocumentsRequest(
+                    parent="collections/lim", documents=[dpb.Document(id=f"{prefix}0", vectors=vectors(2))]
+                )
+                release.wait(30)
+
+            first = documents.StreamUpsertDocuments(held_open("s"), timeout=60)
+            assert next(first).ok
+            with pytest.raises(grpc.RpcError) as raised:
+                list(documents.StreamUpsertDocuments(held_open("t"), timeout=30))
+            assert raised.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "1 upsert streams are open; the limit is 1 (max_upsert_streams)" in raised.value.details()
+            release.set()
+            assert list(first) == []  # the first ends normally, and frees its slot
+            release.clear()
+            threading.Timer(0.5, release.set).start()
+            assert [ack.ok for ack in documents.StreamUpsertDocuments(held_open("u"), timeout=30)] == [True]
     finally:
         assert stop_server(server) == 0

@@ -39,6 +39,8 @@ class Limits:
     # (2 KiB and ~0.03 µs·dim a document), so the backlog is bounded; beyond it upserts wait their turn.
     max_indexing_backlog: int = 100_000
     max_queued_queries: int = 1024  # text queries waiting for one model's query encoder
+    max_upsert_streams: int = 64  # StreamUpsertDocuments calls open at once (each holds a worker thread)
+    max_collections: int = 1000
 
     def __post_init__(self) -> None:
         for f in fields(self):

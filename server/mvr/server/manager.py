@@ -23,7 +23,14 @@ from mvr.server.config import (
     with_overrides,
 )
 from mvr.server.encoder import Encoder
-from mvr.server.errors import AlreadyExists, FailedPrecondition, InvalidArgument, MvrError, NotFound
+from mvr.server.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    MvrError,
+    NotFound,
+    ResourceExhausted,
+)
 from mvr.server.fde import FDE
 from mvr.server.limits import Limits
 from mvr.server.store import Store
@@ -173,6 +180,11 @@ class CollectionManager:
         with self._lock:
             if name in self._collections:
                 raise AlreadyExists(f"collection {name!r} already exists")
+            if len(self._collections) >= self.limits.max_collections:
+                raise ResourceExhausted(
+                    f"collection_id: this server holds {len(self._collections)} collections; the limit is "
+                    f"{self.limits.max_collections} (max_collections)"
+                )
             staging = self.root / f".creating-{name}"
             shutil.rmtree(staging, ignore_errors=True)
             try:

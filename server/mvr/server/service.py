@@ -53,6 +53,7 @@ from mvr.v1 import types_pb2 as tpb
 log = logging.getLogger("mvr.service")
 
 DEFAULT_TOP_K = 10
+RETRY_STREAM_S = 1.0
 
 _CODES: list[tuple[type[MvrError], grpc.StatusCode]] = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
@@ -74,6 +75,7 @@ class Engine:
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
+        self._open_streams = threading.BoundedSemaphore(self.limits.max_upsert_streams)
         self._manager: CollectionManager | None = None
         self._default_encoder: Encoder | None = None
         self._draining = False
@@ -83,6 +85,17 @@ class Engine:
         with self._lock:
             self._manager = manager
             self._default_encoder = default_encoder
+
+    def stream_slot(self) -> threading.BoundedSemaphore:
+        """Taken (without waiting) by each StreamUpsertDocuments call while it is open: a stream holds
+        a worker thread for as long as its client keeps it open, so their number is bounded."""
+        if not self._open_streams.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"{self.limits.max_upsert_streams} upsert streams are open; the limit is "
+                f"{self.limits.max_upsert_streams} (max_upsert_streams): retry when one has ended",
+                retry_after_s=RETRY_STREAM_S,
+            )
+        return self._open_streams
 
     def drain(self) -> None:
         """Refuse new calls with UNAVAILABLE (shutdown has begun); calls in flight finish."""
@@ -250,8 +263,27 @@ class DocumentService(dgrpc.DocumentServiceServicer):
 
         A batch with a bad document is answered ok=false with per-document statuses and the stream
         goes on; an error about the stream itself (no or another parent, unknown collection, server
-        shutting down) ends it with that status.
+        shutting down) ends it with that status. At most ``max_upsert_streams`` are open at once.
         """
+        try:
+            slot = self.engine.stream_slot()
+        except MvrError as error:
+            abort_with(context, error)
+        released = threading.Lock()
+
+        def release() -> None:  # once: when the call ends (also on cancellation), or the generator closes
+            if released.acquire(blocking=False):
+                slot.release()
+
+        context.add_callback(release)
+        try:
+            yield from self._stream_batches(request_iterator, context)
+        finally:
+            release()
+
+    def _stream_batches(
+        self, request_iterator: Iterator[dpb.StreamUpsertDocumentsRequest], context: grpc.ServicerContext
+    ) -> Iterator[dpb.StreamUpsertDocumentsResponse]:
         collection: Collection | None = None
         parent = ""
         for index, request in enumerate(request_iterator):
