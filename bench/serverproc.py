@@ -53,10 +53,11 @@ def running_server(*flags: str, env: dict[str, str] | None = None) -> Iterator[s
 
 
 def memory_kib(pid: int) -> dict[str, int]:
-    """Resident memory of a process now (VmRSS) and at its peak so far (VmHWM), KiB."""
+    """Resident memory of a process, KiB: now (VmRSS; of it, RssAnon — heap, arrays — and RssFile —
+    mapped files, the code and vector files included) and at its peak so far (VmHWM)."""
     fields = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         name, _, value = line.partition(":")
-        if name in ("VmRSS", "VmHWM"):
+        if name in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
             fields[name] = int(value.split()[0])
     return fields

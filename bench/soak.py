@@ -153,13 +153,13 @@ def main() -> None:
             threading.Thread(target=writer, args=(target, w, stop, tally, acknowledged[w]))
             for w in range(args.writers)
         ] + [threading.Thread(target=reader, args=(target, r, stop, tally)) for r in range(args.readers)]
-        rss = [(0.0, memory_kib(server.pid)["VmRSS"])]
+        rss = [(0.0, memory_kib(server.pid))]
         started = time.monotonic()
         for thread in threads:
             thread.start()
         while (elapsed := time.monotonic() - started) < args.seconds:
             time.sleep(1.0)
-            rss.append((round(elapsed, 1), memory_kib(server.pid)["VmRSS"]))
+            rss.append((round(elapsed, 1), memory_kib(server.pid)))
         stop.set()
         for thread in threads:
             thread.join(120)
@@ -168,8 +168,17 @@ def main() -> None:
     calls = collections.defaultdict(dict)
     for (method, code), count in sorted(tally.counts.items()):
         calls[method][code] = count
-    mib = [kib / 1024 for _, kib in rss]
-    quarter = max(1, len(mib) // 4)
+    quarter = max(1, len(rss) // 4)
+
+    def summary(field: str) -> dict[str, float]:
+        mib = [sample[field] / 1024 for _, sample in rss]
+        return {
+            "start": round(mib[0], 1),
+            "first_quarter_mean": round(float(np.mean(mib[:quarter])), 1),
+            "last_quarter_mean": round(float(np.mean(mib[-quarter:])), 1),
+            "max": round(max(mib), 1),
+        }
+
     result = {
         "command": " ".join(["python", *sys.argv]),
         "seconds": args.seconds,
@@ -177,12 +186,9 @@ def main() -> None:
         "readers": args.readers,
         "calls": calls,
         "calls_per_s": round(sum(tally.counts.values()) / args.seconds, 1),
-        "rss_mib": {
-            "start": round(mib[0], 1),
-            "first_quarter_mean": round(float(np.mean(mib[:quarter])), 1),
-            "last_quarter_mean": round(float(np.mean(mib[-quarter:])), 1),
-            "max": round(max(mib), 1),
-        },
+        "rss_mib": summary("VmRSS"),
+        "anonymous_rss_mib": summary("RssAnon"),  # heap and arrays: what a leak would grow
+        "file_rss_mib": summary("RssFile"),  # mapped files: grows with the data written
         "rss_series_kib": rss,
         "consistency": consistency,
     }
