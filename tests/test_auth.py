@@ -354,3 +354,11 @@ def test_server_flags_that_do_not_go_together_are_refused(tmp_path: Path) -> Non
             [*base, *extra], capture_output=True, text=True, env=subprocess_env(), timeout=60
         )
         assert done.returncode != 0 and message in done.stderr
+
+
+def test_only_loopback_addresses_count_as_this_machine() -> None:
+    """What decides the start-up warning for a server reachable without TLS or keys."""
+    from mvr.server.app import _is_loopback
+
+    assert all(_is_loopback(host) for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"))
+    assert not any(_is_loopback(host) for host in ("0.0.0.0", "::", "10.1.2.3", "search.example.org"))
