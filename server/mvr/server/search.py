@@ -4,7 +4,8 @@ Stages, for a query of m token vectors (numbers: bench/codec.py and bench/vs_pee
 
 1. **Graph**: the query's FDE → HNSW top ``candidates`` (plus an exact FDE scan of documents the
    indexer has not inserted yet). The MUVERA first stage; it alone sees documents not coded yet. In a
-   coded collection it returns a quarter as many, and they go to the exact stage directly: the
+   coded collection it returns a quarter as many — more in proportion to the live documents not
+   coded yet (:meth:`Searcher._graph_budget`) — and they go to the exact stage directly: the
    centroid stages cannot tell apart documents whose tokens share centroids, the FDE still can.
 2. **Probe** (coded collections): centroids × query tokens (one small GEMM), then every query token
    walks the inverted lists of its ``probe`` best centroids; documents found are ranked by that
@@ -23,6 +24,7 @@ candidate but is never scored or returned.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -145,7 +147,7 @@ class Searcher:
             with engine_metrics.stage("exact"):
                 return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
         coded = snapshot is not None and snapshot.n > 0
-        n_graph = max(params.top_k, n_candidates // GRAPH_SHARE) if coded else n_candidates
+        n_graph = self._graph_budget(snapshot, params, n_candidates) if coded else n_candidates
         # unset: 2·k (HNSW recall of the FDE top-k was 0.96 at ef=k, 0.98 at 2·k, 100k docs)
         ef = max(params.ef, n_graph) if params.ef else max(self._config.hnsw.ef_search, 2 * n_graph)
         check_deadline(deadline, "the graph stage")
@@ -158,6 +160,20 @@ class Searcher:
             labels = np.concatenate([labels, centroid_labels])
         with engine_metrics.stage("exact"):
             return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
+
+    def _graph_budget(self, snapshot: TokenSnapshot, params: SearchParams, n_candidates: int) -> int:
+        """How many documents the graph sends to the exact stage in a coded collection: a quarter of
+        the candidates when every live document is coded (the centroid stages find the rest), growing
+        to an uncoded collection's budget with the share of live documents not coded yet, which only
+        the graph can find (a bulk load's documents wait for a retrained codec; before this the graph
+        gave them 32 slots, and a document searched by its own vectors could miss its own top-1)."""
+        share = max(params.top_k, n_candidates // GRAPH_SHARE)
+        live = len(self._store.by_label)
+        uncoded = max(0, live - int(np.count_nonzero(snapshot.alive[: snapshot.n])))
+        if not uncoded:
+            return share
+        full = params.candidates or max(DEFAULT_CANDIDATES_UNCODED, 10 * params.top_k)
+        return share + math.ceil(uncoded / live * max(0, full - share))
 
     # ------------------------------------------------------------------------------ stages
 
