@@ -245,25 +245,23 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return files
 
 
+def start_tls_server(
+    tmp_path: Path, files: dict[str, Path], credentials: grpc.ChannelCredentials, *extra: str
+) -> RunningServer:
+    """`mvr serve --model none` with the fixture's server certificate, and ``extra`` flags; the start-up
+    health check goes over TLS with ``credentials``."""
+    flags = ["--tls-cert", str(files["server_cert"]), "--tls-key", str(files["server_key"]), *extra]
+    return start_server(tmp_path / "data", "none", tmp_path / "server.log", *flags, credentials=credentials)
+
+
 def test_mutual_tls_with_keys(tls_files: dict[str, Path], tmp_path: Path) -> None:
     files = tls_files
     keys = write_keys(tmp_path / "keys.txt")
     credentials = grpc.ssl_channel_credentials(
         files["ca"].read_bytes(), files["client_key"].read_bytes(), files["client_cert"].read_bytes()
     )
-    server = start_server(
-        tmp_path / "data",
-        "none",
-        tmp_path / "server.log",
-        "--tls-cert",
-        str(files["server_cert"]),
-        "--tls-key",
-        str(files["server_key"]),
-        "--tls-client-ca",
-        str(files["ca"]),
-        "--api-keys-file",
-        str(keys),
-        credentials=credentials,
+    server = start_tls_server(
+        tmp_path, files, credentials, "--tls-client-ca", str(files["ca"]), "--api-keys-file", str(keys)
     )
     try:
         with Client(
@@ -306,16 +304,7 @@ def test_mutual_tls_with_keys(tls_files: dict[str, Path], tmp_path: Path) -> Non
 
 def test_tls_without_client_certificates_and_the_cli(tls_files: dict[str, Path], tmp_path: Path) -> None:
     files = tls_files
-    server = start_server(
-        tmp_path / "data",
-        "none",
-        tmp_path / "server.log",
-        "--tls-cert",
-        str(files["server_cert"]),
-        "--tls-key",
-        str(files["server_key"]),
-        credentials=grpc.ssl_channel_credentials(files["ca"].read_bytes()),
-    )
+    server = start_tls_server(tmp_path, files, grpc.ssl_channel_credentials(files["ca"].read_bytes()))
     try:
         with Client(server.target, root_certificates=files["ca"].read_bytes()) as client:
             client.create_collection("plain-tls", model=None, dim=DIM)

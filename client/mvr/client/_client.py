@@ -65,12 +65,8 @@ class Client:
         self.target = target
         self.timeout = timeout
         self._metadata = convert.auth_metadata(api_key)
-        options = convert.channel_options(max_message_mb)
-        credentials = convert.channel_credentials(tls, root_certificates, certificate_chain, private_key)
-        self._channel = (
-            grpc.insecure_channel(target, options=options)
-            if credentials is None
-            else grpc.secure_channel(target, credentials, options=options)
+        self._channel = convert.open_channel(
+            grpc, target, max_message_mb, tls, root_certificates, certificate_chain, private_key
         )
         self._collections = cgrpc.CollectionServiceStub(self._channel)
         self._documents = dgrpc.DocumentServiceStub(self._channel)

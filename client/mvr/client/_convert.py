@@ -93,6 +93,24 @@ def channel_credentials(
     )
 
 
+def open_channel(
+    channels: Any,
+    target: str,
+    max_message_mb: int,
+    tls: bool,
+    root_certificates: PemSource | None,
+    certificate_chain: PemSource | None,
+    private_key: PemSource | None,
+) -> Any:
+    """A channel from ``channels`` (``grpc`` or ``grpc.aio``): TLS when :func:`channel_credentials`
+    says so, else plaintext; both with :func:`channel_options`."""
+    options = channel_options(max_message_mb)
+    credentials = channel_credentials(tls, root_certificates, certificate_chain, private_key)
+    if credentials is None:
+        return channels.insecure_channel(target, options=options)
+    return channels.secure_channel(target, credentials, options=options)
+
+
 def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     if api_key is not None and (not api_key or api_key != api_key.strip() or "\n" in api_key):
         raise ValueError("api_key must be a non-empty string without surrounding whitespace or newlines")

@@ -42,6 +42,7 @@ from mvr.server.errors import (
 )
 from mvr.server.limits import Limits
 from mvr.server.manager import CollectionManager
+from mvr.server.search import SearchParams
 from mvr.v1 import collection_service_pb2 as cpb
 from mvr.v1 import collection_service_pb2_grpc as cgrpc
 from mvr.v1 import document_service_pb2 as dpb
@@ -297,19 +298,11 @@ class DocumentService(dgrpc.DocumentServiceServicer):
                     )
                 self.engine.manager  # noqa: B018 — raises UNAVAILABLE once shutdown has begun
                 check_count(len(request.documents), "documents", self.engine.limits.max_batch_documents)
-            except MvrError as error:
-                abort_with(context, error)
-            except Exception:
-                log.exception("internal error", extra={"rpc": "StreamUpsertDocuments"})
-                context.abort(
-                    grpc.StatusCode.INTERNAL, "internal error in StreamUpsertDocuments; see the server log"
-                )
-            try:
                 response = self._store_batch(collection, request, index, deadline_of(context))
             except MvrError as error:
-                # not about one document (those are answered in the batch's response): the stream ends
-                # with the status, e.g. a full indexing backlog with its retry delay; the batches
-                # acknowledged before it are durable
+                # about the stream, not one document (those are answered in the batch's response): the
+                # stream ends with the status, e.g. a full indexing backlog with its retry delay; the
+                # batches acknowledged before it are durable
                 abort_with(context, error)
             except Exception:
                 log.exception("internal error", extra={"rpc": "StreamUpsertDocuments"})
@@ -420,32 +413,22 @@ class SearchService(sgrpc.SearchServiceServicer):
     def _search(self, request: spb.SearchRequest, prefix: str, deadline: float | None) -> spb.SearchResponse:
         collection = self.engine.collection(request.collection, f"{prefix}collection")
         top_k = request.top_k or DEFAULT_TOP_K
-        limits = self.engine.limits
-        # checked here too (the engine checks every knob) so that a bad number fails before a text
-        # query is encoded
-        if top_k > limits.max_top_k:
-            raise InvalidArgument(f"{prefix}top_k", f"must be between 1 and {limits.max_top_k}, got {top_k}")
-        candidates = request.candidates or None
-        if candidates is not None and not top_k <= candidates <= limits.max_candidates:
-            raise InvalidArgument(
-                f"{prefix}candidates",
-                f"must be between top_k ({top_k}) and {limits.max_candidates}, got {candidates}",
-            )
-        query = self._query(request.query, f"{prefix}query")
-        if isinstance(query, str):
-            check_deadline(deadline, "encoding the query")
-            query = collection.encode_query(query)
+        knobs = {
+            "candidates": request.candidates or None,
+            "ef": request.ef or None,
+            "probe": request.probe or None,
+            "centroid_candidates": request.centroid_candidates or None,
+            "explain": request.explain,
+        }
         try:
+            # the engine's own check, here before a text query is encoded (the engine checks again)
+            SearchParams(top_k, **knobs).check(self.engine.limits)
+            query = self._query(request.query, f"{prefix}query")
+            if isinstance(query, str):
+                check_deadline(deadline, "encoding the query")
+                query = collection.encode_query(query)
             hits = collection.search(
-                query,
-                top_k,
-                candidates=candidates,
-                ef=request.ef or None,
-                probe=request.probe or None,
-                centroid_candidates=request.centroid_candidates or None,
-                filter=dict(request.filter) or None,
-                explain=request.explain,
-                deadline=deadline,
+                query, top_k, filter=dict(request.filter) or None, deadline=deadline, **knobs
             )
         except InvalidArgument as error:  # the engine names the field within one search
             if not prefix or error.field.startswith(prefix):
