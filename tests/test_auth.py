@@ -4,6 +4,7 @@ who is let in, who is refused with which code, and that health stays open."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -18,7 +19,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from mvr.client import Client, Document
 from mvr.client.errors import PermissionDeniedError, UnauthenticatedError, UnavailableError
 from mvr.server import auth
-from mvr.v1 import collection_service_pb2, document_service_pb2, search_service_pb2
+from mvr.server.app import Server, ServerConfig
+from mvr.v1 import collection_service_pb2, document_service_pb2, search_service_pb2, snapshot_service_pb2
 from mvr.v1 import document_service_pb2_grpc as dgrpc
 from mvr.v1 import types_pb2 as tpb
 
@@ -44,13 +46,14 @@ def test_every_mvr_method_has_an_explicit_role() -> None:
     """A method added to the proto must be classified here, not fall to admin unnoticed."""
     methods = {
         f"/{service.full_name}/{method.name}"
-        for module in (collection_service_pb2, document_service_pb2, search_service_pb2)
+        for module in (collection_service_pb2, document_service_pb2, search_service_pb2, snapshot_service_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     }
     assert methods == set(auth.REQUIRED_ROLES)
     assert auth.required_role("/grpc.health.v1.Health/Check") is None
-    assert auth.required_role("/mvr.v1.SnapshotService/CreateSnapshot") is auth.Role.ADMIN
+    assert auth.required_role("/mvr.v1.SnapshotService/DownloadSnapshot") is auth.Role.ADMIN
+    assert auth.required_role("/mvr.v1.FutureService/Method") is auth.Role.ADMIN  # unclassified: closed
 
 
 def test_keys_file_is_parsed_and_bad_lines_are_named_without_the_key() -> None:
@@ -122,6 +125,11 @@ def test_roles_decide_what_each_key_may_call(keyed_server: RunningServer) -> Non
         with pytest.raises(PermissionDeniedError, match="DeleteCollection"):
             writer.delete_collection("roles")
         assert writer.delete("roles", ["d0"]).deleted == ["d0"]
+        with pytest.raises(PermissionDeniedError, match=r"CreateSnapshot.*'admin'"):
+            writer.create_snapshot("roles")
+        with pytest.raises(PermissionDeniedError, match="ListSnapshots"):
+            reader.list_snapshots("roles")
+        assert admin.create_snapshot("roles").document_count == 3
         admin.delete_collection("roles")
 
 
@@ -351,3 +359,32 @@ def test_only_loopback_addresses_count_as_this_machine() -> None:
 
     assert all(_is_loopback(host) for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"))
     assert not any(_is_loopback(host) for host in ("0.0.0.0", "::", "10.1.2.3", "search.example.org"))
+
+
+@pytest.mark.parametrize(
+    ("host", "secured", "warned"),
+    [("127.0.0.1", False, False), ("0.0.0.0", False, True), ("0.0.0.0", True, False)],
+)
+def test_listening_beyond_loopback_without_tls_and_keys_is_warned(
+    host: str,
+    secured: bool,
+    warned: bool,
+    tls_files: dict[str, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    security = (
+        {
+            "tls_cert": tls_files["server_cert"],
+            "tls_key": tls_files["server_key"],
+            "api_keys_file": write_keys(tmp_path / "keys.txt"),
+        }
+        if secured
+        else {}
+    )
+    config = ServerConfig(host=host, port=0, data_dir=tmp_path / "data", model="none", **security)
+    with caplog.at_level(logging.WARNING, logger="mvr.server"):
+        server = Server(config)  # binds, but never started: no call is served
+    server.grpc_server.stop(0)
+    warnings = [r for r in caplog.records if "listening beyond this machine" in r.getMessage()]
+    assert bool(warnings) == warned

@@ -418,10 +418,9 @@ def test_coded_collection_trains_codes_and_searches_decoded_tokens(manager: Coll
             assert hit.score == pytest.approx(chamfer(query, decoded[hit.id]), abs=1e-4)
     # at the defaults the cascade finds what exact MaxSim over every decoded document finds ...
     ceiling = [{h.id for h in c.search(q, 10, candidates=300)} for q in queries]
-    found = [
-        len({h.id for h in c.search(q, 10)} & best) / 10 for q, best in zip(queries, ceiling, strict=True)
-    ]
-    assert np.mean(found) >= 0.95
+    found = [len({h.id for h in c.search(q, 10)} & best) for q, best in zip(queries, ceiling, strict=True)]
+    # counted in integers: 190 of 200 is exactly the 0.95 bar, which a float mean put at 0.9499999...
+    assert sum(found) >= 190, found
     # ... which is close to exact Chamfer over the original vectors
     kept = [len(best & set(exact_top(q, docs, 10))) / 10 for q, best in zip(queries, ceiling, strict=True)]
     assert np.mean(kept) >= 0.8

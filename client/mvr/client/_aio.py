@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,6 +17,7 @@ from mvr.client.types import (
     DeleteResult,
     Document,
     Hit,
+    SnapshotInfo,
     StoredDocument,
     UpsertResult,
 )
@@ -25,6 +27,8 @@ from mvr.v1 import document_service_pb2 as dpb
 from mvr.v1 import document_service_pb2_grpc as dgrpc
 from mvr.v1 import search_service_pb2 as spb
 from mvr.v1 import search_service_pb2_grpc as sgrpc
+from mvr.v1 import snapshot_service_pb2 as snpb
+from mvr.v1 import snapshot_service_pb2_grpc as sngrpc
 
 
 class AsyncClient:
@@ -52,6 +56,7 @@ class AsyncClient:
         self._collections = cgrpc.CollectionServiceStub(self._channel)
         self._documents = dgrpc.DocumentServiceStub(self._channel)
         self._search = sgrpc.SearchServiceStub(self._channel)
+        self._snapshots = sngrpc.SnapshotServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     async def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
@@ -226,3 +231,52 @@ class AsyncClient:
     ) -> list[np.ndarray]:
         request = convert.encode_request(texts, kind, collection)
         return convert.encoded(await self._call(self._search.Encode, request, timeout))
+
+    async def create_snapshot(self, collection: str, *, timeout: float | None = None) -> SnapshotInfo:
+        request = snpb.CreateSnapshotRequest(parent=convert.collection_name(collection))
+        response = await self._call(self._snapshots.CreateSnapshot, request, timeout or convert.NO_DEADLINE)
+        return convert.snapshot_info(response.snapshot)
+
+    async def list_snapshots(
+        self, collection: str, *, page_size: int = 100, timeout: float | None = None
+    ) -> list[SnapshotInfo]:
+        found, token = [], ""
+        while True:
+            request = snpb.ListSnapshotsRequest(
+                parent=convert.collection_name(collection), page_size=page_size, page_token=token
+            )
+            response = await self._call(self._snapshots.ListSnapshots, request, timeout)
+            found += [convert.snapshot_info(s) for s in response.snapshots]
+            token = response.next_page_token
+            if not token:
+                return found
+
+    async def download_snapshot(
+        self, name: str, path: str | Path, *, timeout: float | None = None
+    ) -> SnapshotInfo:
+        request = snpb.DownloadSnapshotRequest(name=convert.snapshot_name(name))
+        try:
+            with convert.SnapshotDownload(name, path) as download:
+                async for chunk in self._snapshots.DownloadSnapshot(
+                    request, timeout=timeout, metadata=self._metadata
+                ):
+                    download.add(chunk)
+                return download.finish()
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+
+    async def restore_snapshot(
+        self,
+        collection: str,
+        *,
+        path: str | Path | None = None,
+        snapshot: str | None = None,
+        timeout: float | None = None,
+    ) -> CollectionInfo:
+        requests = convert.restore_requests(collection, path, snapshot)
+        response = await self._call(self._snapshots.RestoreSnapshot, requests, timeout or convert.NO_DEADLINE)
+        return convert.collection_info(response.collection, with_stats=True)
+
+    async def delete_snapshot(self, name: str, *, timeout: float | None = None) -> None:
+        request = snpb.DeleteSnapshotRequest(name=convert.snapshot_name(name))
+        await self._call(self._snapshots.DeleteSnapshot, request, timeout)

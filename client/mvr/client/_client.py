@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,6 +18,7 @@ from mvr.client.types import (
     DeleteResult,
     Document,
     Hit,
+    SnapshotInfo,
     StoredDocument,
     UpsertResult,
 )
@@ -26,6 +28,8 @@ from mvr.v1 import document_service_pb2 as dpb
 from mvr.v1 import document_service_pb2_grpc as dgrpc
 from mvr.v1 import search_service_pb2 as spb
 from mvr.v1 import search_service_pb2_grpc as sgrpc
+from mvr.v1 import snapshot_service_pb2 as snpb
+from mvr.v1 import snapshot_service_pb2_grpc as sngrpc
 
 
 class Client:
@@ -71,6 +75,7 @@ class Client:
         self._collections = cgrpc.CollectionServiceStub(self._channel)
         self._documents = dgrpc.DocumentServiceStub(self._channel)
         self._search = sgrpc.SearchServiceStub(self._channel)
+        self._snapshots = sngrpc.SnapshotServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     # ------------------------------------------------------------------------------ plumbing
@@ -312,3 +317,60 @@ class Client:
         with a collection's model or, without ``collection``, the server's default model."""
         request = convert.encode_request(texts, kind, collection)
         return convert.encoded(self._call(self._search.Encode, request, timeout))
+
+    # ------------------------------------------------------------------------------ snapshots
+
+    def create_snapshot(self, collection: str, *, timeout: float | None = None) -> SnapshotInfo:
+        """Takes a consistent snapshot of a collection on the server while it keeps serving; every write
+        acknowledged before the call is in it. ``timeout`` default: none (it copies the collection)."""
+        request = snpb.CreateSnapshotRequest(parent=convert.collection_name(collection))
+        response = self._call(self._snapshots.CreateSnapshot, request, timeout or convert.NO_DEADLINE)
+        return convert.snapshot_info(response.snapshot)
+
+    def list_snapshots(
+        self, collection: str, *, page_size: int = 100, timeout: float | None = None
+    ) -> list[SnapshotInfo]:
+        """The server's snapshots of a collection (which may have been deleted since), oldest first."""
+        found, token = [], ""
+        while True:
+            request = snpb.ListSnapshotsRequest(
+                parent=convert.collection_name(collection), page_size=page_size, page_token=token
+            )
+            response = self._call(self._snapshots.ListSnapshots, request, timeout)
+            found += [convert.snapshot_info(s) for s in response.snapshots]
+            token = response.next_page_token
+            if not token:
+                return found
+
+    def download_snapshot(self, name: str, path: str | Path, *, timeout: float | None = None) -> SnapshotInfo:
+        """Downloads snapshot ``name`` into the file ``path`` (written whole or not at all, checked
+        against the snapshot's size and SHA-256)."""
+        request = snpb.DownloadSnapshotRequest(name=convert.snapshot_name(name))
+        try:
+            with convert.SnapshotDownload(name, path) as download:
+                for chunk in self._snapshots.DownloadSnapshot(
+                    request, timeout=timeout, metadata=self._metadata
+                ):
+                    download.add(chunk)
+                return download.finish()
+        except grpc.RpcError as error:
+            raise from_rpc_error(error) from error
+
+    def restore_snapshot(
+        self,
+        collection: str,
+        *,
+        path: str | Path | None = None,
+        snapshot: str | None = None,
+        timeout: float | None = None,
+    ) -> CollectionInfo:
+        """Creates collection ``collection`` from a snapshot: the local file ``path`` (uploaded), or the
+        server's own snapshot ``snapshot`` ("collections/{c}/snapshots/{id}"). Exactly one of the two."""
+        requests = convert.restore_requests(collection, path, snapshot)
+        response = self._call(self._snapshots.RestoreSnapshot, requests, timeout or convert.NO_DEADLINE)
+        return convert.collection_info(response.collection, with_stats=True)
+
+    def delete_snapshot(self, name: str, *, timeout: float | None = None) -> None:
+        """Deletes one of the server's snapshots."""
+        request = snpb.DeleteSnapshotRequest(name=convert.snapshot_name(name))
+        self._call(self._snapshots.DeleteSnapshot, request, timeout)

@@ -5,8 +5,9 @@ Everything protobuf-shaped lives here; the two clients only differ in how they c
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from mvr.client.types import (
     FdeParams,
     Hit,
     HnswParams,
+    SnapshotInfo,
     StoredDocument,
     TokenMatch,
     UpsertResult,
@@ -29,6 +31,7 @@ from mvr.client.types import (
 from mvr.v1 import collection_service_pb2 as cpb
 from mvr.v1 import document_service_pb2 as dpb
 from mvr.v1 import search_service_pb2 as spb
+from mvr.v1 import snapshot_service_pb2 as snpb
 from mvr.v1 import types_pb2 as tpb
 
 SERVICES = ("mvr.v1.CollectionService", "mvr.v1.DocumentService", "mvr.v1.SearchService")
@@ -349,3 +352,74 @@ def hits(message: spb.SearchResponse) -> list[Hit]:
 
 def encoded(message: spb.EncodeResponse) -> list[np.ndarray]:
     return [unpack_vectors(result.vectors) for result in message.results]
+
+
+def snapshot_info(message: snpb.Snapshot) -> SnapshotInfo:
+    return SnapshotInfo(
+        name=message.name,
+        create_time=message.create_time.ToDatetime(),
+        size_bytes=message.size_bytes,
+        document_count=message.document_count,
+        sha256=message.sha256,
+    )
+
+
+def snapshot_name(name: str) -> str:
+    if not name.startswith("collections/") or "/snapshots/" not in name:
+        raise ValueError(f"{name!r} is not a snapshot name 'collections/{{collection}}/snapshots/{{id}}'")
+    return name
+
+
+UPLOAD_CHUNK = 1 << 20
+NO_DEADLINE = 24 * 3600.0  # snapshots copy whole collections: no default deadline of seconds
+
+
+def restore_requests(
+    collection: str, path: str | Path | None, snapshot: str | None
+) -> Iterator[snpb.RestoreSnapshotRequest]:
+    """The request stream of RestoreSnapshot: a server-side snapshot's name, or the file's bytes."""
+    if (path is None) == (snapshot is None):
+        raise ValueError("give exactly one of path (a local snapshot file) and snapshot (a server-side name)")
+    collection_id_ = collection_id(collection)
+    if snapshot is not None:
+        yield snpb.RestoreSnapshotRequest(collection_id=collection_id_, snapshot=snapshot_name(snapshot))
+        return
+    with Path(path).open("rb") as handle:  # type: ignore[arg-type]
+        yield snpb.RestoreSnapshotRequest(collection_id=collection_id_, data=handle.read(UPLOAD_CHUNK))
+        while chunk := handle.read(UPLOAD_CHUNK):
+            yield snpb.RestoreSnapshotRequest(data=chunk)
+
+
+class SnapshotDownload:
+    """Writes DownloadSnapshot's chunks to ``path`` through a temporary file, checking order, size and
+    SHA-256; the file appears only when :meth:`finish` found it whole. Use as a context manager."""
+
+    def __init__(self, name: str, path: str | Path) -> None:
+        self.name, self.target = name, Path(path)
+        self.partial = self.target.with_name(f".{self.target.name}.partial")
+        self.digest, self.size, self.info = hashlib.sha256(), 0, None
+        self._handle = self.partial.open("wb")
+
+    def add(self, chunk: snpb.DownloadSnapshotResponse) -> None:
+        if self.info is None:
+            self.info = snapshot_info(chunk.snapshot)
+        if chunk.offset != self.size:
+            raise OSError(f"snapshot chunk at offset {chunk.offset}, expected {self.size}")
+        self._handle.write(chunk.data)
+        self.digest.update(chunk.data)
+        self.size += len(chunk.data)
+
+    def finish(self) -> SnapshotInfo:
+        self._handle.close()
+        info = self.info
+        if info is None or self.size != info.size_bytes or self.digest.hexdigest() != info.sha256:
+            raise OSError(f"snapshot {self.name!r} arrived damaged or incomplete ({self.size} bytes)")
+        self.partial.replace(self.target)
+        return info
+
+    def __enter__(self) -> SnapshotDownload:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+        self.partial.unlink(missing_ok=True)

@@ -5,6 +5,8 @@
     mvr ingest FILE.jsonl --collection C --text-field F [--id-field id] [--batch-size 32]
     mvr search C "query text" [-k 10] [--json] [--explain] [--filter key=value ...]
     mvr collections list | create NAME [--model M | --dim D] [...] | get NAME | delete NAME
+    mvr snapshot create C [--out FILE] | list C | download NAME FILE | delete NAME
+    mvr snapshot restore FILE --as NAME | restore --snapshot NAME --as NAME
 
 Every flag of `serve` has an MVR_* environment twin (flag beats environment beats default); client
 commands take --target (MVR_TARGET), --api-key (MVR_API_KEY) and --tls / --tls-ca / --tls-cert /
@@ -398,6 +400,45 @@ def _collections(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------- snapshots
+
+
+def _snapshot(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.action == "create":
+            info = client.create_snapshot(args.collection)
+            if args.out:
+                client.download_snapshot(info.name, args.out)
+            _show_snapshot(info, args.json, f" → {args.out}" if args.out else "")
+        elif args.action == "list":
+            for info in client.list_snapshots(args.collection):
+                _show_snapshot(info, False, "")
+        elif args.action == "download":
+            _show_snapshot(client.download_snapshot(args.name, args.file), False, f" → {args.file}")
+        elif args.action == "delete":
+            client.delete_snapshot(args.name)
+            print(f"deleted {args.name}", file=sys.stderr)
+        else:
+            if (args.file is None) == (args.snapshot is None):
+                raise SystemExit("error: give a snapshot FILE or --snapshot NAME (a server-side snapshot)")
+            info = client.restore_snapshot(args.as_name, path=args.file, snapshot=args.snapshot)
+            print(
+                f"restored {info.name}: {info.stats.documents if info.stats else 0} documents",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _show_snapshot(info: Any, as_json: bool, suffix: str) -> None:
+    if as_json:
+        _print_json(info)
+        return
+    print(
+        f"{info.name}\t{info.create_time:%Y-%m-%d %H:%M:%S}Z\tdocuments={info.document_count}\t"
+        f"bytes={info.size_bytes}\tsha256={info.sha256[:16]}…{suffix}"
+    )
+
+
 def _wait(args: argparse.Namespace) -> int:
     with _client(args) as client:
         client.wait_until_serving(args.wait_timeout)
@@ -488,6 +529,31 @@ def build_parser() -> argparse.ArgumentParser:
         create.add_argument(f"--{key.replace('_', '-')}", dest=key, type=int, default=None)
     create.add_argument("--storage-dtype", choices=["float16", "float32"], default=None)
     collections.set_defaults(run=_collections)
+
+    snapshot = sub.add_parser("snapshot", help="take, list, download, restore, delete snapshots")
+    snapshot_actions = snapshot.add_subparsers(dest="action", required=True)
+    create_snapshot = snapshot_actions.add_parser(
+        "create", parents=[client_flags], help="snapshot a collection on the server (it keeps serving)"
+    )
+    create_snapshot.add_argument("collection")
+    create_snapshot.add_argument("--out", default=None, help="also download the snapshot to this file")
+    create_snapshot.add_argument("--json", action="store_true", help="print the snapshot as JSON")
+    snapshot_actions.add_parser("list", parents=[client_flags]).add_argument("collection")
+    download = snapshot_actions.add_parser("download", parents=[client_flags])
+    download.add_argument("name", help="collections/C/snapshots/ID")
+    download.add_argument("file")
+    snapshot_actions.add_parser("delete", parents=[client_flags]).add_argument(
+        "name", help="collections/C/snapshots/ID"
+    )
+    restore = snapshot_actions.add_parser(
+        "restore", parents=[client_flags], help="create a collection from a snapshot"
+    )
+    restore.add_argument("file", nargs="?", default=None, help="a snapshot file to upload")
+    restore.add_argument(
+        "--snapshot", default=None, help="or a server-side snapshot, collections/C/snapshots/ID"
+    )
+    restore.add_argument("--as", dest="as_name", required=True, help="the new collection's id")
+    snapshot.set_defaults(run=_snapshot)
     return parser
 
 

@@ -128,3 +128,18 @@ class CollectionInfo:
     storage_dtype: str
     stats: CollectionStats | None
     create_time: datetime | None
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """A snapshot kept by the server (see Client.create_snapshot)."""
+
+    name: str  # "collections/{collection}/snapshots/{snapshot_id}"
+    create_time: datetime
+    size_bytes: int
+    document_count: int
+    sha256: str  # hex SHA-256 of the whole file
+
+    @property
+    def collection(self) -> str:
+        return self.name.split("/")[1]

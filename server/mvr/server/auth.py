@@ -7,10 +7,10 @@ Owns the access rules of the server (nothing below the service layer knows about
   UNAUTHENTICATED; a known key whose role lacks the right is PERMISSION_DENIED. Roles are ordered,
   each with the rights of the one before it: ``read`` (Search, BatchSearch, Encode, GetCollection,
   ListCollections, GetDocument, ListDocuments), ``write`` (+ UpsertDocuments, StreamUpsertDocuments,
-  DeleteDocuments), ``admin`` (+ CreateCollection, DeleteCollection, and any mvr.v1 method not listed
-  here: a method a later version adds is closed until it is classified). The health and reflection
-  services stay open: orchestrators probe health without a key, and reflection describes only the
-  public contract.
+  DeleteDocuments), ``admin`` (+ CreateCollection, DeleteCollection, every SnapshotService method, and
+  any mvr.v1 method not listed here: a method a later version adds is closed until it is classified).
+  The health and reflection services stay open: orchestrators probe health without a key, and
+  reflection describes only the public contract.
 - Keys are held as SHA-256 digests and a presented key is compared with every one of them in constant
   time (``hmac.compare_digest``, no early exit), so neither the time of a refusal nor a memory dump
   tells a key; no key is ever logged (file errors name the line, not its content).
@@ -64,6 +64,12 @@ REQUIRED_ROLES: dict[str, Role] = {
     "/mvr.v1.DocumentService/DeleteDocuments": Role.WRITE,
     "/mvr.v1.CollectionService/CreateCollection": Role.ADMIN,
     "/mvr.v1.CollectionService/DeleteCollection": Role.ADMIN,
+    # a snapshot holds every document: downloading one is reading the whole collection at once
+    "/mvr.v1.SnapshotService/CreateSnapshot": Role.ADMIN,
+    "/mvr.v1.SnapshotService/ListSnapshots": Role.ADMIN,
+    "/mvr.v1.SnapshotService/DownloadSnapshot": Role.ADMIN,
+    "/mvr.v1.SnapshotService/RestoreSnapshot": Role.ADMIN,
+    "/mvr.v1.SnapshotService/DeleteSnapshot": Role.ADMIN,
 }
 
 

@@ -22,14 +22,18 @@ Consistency rules:
 from __future__ import annotations
 
 import logging
+import os
 import re
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 from mvr.server import engine_metrics
+from mvr.server import snapshot as snapshot_format
 from mvr.server.config import CollectionConfig
 from mvr.server.encoder import Encoder
 from mvr.server.errors import (
@@ -40,12 +44,12 @@ from mvr.server.errors import (
     ResourceExhausted,
     check_deadline,
 )
-from mvr.server.fde import FDE
-from mvr.server.index import HnswIndex, IndexParams
+from mvr.server.fde import FDE, FDE_FILE
+from mvr.server.index import INDEX_FILE, SIDECAR_FILE, HnswIndex, IndexParams
 from mvr.server.indexer import COMPACT_MIN_DEAD_BYTES, Indexer
 from mvr.server.limits import Limits
 from mvr.server.search import PendingBatch, Searcher, SearchParams
-from mvr.server.store import NewDocument, Record, Store, token_offsets
+from mvr.server.store import CATALOG, CODES, VECTORS, NewDocument, Record, Store, token_offsets
 from mvr.server.tokens import TokenIndex
 from mvr.server.values import CollectionStats, Document, DocumentInput, Hit, UpsertResult
 
@@ -59,7 +63,8 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 # at the defaults) whatever it sends; before them, one tile of a 50,000-token query against a
 # 100,000-token document was 20 GB (the hardening issue saw a server's RSS grow by ~16 GB). Text is
 # cut to the collection's doc_maxlen / query_maxlen by the encoder before it gets here.
-FDE_FILE = "fde.npz"
+_GRAPH = (INDEX_FILE, SIDECAR_FILE)
+_SAVED = (CATALOG, *_GRAPH)  # what a snapshot writes to its scratch directory first
 RETRY_BACKLOG_S = 1.0  # the indexer inserts thousands of documents a second (bench/ingest.py)
 
 
@@ -122,12 +127,16 @@ class Collection:
     # ------------------------------------------------------------------------------ open
 
     def _open_index(self) -> HnswIndex:
-        fresh = not self.store.records and not (self.directory / "hnsw.bin").exists()
+        fresh = not self.store.records and not (self.directory / INDEX_FILE).exists()
         index = None if fresh else HnswIndex.load(self.directory, self._index_params)
         if index is None:
             index = HnswIndex(self._index_params, capacity=max(1024, len(self.store.records)))
             self.dirty = True
         live = set(self.store.by_label)
+        revived = sorted(live & index.deleted_labels())  # only after a snapshot's restore
+        if revived:
+            index.revive(revived)
+            self.dirty = True
         in_graph = index.labels()
         stale = sorted(in_graph - live)
         if stale:
@@ -490,6 +499,40 @@ class Collection:
             reclaimed = self.compact()
             log.info("compacted", extra={"collection": self.config.name, "bytes_reclaimed": reclaimed})
 
+    # ------------------------------------------------------------------------------ snapshots
+
+    def snapshot(self, path: Path, created: float) -> tuple[int, str, int]:
+        """Writes a snapshot file of the collection at ``path`` (see :mod:`mvr.server.snapshot`);
+        returns (file size, SHA-256, live documents). Its instant is the moment the write lock is
+        held here: every write acknowledged before it is in the snapshot, none after it. The lock is
+        held only to open the store's view; writes and searches go on while the files are copied."""
+        with self.write_lock:
+            self._check_open()
+            view = self.store.view()
+            fde_file = (self.directory / FDE_FILE).open("rb")
+        try:
+            with tempfile.TemporaryDirectory(dir=path.parent, prefix=".snapshot-") as scratch:
+                scratch_dir = Path(scratch)
+                with self.index_mutex:
+                    self.index.save(scratch_dir)
+                # every label in that graph was handed out before this read
+                view.write_catalog(scratch_dir / CATALOG, next_label_at_least=self.store.next_label)
+                with ExitStack() as files:
+                    local = {name: files.enter_context((scratch_dir / name).open("rb")) for name in _SAVED}
+                    sources = [
+                        (CATALOG, local[CATALOG], (scratch_dir / CATALOG).stat().st_size),
+                        (VECTORS, view.files[VECTORS], view.ends[VECTORS]),
+                        (CODES, view.files[CODES], view.ends[CODES]),
+                        (FDE_FILE, fde_file, os.fstat(fde_file.fileno()).st_size),
+                        *((name, local[name], (scratch_dir / name).stat().st_size) for name in _GRAPH),
+                    ]
+                    manifest = snapshot_format.manifest_for(self.config.to_dict(), view.documents, created)
+                    size, sha256 = snapshot_format.write(path, sources, manifest)
+        finally:
+            view.close()
+            fde_file.close()
+        return size, sha256, view.documents
+
     # ------------------------------------------------------------------------------ stats
 
     def stats(self) -> CollectionStats:
@@ -498,7 +541,7 @@ class Collection:
         live_pending = (
             sum(int(np.isin(b.labels, list(self.store.by_label)).sum()) for b in pending) if pending else 0
         )
-        index_file = self.directory / "hnsw.bin"
+        index_file = self.directory / INDEX_FILE
         on_disk = self.store.bytes_on_disk()
         on_disk["hnsw"] = index_file.stat().st_size if index_file.exists() else 0
         on_disk["fde_matrices"] = (self.directory / FDE_FILE).stat().st_size

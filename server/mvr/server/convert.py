@@ -19,10 +19,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mvr.server.config import CollectionConfig, HNSWParams
 from mvr.server.errors import InvalidArgument
 from mvr.server.fde import FDEConfig
+from mvr.server.snapshot import SnapshotInfo
 from mvr.server.values import CollectionStats, Document, DocumentInput, Hit, UpsertResult
 from mvr.v1 import collection_service_pb2 as cpb
 from mvr.v1 import document_service_pb2 as dpb
 from mvr.v1 import search_service_pb2 as spb
+from mvr.v1 import snapshot_service_pb2 as snpb
 from mvr.v1 import types_pb2 as tpb
 
 _WIRE_DTYPES: dict[int, np.dtype] = {
@@ -32,6 +34,7 @@ _WIRE_DTYPES: dict[int, np.dtype] = {
 _STORAGE_DTYPE_NAMES = {tpb.DTYPE_FLOAT32: "float32", tpb.DTYPE_FLOAT16: "float16"}
 _COLLECTION_NAME = re.compile(r"^collections/([^/]+)$")
 _DOCUMENT_NAME = re.compile(r"^collections/([^/]+)/documents/(.+)$", re.DOTALL)
+_SNAPSHOT_NAME = re.compile(r"^collections/([^/]+)/snapshots/([^/]+)$")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -56,6 +59,28 @@ def document_name_parts(name: str, field: str) -> tuple[str, str]:
             field, f"{name!r} is not a document name of the form 'collections/{{c}}/documents/{{id}}'"
         )
     return match.group(1), match.group(2)
+
+
+def snapshot_name_parts(name: str, field: str) -> tuple[str, str]:
+    """``collections/{c}/snapshots/{s}`` → ``(c, s)``; the parts' own syntax is checked by the engine."""
+    match = _SNAPSHOT_NAME.match(name)
+    if match is None:
+        raise InvalidArgument(
+            field, f"{name!r} is not a snapshot name of the form 'collections/{{c}}/snapshots/{{id}}'"
+        )
+    return match.group(1), match.group(2)
+
+
+def snapshot_to_proto(info: SnapshotInfo) -> snpb.Snapshot:
+    created = Timestamp()
+    created.FromNanoseconds(int(info.created * 1e9))
+    return snpb.Snapshot(
+        name=f"collections/{info.collection_id}/snapshots/{info.snapshot_id}",
+        create_time=created,
+        size_bytes=info.size_bytes,
+        document_count=info.documents,
+        sha256=info.sha256,
+    )
 
 
 def collection_name(collection_id: str) -> str:

@@ -74,6 +74,7 @@ from numba.extending import intrinsic
 MAX_K_SIM = 10
 MAX_OUTPUT_DIM = 1 << 24
 _FORMAT_VERSION = 1
+FDE_FILE = "fde.npz"  # a collection's FDE matrices, in its directory (see FDE.save)
 
 # Tokens per chunk: the chunk's product (tokens × R·(k_sim + d_proj) floats, 1.7 MB at (20, 5, 16)) is
 # still in cache (L2/L3) for the kernel, and the Python work per chunk (~30 µs) is under 1% of the

@@ -105,6 +105,9 @@ class HnswIndex:
     def labels(self) -> set[int]:
         return set(self._index.get_ids_list()) - self._deleted
 
+    def deleted_labels(self) -> set[int]:
+        return set(self._deleted)
+
     def search(
         self, query: np.ndarray, k: int, ef: int, allowed: Callable[[int], bool] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -162,6 +165,19 @@ class HnswIndex:
                     with contextlib.suppress(RuntimeError):
                         self._index.mark_deleted(label)
                     self._deleted.add(label)
+        finally:
+            self.lock.release_exclusive()
+
+    def revive(self, labels: list[int]) -> None:
+        """Unmarks deleted labels. A label is one immutable document version, so its vector in the graph
+        is still right: used when a snapshot's graph, saved just after the snapshot's instant, marks
+        deleted a version that was live at that instant."""
+        self.lock.acquire_exclusive()
+        try:
+            for label in labels:
+                if label in self._deleted:
+                    self._index.unmark_deleted(label)
+                    self._deleted.discard(label)
         finally:
             self.lock.release_exclusive()
 

@@ -1,9 +1,11 @@
-"""The registry of collections under ``data_dir/collections/``: create, open at start, look up, delete."""
+"""The registry of collections under ``data_dir/collections/``: create, open at start, look up, delete,
+snapshot and restore (snapshot files under ``data_dir/snapshots/``, see :mod:`mvr.server.snapshot`)."""
 
 from __future__ import annotations
 
 import logging
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -12,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 from mvr.server import engine_metrics
-from mvr.server.collection import FDE_FILE, Collection
+from mvr.server import snapshot as snapshot_format
+from mvr.server.collection import Collection
 from mvr.server.config import (
     NAME_PATTERN,
     CollectionConfig,
@@ -31,8 +34,9 @@ from mvr.server.errors import (
     NotFound,
     ResourceExhausted,
 )
-from mvr.server.fde import FDE
+from mvr.server.fde import FDE, FDE_FILE
 from mvr.server.limits import Limits
+from mvr.server.snapshot import SnapshotDirectory, SnapshotInfo
 from mvr.server.store import Store
 
 log = logging.getLogger("mvr.collection")
@@ -58,6 +62,7 @@ class CollectionManager:
         limits: Limits | None = None,
     ) -> None:
         self.root = Path(data_dir) / "collections"
+        self.snapshots = SnapshotDirectory(Path(data_dir) / "snapshots")
         self.limits = limits or Limits()
         self.root.mkdir(parents=True, exist_ok=True)
         self._encoder_loader = encoder_loader
@@ -138,11 +143,7 @@ class CollectionManager:
         query_maxlen: int | None = None,
         doc_maxlen: int | None = None,
     ) -> CollectionConfig:
-        if not isinstance(name, str) or not NAME_PATTERN.match(name):
-            raise InvalidArgument(
-                "collection_id",
-                f"{name!r} must be 1-63 characters of [a-z0-9_-], starting with a letter or digit",
-            )
+        self.check_name(name, "collection_id")
         if vector_dtype not in ("float16", "float32"):
             raise InvalidArgument(
                 "collection.storage_dtype", f"must be float16 or float32, got {vector_dtype!r}"
@@ -178,13 +179,7 @@ class CollectionManager:
             name, dim, encoder_spec, fde_config, hnsw_params, vector_dtype, time.time(), token_storage
         )
         with self._lock:
-            if name in self._collections:
-                raise AlreadyExists(f"collection {name!r} already exists")
-            if len(self._collections) >= self.limits.max_collections:
-                raise ResourceExhausted(
-                    f"collection_id: this server holds {len(self._collections)} collections; the limit is "
-                    f"{self.limits.max_collections} (max_collections)"
-                )
+            self._check_room(name)
             staging = self.root / f".creating-{name}"
             shutil.rmtree(staging, ignore_errors=True)
             try:
@@ -220,6 +215,78 @@ class CollectionManager:
         (self.root / name).rename(doomed)
         shutil.rmtree(doomed, ignore_errors=True)
         log.info("collection deleted", extra={"collection": name})
+
+    # ------------------------------------------------------------------------------ snapshots
+
+    def check_name(self, name: str, field: str) -> None:
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise InvalidArgument(
+                field, f"{name!r} must be 1-63 characters of [a-z0-9_-], starting with a letter or digit"
+            )
+
+    def create_snapshot(self, name: str) -> SnapshotInfo:
+        """Takes a snapshot of collection ``name`` while it keeps serving (see Collection.snapshot)."""
+        collection = self.get(name)
+        snapshot_id, partial = self.snapshots.reserve(name)
+        created = time.time()
+        try:
+            size, sha256, documents = collection.snapshot(partial, created)
+            info = SnapshotInfo(name, snapshot_id, created, size, documents, sha256)
+            self.snapshots.publish(partial, info)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        log.info("snapshot created", extra={"collection": name, "snapshot": snapshot_id, "bytes": size})
+        return info
+
+    def restore(self, name: str, source: Path, field: str) -> CollectionConfig:
+        """Creates collection ``name`` from the snapshot file ``source``; ``field`` names the source in
+        errors. The collection appears whole or not at all, as at creation."""
+        self.check_name(name, "collection_id")
+        with self._lock:
+            self._check_room(name)
+            staging = self.root / f".restoring-{name}"
+            shutil.rmtree(staging, ignore_errors=True)
+            try:
+                manifest = snapshot_format.extract(source, _mkdir(staging), field)
+                config = self._renamed_config(staging, name, field)
+            except BaseException:
+                shutil.rmtree(staging, ignore_errors=True)
+                raise
+            staging.rename(self.root / name)
+            self._collections[name] = self._open(self.root / name)
+        origin = manifest["collection"].get("name")
+        log.info("collection restored", extra={"collection": name, "from": origin})
+        return config
+
+    @staticmethod
+    def _renamed_config(staging: Path, name: str, field: str) -> CollectionConfig:
+        """The snapshot's config under its new name, written to its catalog."""
+        try:
+            stored = Store.config_at(staging)
+            if stored is None:
+                raise ValueError("the catalog holds no collection config")
+            config = CollectionConfig.from_dict(stored)
+        except (KeyError, TypeError, ValueError, sqlite3.DatabaseError) as error:
+            message = f"holds no collection config this server can read ({error})"
+            raise InvalidArgument(field, message) from None
+        config = replace(config, name=name)
+        store = Store(staging, config.dim, config.vector_dtype)
+        try:
+            store.write_config(config.to_dict())
+        finally:
+            store.close()
+        return config
+
+    def _check_room(self, name: str) -> None:
+        """ALREADY_EXISTS or RESOURCE_EXHAUSTED for a new collection ``name``; the caller holds the lock."""
+        if name in self._collections:
+            raise AlreadyExists(f"collection {name!r} already exists")
+        if len(self._collections) >= self.limits.max_collections:
+            raise ResourceExhausted(
+                f"collection_id: this server holds {len(self._collections)} collections; the limit is "
+                f"{self.limits.max_collections} (max_collections)"
+            )
 
     def close(self) -> None:
         for collection in list(self._collections.values()):

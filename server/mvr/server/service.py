@@ -1,4 +1,4 @@
-"""The gRPC service layer: mvr.v1 CollectionService, DocumentService and SearchService.
+"""The gRPC service layer: mvr.v1 CollectionService, DocumentService, SearchService, SnapshotService.
 
 Owns: request validation that is about the wire (names, page tokens, limits on batch sizes), the
 mapping of engine errors to gRPC status codes, and nothing else. Every RPC unpacks its request with
@@ -27,6 +27,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from mvr.server import convert
+from mvr.server import snapshot as snapshot_format
 from mvr.server.collection import Collection
 from mvr.server.encoder import Encoder
 from mvr.server.errors import (
@@ -49,6 +50,8 @@ from mvr.v1 import document_service_pb2 as dpb
 from mvr.v1 import document_service_pb2_grpc as dgrpc
 from mvr.v1 import search_service_pb2 as spb
 from mvr.v1 import search_service_pb2_grpc as sgrpc
+from mvr.v1 import snapshot_service_pb2 as snpb
+from mvr.v1 import snapshot_service_pb2_grpc as sngrpc
 from mvr.v1 import types_pb2 as tpb
 
 log = logging.getLogger("mvr.service")
@@ -209,12 +212,12 @@ class CollectionService(cgrpc.CollectionServiceServicer):
             tokens=args.tokens,
         )
         collection = self.engine.manager.get(config.name)
-        return cpb.CreateCollectionResponse(collection=self._describe(collection, with_stats=True))
+        return cpb.CreateCollectionResponse(collection=describe(collection, with_stats=True))
 
     @rpc
     def GetCollection(self, request, context):
         collection = self.engine.collection(request.name, "name")
-        return cpb.GetCollectionResponse(collection=self._describe(collection, with_stats=True))
+        return cpb.GetCollectionResponse(collection=describe(collection, with_stats=True))
 
     @rpc
     def ListCollections(self, request, context):
@@ -223,7 +226,7 @@ class CollectionService(cgrpc.CollectionServiceServicer):
         configs = [c for c in self.engine.manager.list() if after is None or c.name > after]
         page = configs[:size]
         next_token = convert.encode_page_token(page[-1].name) if len(configs) > size else ""
-        collections = [self._describe(self.engine.manager.get(c.name), with_stats=False) for c in page]
+        collections = [describe(self.engine.manager.get(c.name), with_stats=False) for c in page]
         return cpb.ListCollectionsResponse(collections=collections, next_page_token=next_token)
 
     @rpc
@@ -231,13 +234,13 @@ class CollectionService(cgrpc.CollectionServiceServicer):
         self.engine.manager.delete(convert.collection_id_from_name(request.name, "name"))
         return cpb.DeleteCollectionResponse()
 
-    @staticmethod
-    def _describe(collection: Collection, *, with_stats: bool) -> cpb.Collection:
-        stats = collection.stats() if with_stats else None
-        codec = collection.store.codec
-        return convert.collection_to_proto(
-            collection.config, collection.fde.output_dim, stats, 0 if codec is None else codec.n_centroids
-        )
+
+def describe(collection: Collection, *, with_stats: bool) -> cpb.Collection:
+    stats = collection.stats() if with_stats else None
+    codec = collection.store.codec
+    return convert.collection_to_proto(
+        collection.config, collection.fde.output_dim, stats, 0 if codec is None else codec.n_centroids
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -482,14 +485,104 @@ class SearchService(sgrpc.SearchServiceServicer):
         )
 
 
+# ---------------------------------------------------------------------------------------------------
+
+
+class SnapshotService(sngrpc.SnapshotServiceServicer):
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @rpc
+    def CreateSnapshot(self, request, context):
+        collection_id = convert.collection_id_from_name(request.parent, "parent")
+        info = self.engine.manager.create_snapshot(collection_id)
+        return snpb.CreateSnapshotResponse(snapshot=convert.snapshot_to_proto(info))
+
+    @rpc
+    def ListSnapshots(self, request, context):
+        collection_id = convert.collection_id_from_name(request.parent, "parent")
+        self.engine.manager.check_name(collection_id, "parent")
+        size = convert.page_size(request.page_size)
+        after = convert.decode_page_token(request.page_token)
+        infos = [
+            i
+            for i in self.engine.manager.snapshots.list(collection_id)
+            if after is None or i.snapshot_id > after
+        ]
+        page = infos[:size]
+        next_token = convert.encode_page_token(page[-1].snapshot_id) if len(infos) > size else ""
+        return snpb.ListSnapshotsResponse(
+            snapshots=[convert.snapshot_to_proto(i) for i in page], next_page_token=next_token
+        )
+
+    def DownloadSnapshot(self, request, context) -> Iterator[snpb.DownloadSnapshotResponse]:
+        """The file in chunks of CHUNK_BYTES; errors before the first chunk end the call with their
+        status. The open file stays readable if the snapshot is deleted meanwhile."""
+        try:
+            collection_id, snapshot_id = convert.snapshot_name_parts(request.name, "name")
+            path, info = self.engine.manager.snapshots.get(collection_id, snapshot_id, "name")
+            handle = path.open("rb")
+        except MvrError as error:
+            abort_with(context, error)
+        with handle:
+            offset, first = 0, convert.snapshot_to_proto(info)
+            while chunk := handle.read(snapshot_format.CHUNK_BYTES):
+                yield snpb.DownloadSnapshotResponse(offset=offset, data=chunk, snapshot=first)
+                offset, first = offset + len(chunk), None
+
+    @rpc
+    def RestoreSnapshot(self, request_iterator, context):
+        manager = self.engine.manager
+        first = next(request_iterator, None)
+        if first is None or not first.collection_id:
+            raise InvalidArgument("collection_id", "is required in the stream's first message")
+        manager.check_name(first.collection_id, "collection_id")
+        if first.collection_id in {c.name for c in manager.list()}:  # before any upload: fail fast
+            raise AlreadyExists(f"collection {first.collection_id!r} already exists")
+        if first.snapshot:
+            return self._restore_kept(first, request_iterator)
+        upload = manager.snapshots.upload_path()
+        try:
+            with upload.open("wb") as handle:
+                handle.write(first.data)
+                for message in request_iterator:
+                    handle.write(message.data)
+            manager.restore(first.collection_id, upload, "data")
+        finally:
+            upload.unlink(missing_ok=True)
+        return snpb.RestoreSnapshotResponse(
+            collection=describe(manager.get(first.collection_id), with_stats=True)
+        )
+
+    def _restore_kept(
+        self, first: snpb.RestoreSnapshotRequest, rest: Iterator[snpb.RestoreSnapshotRequest]
+    ) -> snpb.RestoreSnapshotResponse:
+        """Restores a snapshot this server keeps: the stream holds no file bytes."""
+        if first.data or any(message.data for message in rest):
+            raise InvalidArgument("data", "must be empty when 'snapshot' names a server-side snapshot")
+        collection_id, snapshot_id = convert.snapshot_name_parts(first.snapshot, "snapshot")
+        path, _ = self.engine.manager.snapshots.get(collection_id, snapshot_id, "snapshot")
+        self.engine.manager.restore(first.collection_id, path, "snapshot")
+        collection = self.engine.manager.get(first.collection_id)
+        return snpb.RestoreSnapshotResponse(collection=describe(collection, with_stats=True))
+
+    @rpc
+    def DeleteSnapshot(self, request, context):
+        collection_id, snapshot_id = convert.snapshot_name_parts(request.name, "name")
+        self.engine.manager.snapshots.delete(collection_id, snapshot_id, "name")
+        return snpb.DeleteSnapshotResponse()
+
+
 def register(server: grpc.Server, engine: Engine) -> None:
     cgrpc.add_CollectionServiceServicer_to_server(CollectionService(engine), server)
     dgrpc.add_DocumentServiceServicer_to_server(DocumentService(engine), server)
     sgrpc.add_SearchServiceServicer_to_server(SearchService(engine), server)
+    sngrpc.add_SnapshotServiceServicer_to_server(SnapshotService(engine), server)
 
 
 SERVICE_NAMES = (
     cpb.DESCRIPTOR.services_by_name["CollectionService"].full_name,
     dpb.DESCRIPTOR.services_by_name["DocumentService"].full_name,
     spb.DESCRIPTOR.services_by_name["SearchService"].full_name,
+    snpb.DESCRIPTOR.services_by_name["SnapshotService"].full_name,
 )

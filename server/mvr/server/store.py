@@ -400,7 +400,7 @@ class Store:
                 raise
         rewrite.committed = True  # from here the file is the collection's: never discarded
         os.replace(rewrite.path, self.directory / CODES)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         self._codes.replaced(end)
         with self._db_lock:
             self._db.execute("DELETE FROM state WHERE key = 'rewritten_pending_rename'")
@@ -585,6 +585,14 @@ class Store:
         )  # the database, its WAL and shared-memory files
         return {"vectors": self.vectors_end, "codes": self.codes_end, "sqlite": sqlite_bytes}
 
+    # ------------------------------------------------------------------------------ snapshots
+
+    def view(self) -> StoreView:
+        """The store as it stands now, readable while writes go on (for a snapshot). The caller holds
+        the write lock, so that no upsert, delete, compaction or code rewrite is half done; the view
+        is taken in microseconds and the lock can go at once."""
+        return StoreView(self.directory)
+
     # ------------------------------------------------------------------------------ compaction
 
     def compact(self) -> int:
@@ -671,7 +679,7 @@ class Store:
     def _finish_compaction(self, vectors_end: int, codes_end: int) -> None:
         for name in (VECTORS, CODES):
             os.replace(self.directory / (name + ".compact"), self.directory / name)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         self._vectors.replaced(vectors_end)
         self._codes.replaced(codes_end)
         with self._db_lock:
@@ -684,12 +692,50 @@ class Store:
         self._codes.close()
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     directory_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(directory_fd)
     finally:
         os.close(directory_fd)
+
+
+class StoreView:
+    """A consistent, frozen view of a store: a read transaction on the catalog (WAL: writers go on, the
+    view keeps seeing the instant it began) and open handles on the vector and code files. Compaction
+    and code rewrites replace those files by rename, and appends land past the ends the view's catalog
+    records, so the bytes the view's catalog points at stay as they were while the handles are open."""
+
+    def __init__(self, directory: Path) -> None:
+        self._db = sqlite3.connect(directory / CATALOG, check_same_thread=False, isolation_level=None)
+        self._db.execute("BEGIN")
+        # the first read opens the transaction's snapshot: everything below is as of this instant
+        state = dict(self._db.execute("SELECT key, value FROM state").fetchall())
+        (self.documents,) = self._db.execute("SELECT COUNT(*) FROM documents").fetchone()
+        self.ends = {VECTORS: int(state.get("vectors_end", 0)), CODES: int(state.get("codes_end", 0))}
+        self.next_label = int(state.get("next_label", 0))
+        self.files = {name: (directory / name).open("rb") for name in self.ends}
+
+    def write_catalog(self, path: Path, *, next_label_at_least: int = 0) -> None:
+        """A self-contained copy of the catalog as of the view's instant (SQLite's online backup, read
+        inside the view's transaction), its next label raised to ``next_label_at_least``: a snapshot
+        may hold graph entries of versions written after its instant, whose labels must never be
+        handed out again in the restored collection."""
+        target = sqlite3.connect(path, isolation_level=None)
+        try:
+            self._db.backup(target)
+            target.execute("PRAGMA journal_mode=DELETE")  # one file: no WAL beside it in the snapshot
+            target.execute(
+                "INSERT OR REPLACE INTO state (key, value) VALUES ('next_label', ?)",
+                (max(self.next_label, next_label_at_least),),
+            )
+        finally:
+            target.close()
+
+    def close(self) -> None:
+        for handle in self.files.values():
+            handle.close()
+        self._db.close()
 
 
 class CodeRewrite:
