@@ -20,6 +20,8 @@ from mvr.v1 import document_service_pb2 as dpb
 from mvr.v1 import document_service_pb2_grpc as dgrpc
 from mvr.v1 import search_service_pb2 as spb
 from mvr.v1 import search_service_pb2_grpc as sgrpc
+from mvr.v1 import snapshot_service_pb2 as snpb
+from mvr.v1 import snapshot_service_pb2_grpc as sngrpc
 from mvr.v1 import types_pb2 as tpb
 
 DIM = 8
@@ -221,6 +223,39 @@ def test_hostile_reads_deletes_and_pages_get_precise_codes(stubs, collections) -
         assert outcome(document_stub.DeleteDocuments, delete) in PRECISE
 
     run()
+
+
+def test_hostile_snapshot_requests_get_precise_codes(mvr_server, collections) -> None:
+    with grpc.insecure_channel(mvr_server.target) as channel:
+        stub = sngrpc.SnapshotServiceStub(channel)
+        kept = stub.CreateSnapshot(
+            snpb.CreateSnapshotRequest(parent=collections["kept"]), timeout=30
+        ).snapshot
+
+        @FUZZ
+        @given(
+            parent=parents(collections, writable=False),
+            name=st.one_of(odd_text, st.just(kept.name)),
+            collection_id=odd_text,
+            chunks=st.lists(st.binary(max_size=3000), max_size=3),
+            page_token=st.one_of(odd_text, st.binary(max_size=40).map(lambda b: b.hex())),
+        )
+        def run(parent, name, collection_id, chunks, page_token) -> None:
+            for snapshot_name in (name, f"{parent}/snapshots/{name}"):
+                download = snpb.DownloadSnapshotRequest(name=snapshot_name)
+                assert outcome(stub.DownloadSnapshot, download) in PRECISE
+                uploads = [
+                    [snpb.RestoreSnapshotRequest(collection_id=collection_id, snapshot=snapshot_name)],
+                    [snpb.RestoreSnapshotRequest(collection_id=collection_id, data=c) for c in chunks],
+                ]
+                for messages in uploads:
+                    assert outcome(stub.RestoreSnapshot, iter(messages)) in PRECISE
+            listing = snpb.ListSnapshotsRequest(parent=parent, page_token=page_token)
+            assert outcome(stub.ListSnapshots, listing) in PRECISE
+            assert outcome(stub.CreateSnapshot, snpb.CreateSnapshotRequest(parent=name)) in PRECISE
+            assert outcome(stub.DeleteSnapshot, snpb.DeleteSnapshotRequest(name=name + "x")) in PRECISE
+
+        run()
 
 
 def test_a_collection_deleted_under_running_searches_and_upserts(stubs) -> None:
