@@ -521,8 +521,7 @@ class Collection:
                     local = {name: files.enter_context((scratch_dir / name).open("rb")) for name in _SAVED}
                     sources = [
                         (CATALOG, local[CATALOG], (scratch_dir / CATALOG).stat().st_size),
-                        (VECTORS, view.files[VECTORS], view.ends[VECTORS]),
-                        (CODES, view.files[CODES], view.ends[CODES]),
+                        *((name, view.data[name], view.data[name].size) for name in (VECTORS, CODES)),
                         (FDE_FILE, fde_file, os.fstat(fde_file.fileno()).st_size),
                         *((name, local[name], (scratch_dir / name).stat().st_size) for name in _GRAPH),
                     ]

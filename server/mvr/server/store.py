@@ -42,6 +42,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
+from typing import BinaryIO
 
 import numba
 import numpy as np
@@ -591,7 +592,7 @@ class Store:
         """The store as it stands now, readable while writes go on (for a snapshot). The caller holds
         the write lock, so that no upsert, delete, compaction or code rewrite is half done; the view
         is taken in microseconds and the lock can go at once."""
-        return StoreView(self.directory)
+        return StoreView(self.directory, self._row_bytes, self.keep_vectors)
 
     # ------------------------------------------------------------------------------ compaction
 
@@ -701,41 +702,115 @@ def fsync_directory(directory: Path) -> None:
 
 
 class StoreView:
-    """A consistent, frozen view of a store: a read transaction on the catalog (WAL: writers go on, the
-    view keeps seeing the instant it began) and open handles on the vector and code files. Compaction
-    and code rewrites replace those files by rename, and appends land past the ends the view's catalog
-    records, so the bytes the view's catalog points at stay as they were while the handles are open."""
+    """A consistent, frozen view of a store, copied out compacted (for a snapshot).
 
-    def __init__(self, directory: Path) -> None:
+    A read transaction on the catalog (WAL: writers go on, the view keeps seeing the instant it began)
+    and open handles on the vector and code files. Compaction and code rewrites replace those files by
+    rename, and appends land past the ends the view's catalog records, so the bytes the view's catalog
+    points at stay as they were while the handles are open. The copy holds only what the live
+    documents need, as a compaction would leave it: no replaced or deleted versions, and no float
+    vectors of coded documents unless the collection keeps them."""
+
+    def __init__(self, directory: Path, row_bytes: int, keep_vectors: bool) -> None:
+        self._row_bytes, self._keep_vectors = row_bytes, keep_vectors
         self._db = sqlite3.connect(directory / CATALOG, check_same_thread=False, isolation_level=None)
         self._db.execute("BEGIN")
         # the first read opens the transaction's snapshot: everything below is as of this instant
-        state = dict(self._db.execute("SELECT key, value FROM state").fetchall())
         (self.documents,) = self._db.execute("SELECT COUNT(*) FROM documents").fetchone()
-        self.ends = {VECTORS: int(state.get("vectors_end", 0)), CODES: int(state.get("codes_end", 0))}
-        self.next_label = int(state.get("next_label", 0))
-        self.files = {name: (directory / name).open("rb") for name in self.ends}
+        self._files = {name: (directory / name).open("rb") for name in (VECTORS, CODES)}
+        self.data: dict[str, ByteRanges] = {}  # VECTORS / CODES → what the copy holds, once written
 
     def write_catalog(self, path: Path, *, next_label_at_least: int = 0) -> None:
-        """A self-contained copy of the catalog as of the view's instant (SQLite's online backup, read
-        inside the view's transaction), its next label raised to ``next_label_at_least``: a snapshot
-        may hold graph entries of versions written after its instant, whose labels must never be
-        handed out again in the restored collection."""
+        """Writes the catalog as of the view's instant (SQLite's online backup, read inside the view's
+        transaction) to ``path``, with the offsets of the compacted data files (:attr:`data`) and its
+        next label raised to ``next_label_at_least``: a snapshot may hold graph entries of versions
+        written after its instant, whose labels must never be handed out again."""
         target = sqlite3.connect(path, isolation_level=None)
         try:
             self._db.backup(target)
             target.execute("PRAGMA journal_mode=DELETE")  # one file: no WAL beside it in the snapshot
+            target.execute("BEGIN")
+            self._compact_rows(target)
+            (next_label,) = target.execute("SELECT value FROM state WHERE key = 'next_label'").fetchone() or (
+                0,
+            )
             target.execute(
                 "INSERT OR REPLACE INTO state (key, value) VALUES ('next_label', ?)",
-                (max(self.next_label, next_label_at_least),),
+                (max(int(next_label), next_label_at_least),),
             )
+            target.execute("COMMIT")
         finally:
             target.close()
 
+    def _compact_rows(self, target: sqlite3.Connection) -> None:
+        rows = target.execute("SELECT label, vec_offset, n_tokens, code_offset FROM documents").fetchall()
+        labels, vec_offsets, n_tokens, code_offsets = np.array(rows, dtype=np.int64).reshape(-1, 4).T
+        codec = target.execute("SELECT data FROM codecs ORDER BY version DESC LIMIT 1").fetchone()
+        token_bytes = 0 if codec is None else Codec.from_bytes(codec[0]).token_bytes
+        coded = code_offsets != NO_OFFSET
+        with_vectors = (vec_offsets != NO_OFFSET) & (self._keep_vectors | ~coded)
+        vectors = ByteRanges(self._files[VECTORS], vec_offsets, n_tokens * self._row_bytes, with_vectors)
+        codes = ByteRanges(self._files[CODES], code_offsets, n_tokens * token_bytes, coded)
+        target.executemany(
+            "UPDATE documents SET vec_offset = ?, code_offset = ? WHERE label = ?",
+            zip(vectors.new_offsets.tolist(), codes.new_offsets.tolist(), labels.tolist(), strict=True),
+        )
+        target.execute("DELETE FROM tombstones")
+        target.executemany(
+            "INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)",
+            [("vectors_end", vectors.size), ("codes_end", codes.size)],
+        )
+        self.data = {VECTORS: vectors, CODES: codes}
+
     def close(self) -> None:
-        for handle in self.files.values():
+        for handle in self._files.values():
             handle.close()
         self._db.close()
+
+
+class ByteRanges:
+    """Some byte ranges of a file read back to back, in file order, as one stream (``read``), and the
+    offset each row's range gets in that stream (``NO_OFFSET`` for rows not ``selected``)."""
+
+    def __init__(
+        self, handle: BinaryIO, offsets: np.ndarray, lengths: np.ndarray, selected: np.ndarray
+    ) -> None:
+        rows = np.flatnonzero(selected)
+        rows = rows[np.argsort(offsets[rows], kind="stable")]  # file order: the file is read forwards
+        starts, sizes = offsets[rows], lengths[rows]
+        self.new_offsets = np.full(len(offsets), NO_OFFSET, dtype=np.int64)
+        self.new_offsets[rows] = np.cumsum(sizes) - sizes
+        self.size = int(sizes.sum())
+        self._runs = _merged_runs(starts.tolist(), sizes.tolist())
+        self._fd = handle.fileno()
+        self._run, self._within = 0, 0
+
+    def read(self, size: int = -1) -> bytes:
+        """The next ``size`` bytes of the stream (all that is left for -1)."""
+        parts, wanted = [], self.size if size < 0 else size
+        while wanted > 0 and self._run < len(self._runs):
+            start, length = self._runs[self._run]
+            take = min(wanted, length - self._within)
+            part = os.pread(self._fd, take, start + self._within)
+            if len(part) != take:
+                raise OSError(f"short read: {len(part)} of {take} bytes at {start + self._within}")
+            parts.append(part)
+            wanted -= take
+            self._within += take
+            if self._within == length:
+                self._run, self._within = self._run + 1, 0
+        return b"".join(parts)
+
+
+def _merged_runs(starts: list[int], sizes: list[int]) -> list[tuple[int, int]]:
+    """(offset, length) runs of the ranges (in file order), adjacent ones merged into one read."""
+    runs: list[tuple[int, int]] = []
+    for start, size in zip(starts, sizes, strict=True):
+        if runs and runs[-1][0] + runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], runs[-1][1] + size)
+        else:
+            runs.append((start, size))
+    return runs
 
 
 class CodeRewrite:
