@@ -267,6 +267,9 @@ def collection_info(message: cpb.Collection, with_stats: bool) -> CollectionInfo
             indexed_documents=message.stats.indexed_documents,
             bytes_on_disk=dict(message.stats.bytes_on_disk),
             bytes_in_memory=dict(message.stats.bytes_in_memory),
+            coded_documents=message.stats.coded_documents,
+            codec_generation=message.stats.codec_generation,
+            recoded_documents=message.stats.recoded_documents,
         )
     return CollectionInfo(
         name=collection_id(message.name),

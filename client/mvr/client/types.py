@@ -110,6 +110,9 @@ class CollectionStats:
     indexed_documents: int
     bytes_on_disk: dict[str, int]
     bytes_in_memory: dict[str, int]
+    coded_documents: int = 0  # live documents the centroid stages read (once the codec is trained)
+    codec_generation: int = 0  # codecs trained so far (0: not coded yet)
+    recoded_documents: int = 0  # while a retrained codec's codes are written: documents done so far
 
 
 @dataclass(frozen=True)
