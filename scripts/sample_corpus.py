@@ -170,13 +170,34 @@ def write(out: Path, repo: Path = REPO) -> int:
     return len(found)
 
 
+def show_examples(target: str, collection: str, top_k: int = 3) -> None:
+    """Asks the example questions and prints each hit: rank, score, title, id and a snippet."""
+    from mvr.client import Client
+
+    with Client(target, timeout=120) as mvr:
+        for question, _ in EXAMPLE_QUERIES:
+            print(f"\n? {question}")
+            for rank, hit in enumerate(mvr.search(collection, question, top_k=top_k), 1):
+                text = mvr.get(collection, hit.id).text or ""
+                body = " ".join(text.split("\n", 1)[-1].split())  # the passage without its heading
+                print(f"  {rank}. {hit.score:7.3f}  {hit.metadata.get('title', hit.id)}")
+                print(f"     {hit.id}\n     {body[:160]}{'…' if len(body) > 160 else ''}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--search", metavar="COLLECTION", help="ask the example questions of a running server"
+    )
+    parser.add_argument("--target", default="127.0.0.1:50051")
     args = parser.parse_args()
-    print(f"{write(args.out)} passages of this repository's documentation → {args.out}")
+    if args.search:
+        show_examples(args.target, args.search)
+    else:
+        print(f"{write(args.out)} passages of this repository's documentation → {args.out}")
 
 
 if __name__ == "__main__":
