@@ -119,8 +119,14 @@ def _serve(args: argparse.Namespace) -> int:
     # workers took the cores that Numba, BLAS and other requests needed (bench/search_load.py, now
     # bench/load.py --mode search-text: a text search went from 40 ms to 23 ms in-process with PASSIVE).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from mvr.server.app import ServerConfig, run
-    from mvr.server.limits import Limits
+    try:
+        from mvr.server.app import ServerConfig, run
+        from mvr.server.limits import Limits
+    except ImportError as error:  # the light client install: `pip install mvr` without [server]
+        raise SystemExit(
+            f"error: `mvr serve` needs the server's dependencies ({error.name} is missing): "
+            "pip install 'mvr[server]', or bash scripts/install.sh in a clone"
+        ) from None
 
     def path(value: str | None) -> Path | None:
         return None if value is None else Path(value)
