@@ -50,10 +50,11 @@ def markdown_passages(path: Path, repo: Path) -> Iterator[Passage]:
     """One passage per run of paragraphs under a heading, at most MAX_WORDS words (a longer paragraph
     stands alone); code blocks and tables are kept with their section."""
     relative = path.relative_to(repo).as_posix()
-    heading, body = path.stem, []
+    heading, body, fenced = path.stem, [], False
     seen: dict[str, int] = {}
     for line in [*path.read_text(encoding="utf-8").splitlines(), "# end"]:
-        match = re.match(r"^(#{1,4})\s+(.*)", line)
+        fenced ^= line.lstrip().startswith("```")
+        match = None if fenced else re.match(r"^(#{1,4})\s+(.*)", line)  # '# x' in a code block: a comment
         if match is None:
             body.append(line)
             continue

@@ -196,9 +196,13 @@ class AsyncClient:
         ef: int | None = None,
         filter: Mapping[str, str] | None = None,
         explain: bool = False,
+        mode: str = "semantic",
+        semantic_weight: float | None = None,
         timeout: float | None = None,
     ) -> list[Hit]:
-        request = convert.search_request(collection, query, top_k, candidates, ef, filter, explain)
+        request = convert.search_request(
+            collection, query, top_k, candidates, ef, filter, explain, mode, semantic_weight
+        )
         return convert.hits(await self._call(self._search.Search, request, timeout))
 
     async def batch_search(
@@ -211,11 +215,16 @@ class AsyncClient:
         ef: int | None = None,
         filter: Mapping[str, str] | None = None,
         explain: bool = False,
+        mode: str = "semantic",
+        semantic_weight: float | None = None,
         timeout: float | None = None,
     ) -> list[list[Hit]]:
         request = spb.BatchSearchRequest(
             searches=[
-                convert.search_request(collection, q, top_k, candidates, ef, filter, explain) for q in queries
+                convert.search_request(
+                    collection, q, top_k, candidates, ef, filter, explain, mode, semantic_weight
+                )
+                for q in queries
             ]
         )
         response = await self._call(self._search.BatchSearch, request, timeout)

@@ -269,9 +269,11 @@ class Client:
         ef: int | None = None,
         filter: Mapping[str, str] | None = None,
         explain: bool = False,
+        mode: str = "semantic",
+        semantic_weight: float | None = None,
         timeout: float | None = None,
     ) -> list[Hit]:
-        """Searches a collection; hits best first, scored by exact MaxSim.
+        """Searches a collection; hits best first.
 
         Args:
             query: text (encoded by the collection's model) or a float32 array (n_tokens, dim).
@@ -280,8 +282,14 @@ class Client:
             ef: HNSW search list size (default max(candidates, the collection's ef_search)).
             filter: exact-match metadata filter; every key must have exactly that value.
             explain: attach each query token's best document token and score to every hit.
+            mode: "semantic" (exact MaxSim, the default), "keyword" (BM25 over the stored texts; a
+                text query, no model needed) or "hybrid" (both, fused by reciprocal rank; a text
+                query). Each hit carries its rank and score in each list.
+            semantic_weight: hybrid only: the semantic list's weight in [0, 1] (default 0.5).
         """
-        request = convert.search_request(collection, query, top_k, candidates, ef, filter, explain)
+        request = convert.search_request(
+            collection, query, top_k, candidates, ef, filter, explain, mode, semantic_weight
+        )
         return convert.hits(self._call(self._search.Search, request, timeout))
 
     def batch_search(
@@ -294,12 +302,17 @@ class Client:
         ef: int | None = None,
         filter: Mapping[str, str] | None = None,
         explain: bool = False,
+        mode: str = "semantic",
+        semantic_weight: float | None = None,
         timeout: float | None = None,
     ) -> list[list[Hit]]:
         """Several searches of one collection in one call; one list of hits per query, in order."""
         request = spb.BatchSearchRequest(
             searches=[
-                convert.search_request(collection, q, top_k, candidates, ef, filter, explain) for q in queries
+                convert.search_request(
+                    collection, q, top_k, candidates, ef, filter, explain, mode, semantic_weight
+                )
+                for q in queries
             ]
         )
         response = self._call(self._search.BatchSearch, request, timeout)

@@ -195,12 +195,12 @@ def create_collection_request(
 
 
 def document_message(doc: Document) -> dpb.Document:
-    if (doc.text is None) == (doc.vectors is None):
-        raise ValueError(f"document {doc.id!r}: set exactly one of text and vectors")
+    if doc.text is None and doc.vectors is None:
+        raise ValueError(f"document {doc.id!r}: set text, vectors or both")
     message = dpb.Document(id=doc.id, metadata={str(k): str(v) for k, v in doc.metadata.items()})
     if doc.text is not None:
         message.text = doc.text
-    else:
+    if doc.vectors is not None:
         message.vectors.CopyFrom(pack_vectors(doc.vectors, f"document {doc.id!r} vectors"))
     return message
 
@@ -232,8 +232,12 @@ def search_request(
     ef: int | None,
     filter: Mapping[str, str] | None,
     explain: bool,
+    mode: str = "semantic",
+    semantic_weight: float | None = None,
 ) -> spb.SearchRequest:
-    return spb.SearchRequest(
+    if mode not in _MODES:
+        raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
+    request = spb.SearchRequest(
         collection=collection_name(collection),
         query=query_message(query),
         top_k=top_k,
@@ -241,7 +245,18 @@ def search_request(
         ef=ef or 0,
         filter=dict(filter or {}),
         explain=explain,
+        mode=_MODES[mode],
     )
+    if semantic_weight is not None:
+        request.semantic_weight = semantic_weight
+    return request
+
+
+_MODES = {
+    "semantic": spb.SEARCH_MODE_SEMANTIC,
+    "keyword": spb.SEARCH_MODE_KEYWORD,
+    "hybrid": spb.SEARCH_MODE_HYBRID,
+}
 
 
 def encode_request(texts: Sequence[str], kind: str, collection: str | None) -> spb.EncodeRequest:
@@ -348,6 +363,10 @@ def hits(message: spb.SearchResponse) -> list[Hit]:
             explanation=[TokenMatch(m.query_token, m.document_token, m.score) for m in h.explanation]
             if h.explanation
             else None,
+            semantic_rank=h.semantic_rank,
+            semantic_score=h.semantic_score,
+            keyword_rank=h.keyword_rank,
+            keyword_score=h.keyword_score,
         )
         for h in message.hits
     ]

@@ -3,7 +3,7 @@
     mvr serve [--host H] [--port P] [--data-dir D] [--model default|PATH|none] ...
     mvr wait [--timeout S]
     mvr ingest FILE.jsonl --collection C --text-field F [--id-field id] [--batch-size 32]
-    mvr search C "query text" [-k 10] [--json] [--explain] [--filter key=value ...]
+    mvr search C "query text" [-k 10] [--json] [--explain] [--filter key=value ...] [--mode hybrid]
     mvr collections list | create NAME [--model M | --dim D] [...] | get NAME | delete NAME
     mvr snapshot create C [--out FILE] | list C | download NAME FILE | delete NAME
     mvr snapshot restore FILE --as NAME | restore --snapshot NAME --as NAME
@@ -351,14 +351,25 @@ def _search(args: argparse.Namespace) -> int:
         filters[key] = value
     with _client(args) as client:
         hits = client.search(
-            args.collection, args.query, top_k=args.k, filter=filters or None, explain=args.explain
+            args.collection,
+            args.query,
+            top_k=args.k,
+            filter=filters or None,
+            explain=args.explain,
+            mode=args.mode,
+            semantic_weight=args.semantic_weight,
         )
     if args.json:
         print(json.dumps([asdict(h) for h in hits], indent=2))
         return 0
     for rank, hit in enumerate(hits, 1):
         label = hit.metadata.get("title") or ", ".join(f"{k}={v}" for k, v in list(hit.metadata.items())[:3])
-        print(f"{rank:>3}  {hit.score:8.4f}  {hit.id}  {label[:100]}")
+        ranks = (
+            f"  [semantic #{hit.semantic_rank or '-'}, keyword #{hit.keyword_rank or '-'}]"
+            if args.mode == "hybrid"
+            else ""
+        )
+        print(f"{rank:>3}  {hit.score:8.4f}  {hit.id}  {label[:100]}{ranks}")
         if hit.explanation:
             tokens = " ".join(f"q{m.query_token}→d{m.document_token}:{m.score:.3f}" for m in hit.explanation)
             print(f"      {tokens}")
@@ -517,6 +528,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--filter", action="append", metavar="KEY=VALUE", help="exact metadata match (repeatable)"
     )
     search.add_argument("--explain", action="store_true", help="show each query token's best match")
+    search.add_argument(
+        "--mode",
+        choices=["semantic", "keyword", "hybrid"],
+        default="semantic",
+        help="late interaction (default), BM25 over the stored texts, or both fused",
+    )
+    search.add_argument(
+        "--semantic-weight", type=float, default=None, help="hybrid: the semantic list's weight"
+    )
     search.add_argument("--json", action="store_true", help="print hits as JSON")
     search.set_defaults(run=_search)
 

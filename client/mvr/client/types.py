@@ -10,7 +10,8 @@ import numpy as np
 
 @dataclass
 class Document:
-    """A document to write: an id, and either ``text`` or ``vectors`` (float32, shape (n_tokens, dim))."""
+    """A document to write: an id, and ``text``, ``vectors`` (float32, shape (n_tokens, dim)) or both
+    (then the vectors are its tokens and the text is stored for keyword search and reading back)."""
 
     id: str
     text: str | None = None
@@ -77,12 +78,18 @@ class TokenMatch:
 
 @dataclass(frozen=True)
 class Hit:
-    """A search result: exact MaxSim score; ``explanation`` only when asked for."""
+    """A search result: ``score`` is the exact MaxSim score (semantic mode), the BM25 score (keyword)
+    or the fused reciprocal-rank score (hybrid); ``explanation`` only when asked for. The ranks
+    (1-based; 0: not in that list) and scores of the hit in the semantic and keyword lists."""
 
     id: str
     score: float
     metadata: dict[str, str]
     explanation: list[TokenMatch] | None = None
+    semantic_rank: int = 0
+    semantic_score: float = 0.0
+    keyword_rank: int = 0
+    keyword_score: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class SearchMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEARCH_MODE_UNSPECIFIED: _ClassVar[SearchMode]
+    SEARCH_MODE_SEMANTIC: _ClassVar[SearchMode]
+    SEARCH_MODE_KEYWORD: _ClassVar[SearchMode]
+    SEARCH_MODE_HYBRID: _ClassVar[SearchMode]
+
 class EncodeKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ENCODE_KIND_UNSPECIFIED: _ClassVar[EncodeKind]
     ENCODE_KIND_QUERY: _ClassVar[EncodeKind]
     ENCODE_KIND_DOCUMENT: _ClassVar[EncodeKind]
+SEARCH_MODE_UNSPECIFIED: SearchMode
+SEARCH_MODE_SEMANTIC: SearchMode
+SEARCH_MODE_KEYWORD: SearchMode
+SEARCH_MODE_HYBRID: SearchMode
 ENCODE_KIND_UNSPECIFIED: EncodeKind
 ENCODE_KIND_QUERY: EncodeKind
 ENCODE_KIND_DOCUMENT: EncodeKind
@@ -27,7 +38,7 @@ class Query(_message.Message):
     def __init__(self, text: _Optional[str] = ..., vectors: _Optional[_Union[_types_pb2.Vectors, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "candidates", "ef", "filter", "explain", "probe", "centroid_candidates")
+    __slots__ = ("collection", "query", "top_k", "candidates", "ef", "filter", "explain", "probe", "centroid_candidates", "mode", "semantic_weight")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +55,8 @@ class SearchRequest(_message.Message):
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     PROBE_FIELD_NUMBER: _ClassVar[int]
     CENTROID_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: Query
     top_k: int
@@ -53,7 +66,9 @@ class SearchRequest(_message.Message):
     explain: bool
     probe: int
     centroid_candidates: int
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., top_k: _Optional[int] = ..., candidates: _Optional[int] = ..., ef: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., explain: _Optional[bool] = ..., probe: _Optional[int] = ..., centroid_candidates: _Optional[int] = ...) -> None: ...
+    mode: SearchMode
+    semantic_weight: float
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., top_k: _Optional[int] = ..., candidates: _Optional[int] = ..., ef: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., explain: _Optional[bool] = ..., probe: _Optional[int] = ..., centroid_candidates: _Optional[int] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., semantic_weight: _Optional[float] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "query_token_count")
@@ -64,7 +79,7 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., query_token_count: _Optional[int] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "metadata", "explanation", "precision")
+    __slots__ = ("id", "score", "metadata", "explanation", "precision", "semantic_rank", "semantic_score", "keyword_rank", "keyword_score")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -77,12 +92,20 @@ class Hit(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     PRECISION_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_RANK_FIELD_NUMBER: _ClassVar[int]
+    SEMANTIC_SCORE_FIELD_NUMBER: _ClassVar[int]
+    KEYWORD_RANK_FIELD_NUMBER: _ClassVar[int]
+    KEYWORD_SCORE_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     metadata: _containers.ScalarMap[str, str]
     explanation: _containers.RepeatedCompositeFieldContainer[TokenMatch]
     precision: _types_pb2.TokenPrecision
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., explanation: _Optional[_Iterable[_Union[TokenMatch, _Mapping]]] = ..., precision: _Optional[_Union[_types_pb2.TokenPrecision, str]] = ...) -> None: ...
+    semantic_rank: int
+    semantic_score: float
+    keyword_rank: int
+    keyword_score: float
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., explanation: _Optional[_Iterable[_Union[TokenMatch, _Mapping]]] = ..., precision: _Optional[_Union[_types_pb2.TokenPrecision, str]] = ..., semantic_rank: _Optional[int] = ..., semantic_score: _Optional[float] = ..., keyword_rank: _Optional[int] = ..., keyword_score: _Optional[float] = ...) -> None: ...
 
 class TokenMatch(_message.Message):
     __slots__ = ("query_token", "document_token", "score")

@@ -29,10 +29,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from mvr.server import engine_metrics
+from mvr.server import engine_metrics, hybrid
 from mvr.server import snapshot as snapshot_format
 from mvr.server.config import CollectionConfig
 from mvr.server.encoder import Encoder
@@ -65,6 +66,7 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 # cut to the collection's doc_maxlen / query_maxlen by the encoder before it gets here.
 _GRAPH = (INDEX_FILE, SIDECAR_FILE)
 _SAVED = (CATALOG, *_GRAPH)  # what a snapshot writes to its scratch directory first
+SEARCH_MODES = ("semantic", "keyword", "hybrid")
 RETRY_BACKLOG_S = 1.0  # the indexer inserts thousands of documents a second (bench/ingest.py)
 
 
@@ -238,7 +240,8 @@ class Collection:
                     f"documents[{i}].id", f"{doc.id!r} repeats documents[{seen[doc.id]}].id in this batch"
                 )
             seen[doc.id] = i
-        texts = [(i, d.text) for i, d in enumerate(docs) if d.text is not None]
+        # text with vectors is stored (keyword search, reading back) but not encoded: the vectors stand
+        texts = [(i, d.text) for i, d in enumerate(docs) if d.text is not None and d.vectors is None]
         encoded = {}
         if texts:
             encoder = self.text_encoder()
@@ -282,8 +285,8 @@ class Collection:
                 f"documents[{i}].id",
                 f"contains the control character U+{ord(control.group()):04X} at position {control.start()}",
             )
-        if (doc.text is None) == (doc.vectors is None):
-            raise InvalidArgument(f"documents[{i}]", "exactly one of 'text' and 'vectors' must be set")
+        if doc.text is None and doc.vectors is None:
+            raise InvalidArgument(f"documents[{i}]", "set 'text', 'vectors' or both")
         if doc.text is not None and not doc.text.strip():
             raise InvalidArgument(f"documents[{i}].text", "must not be empty or only whitespace")
         if doc.vectors is not None:
@@ -436,10 +439,23 @@ class Collection:
         filter: dict[str, str] | None = None,
         explain: bool = False,
         deadline: float | None = None,
+        mode: str = "semantic",
+        semantic_weight: float | None = None,
+        keyword_query: str | None = None,
     ) -> list[Hit]:
-        """The best ``top_k`` documents by exact MaxSim. ``deadline`` (a ``time.monotonic()`` instant):
-        the caller's; once it has passed, the search stops at the next stage boundary with
-        DeadlineExceeded."""
+        """The best ``top_k`` documents: by exact MaxSim (``mode`` "semantic"), by BM25 over their texts
+        ("keyword": ``query`` or ``keyword_query`` must be text), or both fused ("hybrid", see
+        :mod:`mvr.server.hybrid`; a text query, or vectors with the text in ``keyword_query``).
+        ``deadline`` (a ``time.monotonic()`` instant): the caller's; once it has passed, the search stops
+        at the next stage boundary with DeadlineExceeded."""
+        text = query if isinstance(query, str) else keyword_query
+        weight = self._check_mode(mode, semantic_weight, text)
+        params = SearchParams(top_k, candidates, ef, probe, centroid_candidates, explain)
+        params.check(self.limits)
+        allowed = self._matching(filter) if filter else None
+        if mode == "keyword":
+            assert text is not None
+            return self._keyword_hits(text, top_k, allowed, deadline)
         field_name = "query.vectors"
         if isinstance(query, str):
             check_deadline(deadline, "encoding the query")
@@ -447,10 +463,49 @@ class Collection:
                 query, field_name = self.encode_query(query), "query.text"
         query = np.ascontiguousarray(query, dtype=np.float32)
         self._validate_vectors(query, field_name, self.limits.max_query_tokens)
-        params = SearchParams(top_k, candidates, ef, probe, centroid_candidates, explain)
-        params.check(self.limits)
-        allowed = self._matching(filter) if filter else None
-        return self.searcher.search(query, params, allowed, deadline)
+        if mode == "hybrid":  # each list deeper than top_k (the candidates, if fewer, bound it)
+            depth = min(
+                hybrid.fusion_depth(top_k), candidates or self.limits.max_top_k, self.limits.max_top_k
+            )
+            params = replace(params, top_k=max(top_k, depth))
+        semantic = self.searcher.search(query, params, allowed, deadline)
+        semantic = [replace(h, semantic_rank=i, semantic_score=h.score) for i, h in enumerate(semantic, 1)]
+        if mode == "semantic":
+            return semantic
+        assert text is not None
+        keyword = self._keyword_hits(text, params.top_k, allowed, deadline)
+        return hybrid.fuse(semantic, keyword, top_k, weight)
+
+    @staticmethod
+    def _check_mode(mode: str, semantic_weight: float | None, text: str | None) -> float:
+        """The fusion weight; INVALID_ARGUMENT for a mode without what it needs."""
+        if mode not in SEARCH_MODES:
+            raise InvalidArgument("mode", f"must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
+        if mode != "semantic" and (text is None or not text.strip()):
+            raise InvalidArgument("query.text", f"is required in {mode} mode: keyword search reads words")
+        if semantic_weight is None:
+            return hybrid.DEFAULT_SEMANTIC_WEIGHT
+        if mode != "hybrid":
+            raise InvalidArgument("semantic_weight", f"applies to hybrid mode only, not {mode}")
+        if not 0.0 <= semantic_weight <= 1.0:
+            raise InvalidArgument("semantic_weight", f"must be in [0, 1], got {semantic_weight}")
+        return semantic_weight
+
+    def _keyword_hits(
+        self, text: str, top_k: int, allowed: set[int] | None, deadline: float | None
+    ) -> list[Hit]:
+        """The top_k by BM25 among the documents ``allowed`` (all: None): the index is asked for more
+        until top_k of them pass the filter or it has no more matches."""
+        check_deadline(deadline, "the keyword stage")
+        limit = top_k
+        with engine_metrics.stage("keyword"):
+            while True:
+                labels, scores = self.store.keyword_search(text, limit)
+                keep = np.ones(len(labels), bool) if allowed is None else np.isin(labels, list(allowed))
+                hits = hybrid.keyword_hits(labels[keep], scores[keep], self.store.by_label, top_k)
+                if len(hits) >= top_k or len(labels) < limit:
+                    return hits
+                limit *= 4
 
     # ------------------------------------------------------------------------------ indexer hooks
 

@@ -355,8 +355,8 @@ def collection_to_proto(
 def document_input_from_proto(message: dpb.Document, field: str) -> DocumentInput:
     has_text = bool(message.text)
     has_vectors = message.HasField("vectors")
-    if has_text == has_vectors:
-        raise InvalidArgument(field, "exactly one of 'text' and 'vectors' must be set")
+    if not has_text and not has_vectors:
+        raise InvalidArgument(field, "set 'text', 'vectors' or both")
     if not message.id:
         raise InvalidArgument(f"{field}.id", "is required")
     if has_text and not message.text.strip():
@@ -424,11 +424,35 @@ def failed_batch_statuses(ids: list[str], failed_index: int | None, message: str
 # search
 
 
+_SEARCH_MODES = {
+    spb.SEARCH_MODE_UNSPECIFIED: "semantic",
+    spb.SEARCH_MODE_SEMANTIC: "semantic",
+    spb.SEARCH_MODE_KEYWORD: "keyword",
+    spb.SEARCH_MODE_HYBRID: "hybrid",
+}
+
+
+def search_mode(value: int, field: str) -> str:
+    mode = _SEARCH_MODES.get(value)
+    if mode is None:
+        raise InvalidArgument(
+            field, f"must be SEARCH_MODE_SEMANTIC, SEARCH_MODE_KEYWORD or SEARCH_MODE_HYBRID, got {value}"
+        )
+    return mode
+
+
 def hits_to_proto(hits: list[Hit]) -> list[spb.Hit]:
     messages = []
     for hit in hits:
         message = spb.Hit(
-            id=hit.id, score=hit.score, metadata=hit.metadata, precision=precision_to_proto(hit.precision)
+            id=hit.id,
+            score=hit.score,
+            metadata=hit.metadata,
+            precision=precision_to_proto(hit.precision) if hit.precision else tpb.TOKEN_PRECISION_UNSPECIFIED,
+            semantic_rank=hit.semantic_rank,
+            semantic_score=hit.semantic_score,
+            keyword_rank=hit.keyword_rank,
+            keyword_score=hit.keyword_score,
         )
         if hit.explanation is not None:
             message.explanation.extend(

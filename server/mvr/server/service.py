@@ -426,18 +426,29 @@ class SearchService(sgrpc.SearchServiceServicer):
         try:
             # the engine's own check, here before a text query is encoded (the engine checks again)
             SearchParams(top_k, **knobs).check(self.engine.limits)
+            mode = convert.search_mode(request.mode, "mode")
+            weight = request.semantic_weight if request.HasField("semantic_weight") else None
             query = self._query(request.query, f"{prefix}query")
-            if isinstance(query, str):
+            text = query if isinstance(query, str) else None
+            if text is not None and mode != "keyword":  # encoded here: the response counts its tokens
                 check_deadline(deadline, "encoding the query")
-                query = collection.encode_query(query)
+                query = collection.encode_query(text)
             hits = collection.search(
-                query, top_k, filter=dict(request.filter) or None, deadline=deadline, **knobs
+                query,
+                top_k,
+                filter=dict(request.filter) or None,
+                deadline=deadline,
+                mode=mode,
+                semantic_weight=weight,
+                keyword_query=text,
+                **knobs,
             )
         except InvalidArgument as error:  # the engine names the field within one search
             if not prefix or error.field.startswith(prefix):
                 raise
             raise InvalidArgument(prefix + error.field, str(error).split(": ", 1)[-1]) from error
-        return spb.SearchResponse(hits=convert.hits_to_proto(hits), query_token_count=query.shape[0])
+        tokens = 0 if isinstance(query, str) else query.shape[0]
+        return spb.SearchResponse(hits=convert.hits_to_proto(hits), query_token_count=tokens)
 
     @staticmethod
     def _query(query: spb.Query, field: str) -> np.ndarray | str:

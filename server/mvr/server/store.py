@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -66,7 +67,14 @@ CREATE TABLE IF NOT EXISTS documents (
 );
 CREATE TABLE IF NOT EXISTS tombstones (label INTEGER PRIMARY KEY, n_tokens INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS codecs (version INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE VIRTUAL TABLE IF NOT EXISTS text_index USING fts5(text, tokenize = 'porter unicode61');
 """
+# text_index: SQLite FTS5 over the documents' texts (rowid = label), written in the same transactions
+# as the documents: keyword (BM25) search sees exactly the acknowledged documents. Porter stemming and
+# Unicode word splitting: "deleting" finds "delete". A collection written before it existed gets it
+# filled once at open (state key text_indexed).
+_WORD = re.compile(r"\w+")
+MAX_KEYWORD_TERMS = 64
 CODES = "codes.bin"
 REWRITE_SUFFIX = ".rewrite"  # codes.bin.rewrite: the code file of a retrained codec, until committed
 NO_OFFSET = -1  # a document without vectors (dropped after coding) or without codes (not coded yet)
@@ -254,6 +262,11 @@ class Store:
             )
         self._db_lock = threading.Lock()  # sqlite3 connections are not safe for concurrent use
         self._recover_compaction()
+        self._fill_text_index()
+        # keyword searches read on their own connection (WAL: they see committed transactions and never
+        # wait for the writer's lock)
+        self._reader = sqlite3.connect(directory / CATALOG, check_same_thread=False, isolation_level=None)
+        self._reader_lock = threading.Lock()
         self.next_label = self._state("next_label", 0)
         self._vectors = AppendFile(directory / VECTORS, self._state("vectors_end", 0), dim, self.dtype)
         self._codes = AppendFile(directory / CODES, self._state("codes_end", 0), 1, np.dtype(np.uint8))
@@ -311,6 +324,34 @@ class Store:
     @property
     def codes_mapping(self) -> MappedFile:
         return self._codes.mapping
+
+    def _fill_text_index(self) -> None:
+        if self._state("text_indexed", 0):
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("DELETE FROM text_index")
+        self._db.execute(
+            "INSERT INTO text_index (rowid, text) SELECT label, text FROM documents WHERE text IS NOT NULL"
+        )
+        self._set_state({"text_indexed": 1})
+        self._db.execute("COMMIT")
+
+    def keyword_search(self, text: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``limit`` (labels, BM25 scores) of the documents whose text holds any word of ``text``,
+        best first (SQLite FTS5's bm25, negated so that higher is better). Words only: FTS5's query
+        syntax (quotes, NEAR, column filters, *) is not exposed, so that any text is a valid query."""
+        terms = list(dict.fromkeys(word.lower() for word in _WORD.findall(text)))[:MAX_KEYWORD_TERMS]
+        if not terms or limit <= 0:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        match = " OR ".join(f'"{term}"' for term in terms)  # \w+ holds no quote: nothing to escape
+        with self._reader_lock:
+            rows = self._reader.execute(
+                "SELECT rowid, -bm25(text_index) AS score FROM text_index WHERE text_index MATCH ? "
+                "ORDER BY score DESC LIMIT ?",
+                (match, limit),
+            ).fetchall()
+        labels = np.array([row[0] for row in rows], dtype=np.int64)
+        return labels, np.array([row[1] for row in rows], dtype=np.float32)
 
     def _load_records(self) -> None:
         rows = self._db.execute(
@@ -471,7 +512,12 @@ class Store:
             try:
                 old = [(r.label, r.n_tokens) for r in replaced if r is not None]
                 self._db.executemany("DELETE FROM documents WHERE label = ?", [(label,) for label, _ in old])
+                self._db.executemany("DELETE FROM text_index WHERE rowid = ?", [(label,) for label, _ in old])
                 self._db.executemany("INSERT INTO tombstones (label, n_tokens) VALUES (?, ?)", old)
+                self._db.executemany(
+                    "INSERT INTO text_index (rowid, text) VALUES (?, ?)",
+                    [(label, d.text) for label, d in zip(labels, docs, strict=True) if d.text is not None],
+                )
                 self._db.executemany(
                     "INSERT INTO documents (label, id, text, metadata, vec_offset, n_tokens, truncated) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -529,6 +575,9 @@ class Store:
                 try:
                     self._db.executemany(
                         "DELETE FROM documents WHERE label = ?", [(r.label,) for r in present]
+                    )
+                    self._db.executemany(
+                        "DELETE FROM text_index WHERE rowid = ?", [(r.label,) for r in present]
                     )
                     self._db.executemany(
                         "INSERT OR IGNORE INTO tombstones (label, n_tokens) VALUES (?, ?)",
@@ -687,6 +736,8 @@ class Store:
             self._db.execute("DELETE FROM state WHERE key = 'compacted_pending_rename'")
 
     def close(self) -> None:
+        with self._reader_lock:
+            self._reader.close()
         with self._db_lock:
             self._db.close()
         self._vectors.close()

@@ -9,7 +9,8 @@ import numpy as np
 
 @dataclass
 class DocumentInput:
-    """A document to write: exactly one of ``text`` and ``vectors`` (float32 (n, dim))."""
+    """A document to write: ``text``, ``vectors`` (float32 (n, dim)) or both (the text is then stored for
+    keyword search and reading back, and the vectors are its tokens: the text is not encoded)."""
 
     id: str
     vectors: np.ndarray | None = None
@@ -49,6 +50,12 @@ class Hit:
     metadata: dict[str, str]
     explanation: list[TokenMatch] | None = None
     precision: str = "float32"  # what the score was computed over: "float16", "float32", "residual8", ...
+    # hybrid search: the hit's 1-based rank and score in each list (0: not in it); keyword hits and
+    # semantic hits fill their own
+    semantic_rank: int = 0
+    semantic_score: float = 0.0
+    keyword_rank: int = 0
+    keyword_score: float = 0.0
 
 
 @dataclass

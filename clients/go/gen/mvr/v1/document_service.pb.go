@@ -94,8 +94,10 @@ type Document struct {
 	// Required on write. The client's id: 1-512 bytes of UTF-8 (512: the default max_id_bytes limit)
 	// without control characters (U+0000 to U+001F, U+007F). Writing an existing id replaces it.
 	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
-	// The text, encoded by the collection's encoder. On write, exactly one of `text` and `vectors`
-	// must be set. On read, the stored text (empty for documents written as vectors).
+	// The text. On write, `text`, `vectors` or both must be set: text alone is encoded by the
+	// collection's encoder; with vectors it is stored as given (for keyword search and reading back)
+	// and the vectors are the document's tokens. Texts are indexed for keyword (BM25) search either
+	// way. On read, the stored text (empty for documents written as vectors alone).
 	Text string `protobuf:"bytes,3,opt,name=text,proto3" json:"text,omitempty"`
 	// Precomputed token vectors, shape [n_tokens, collection dim], 1 to 8,192 tokens by default (the
 	// server's max_document_tokens; INVALID_ARGUMENT beyond, naming the count and the limit); rows are

@@ -95,8 +95,10 @@ export interface Document {
    */
   id: string;
   /**
-   * The text, encoded by the collection's encoder. On write, exactly one of `text` and `vectors`
-   * must be set. On read, the stored text (empty for documents written as vectors).
+   * The text. On write, `text`, `vectors` or both must be set: text alone is encoded by the
+   * collection's encoder; with vectors it is stored as given (for keyword search and reading back)
+   * and the vectors are the document's tokens. Texts are indexed for keyword (BM25) search either
+   * way. On read, the stored text (empty for documents written as vectors alone).
    */
   text: string;
   /**

@@ -35,6 +35,63 @@ export const protobufFileName = "mvr/v1/search_service.proto";
 
 /** Search: late-interaction retrieval (MUVERA FDE + HNSW candidates, exact MaxSim rerank). */
 
+/** How a search ranks documents. */
+export enum SearchMode {
+  /** SEARCH_MODE_UNSPECIFIED - Unset: SEARCH_MODE_SEMANTIC. */
+  SEARCH_MODE_UNSPECIFIED = 0,
+  /** SEARCH_MODE_SEMANTIC - Exact MaxSim over the query's and documents' token vectors (the cascade above). */
+  SEARCH_MODE_SEMANTIC = 1,
+  /**
+   * SEARCH_MODE_KEYWORD - Okapi BM25 (SQLite FTS5, Porter-stemmed words) over the documents' stored texts: only documents
+   * written with text take part. A document matches when it holds any word of the query.
+   */
+  SEARCH_MODE_KEYWORD = 2,
+  /**
+   * SEARCH_MODE_HYBRID - Both lists, fused by weighted reciprocal rank fusion: a document's score is
+   * w / (60 + semantic rank) + (1 - w) / (60 + keyword rank), a missing rank counting 0. Each list is
+   * max(50, 2 * top_k) deep.
+   */
+  SEARCH_MODE_HYBRID = 3,
+  UNRECOGNIZED = -1,
+}
+
+export function searchModeFromJSON(object: any): SearchMode {
+  switch (object) {
+    case 0:
+    case "SEARCH_MODE_UNSPECIFIED":
+      return SearchMode.SEARCH_MODE_UNSPECIFIED;
+    case 1:
+    case "SEARCH_MODE_SEMANTIC":
+      return SearchMode.SEARCH_MODE_SEMANTIC;
+    case 2:
+    case "SEARCH_MODE_KEYWORD":
+      return SearchMode.SEARCH_MODE_KEYWORD;
+    case 3:
+    case "SEARCH_MODE_HYBRID":
+      return SearchMode.SEARCH_MODE_HYBRID;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return SearchMode.UNRECOGNIZED;
+  }
+}
+
+export function searchModeToJSON(object: SearchMode): string {
+  switch (object) {
+    case SearchMode.SEARCH_MODE_UNSPECIFIED:
+      return "SEARCH_MODE_UNSPECIFIED";
+    case SearchMode.SEARCH_MODE_SEMANTIC:
+      return "SEARCH_MODE_SEMANTIC";
+    case SearchMode.SEARCH_MODE_KEYWORD:
+      return "SEARCH_MODE_KEYWORD";
+    case SearchMode.SEARCH_MODE_HYBRID:
+      return "SEARCH_MODE_HYBRID";
+    case SearchMode.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /** Whether texts are encoded as queries or as documents (markers, padding and skiplists differ). */
 export enum EncodeKind {
   /** ENCODE_KIND_UNSPECIFIED - Rejected with INVALID_ARGUMENT. */
@@ -133,6 +190,17 @@ export interface SearchRequest {
    * 0 means 1000 for every 4096 centroids of the collection's codec (1000 up to 4096, 2000 at 8192).
    */
   centroidCandidates: number;
+  /**
+   * Optional. What ranks the hits: late interaction (SEARCH_MODE_SEMANTIC, the default), keyword BM25
+   * over the documents' texts (SEARCH_MODE_KEYWORD; needs query.text, works without an encoder), or
+   * both fused (SEARCH_MODE_HYBRID; needs query.text and an encoder).
+   */
+  mode: SearchMode;
+  /**
+   * Optional, hybrid only. Weight of the semantic list in the fusion, in [0, 1]; the keyword list
+   * gets 1 - weight. Unset: 0.5 (plain reciprocal rank fusion).
+   */
+  semanticWeight?: number | undefined;
 }
 
 export interface SearchRequest_FilterEntry {
@@ -144,7 +212,10 @@ export interface SearchRequest_FilterEntry {
 export interface SearchResponse {
   /** Hits, best first (highest score; ties by id). */
   hits: Hit[];
-  /** Number of query token vectors scored (for ColBERT models, including [MASK] augmentation). */
+  /**
+   * Number of query token vectors scored (for ColBERT models, including [MASK] augmentation); 0 in
+   * keyword mode.
+   */
   queryTokenCount: number;
 }
 
@@ -152,14 +223,35 @@ export interface SearchResponse {
 export interface Hit {
   /** The document id. */
   id: string;
-  /** Exact Chamfer / MaxSim similarity of the query to the document, over its tokens at `precision`. */
+  /**
+   * What the hits are ranked by: in semantic mode, the exact Chamfer / MaxSim similarity of the
+   * query to the document over its tokens at `precision`; in keyword mode its BM25 score; in hybrid
+   * mode the fused reciprocal-rank score.
+   */
   score: number;
   /** The document's metadata. */
   metadata: { [key: string]: string };
   /** Only with explain: one entry per query token, in query token order. Their scores sum to `score`. */
   explanation: TokenMatch[];
-  /** What `score` was computed over: the stored vectors, or the document's decoded codes. */
+  /**
+   * What `score` was computed over: the stored vectors, or the document's decoded codes (semantic
+   * and hybrid modes; unset for keyword hits).
+   */
   precision: TokenPrecision;
+  /**
+   * The hit's rank (1-based) in the semantic list; 0 when it is not in that list (keyword mode, or a
+   * hybrid hit found by keyword alone).
+   */
+  semanticRank: number;
+  /** Its MaxSim score in the semantic list (when semantic_rank > 0). */
+  semanticScore: number;
+  /**
+   * The hit's rank (1-based) in the keyword list; 0 when it is not in that list (semantic mode, or
+   * a hybrid hit found semantically alone).
+   */
+  keywordRank: number;
+  /** Its BM25 score in the keyword list (when keyword_rank > 0). */
+  keywordScore: number;
 }
 
 export interface Hit_MetadataEntry {
@@ -322,6 +414,8 @@ function createBaseSearchRequest(): SearchRequest {
     explain: false,
     probe: 0,
     centroidCandidates: 0,
+    mode: 0,
+    semanticWeight: undefined,
   };
 }
 
@@ -353,6 +447,12 @@ export const SearchRequest: MessageFns<SearchRequest> = {
     }
     if (message.centroidCandidates !== 0) {
       writer.uint32(72).uint32(message.centroidCandidates);
+    }
+    if (message.mode !== 0) {
+      writer.uint32(80).int32(message.mode);
+    }
+    if (message.semanticWeight !== undefined) {
+      writer.uint32(93).float(message.semanticWeight);
     }
     return writer;
   },
@@ -445,6 +545,22 @@ export const SearchRequest: MessageFns<SearchRequest> = {
             message.centroidCandidates = reader.uint32();
             continue;
           }
+          case 10: {
+            if (tag !== 80) {
+              break;
+            }
+
+            message.mode = reader.int32() as any;
+            continue;
+          }
+          case 11: {
+            if (tag !== 93) {
+              break;
+            }
+
+            message.semanticWeight = reader.float();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -489,6 +605,12 @@ export const SearchRequest: MessageFns<SearchRequest> = {
         : isSet(object.centroid_candidates)
         ? globalThis.Number(object.centroid_candidates)
         : 0,
+      mode: isSet(object.mode) ? searchModeFromJSON(object.mode) : 0,
+      semanticWeight: isSet(object.semanticWeight)
+        ? globalThis.Number(object.semanticWeight)
+        : isSet(object.semantic_weight)
+        ? globalThis.Number(object.semantic_weight)
+        : undefined,
     };
   },
 
@@ -527,6 +649,12 @@ export const SearchRequest: MessageFns<SearchRequest> = {
     if (message.centroidCandidates !== 0) {
       obj.centroidCandidates = Math.round(message.centroidCandidates);
     }
+    if (message.mode !== 0) {
+      obj.mode = searchModeToJSON(message.mode);
+    }
+    if (message.semanticWeight !== undefined) {
+      obj.semanticWeight = floatToJson(message.semanticWeight);
+    }
     return obj;
   },
 
@@ -552,6 +680,8 @@ export const SearchRequest: MessageFns<SearchRequest> = {
     message.explain = object.explain ?? false;
     message.probe = object.probe ?? 0;
     message.centroidCandidates = object.centroidCandidates ?? 0;
+    message.mode = object.mode ?? 0;
+    message.semanticWeight = object.semanticWeight ?? undefined;
     return message;
   },
 };
@@ -731,7 +861,17 @@ export const SearchResponse: MessageFns<SearchResponse> = {
 };
 
 function createBaseHit(): Hit {
-  return { id: "", score: 0, metadata: {}, explanation: [], precision: 0 };
+  return {
+    id: "",
+    score: 0,
+    metadata: {},
+    explanation: [],
+    precision: 0,
+    semanticRank: 0,
+    semanticScore: 0,
+    keywordRank: 0,
+    keywordScore: 0,
+  };
 }
 
 export const Hit: MessageFns<Hit> = {
@@ -750,6 +890,18 @@ export const Hit: MessageFns<Hit> = {
     }
     if (message.precision !== 0) {
       writer.uint32(40).int32(message.precision);
+    }
+    if (message.semanticRank !== 0) {
+      writer.uint32(48).uint32(message.semanticRank);
+    }
+    if (message.semanticScore !== 0) {
+      writer.uint32(61).float(message.semanticScore);
+    }
+    if (message.keywordRank !== 0) {
+      writer.uint32(64).uint32(message.keywordRank);
+    }
+    if (message.keywordScore !== 0) {
+      writer.uint32(77).float(message.keywordScore);
     }
     return writer;
   },
@@ -810,6 +962,38 @@ export const Hit: MessageFns<Hit> = {
             message.precision = reader.int32() as any;
             continue;
           }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.semanticRank = reader.uint32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 61) {
+              break;
+            }
+
+            message.semanticScore = reader.float();
+            continue;
+          }
+          case 8: {
+            if (tag !== 64) {
+              break;
+            }
+
+            message.keywordRank = reader.uint32();
+            continue;
+          }
+          case 9: {
+            if (tag !== 77) {
+              break;
+            }
+
+            message.keywordScore = reader.float();
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -844,6 +1028,26 @@ export const Hit: MessageFns<Hit> = {
         ? object.explanation.map((e: any) => TokenMatch.fromJSON(e))
         : [],
       precision: isSet(object.precision) ? tokenPrecisionFromJSON(object.precision) : 0,
+      semanticRank: isSet(object.semanticRank)
+        ? globalThis.Number(object.semanticRank)
+        : isSet(object.semantic_rank)
+        ? globalThis.Number(object.semantic_rank)
+        : 0,
+      semanticScore: isSet(object.semanticScore)
+        ? globalThis.Number(object.semanticScore)
+        : isSet(object.semantic_score)
+        ? globalThis.Number(object.semantic_score)
+        : 0,
+      keywordRank: isSet(object.keywordRank)
+        ? globalThis.Number(object.keywordRank)
+        : isSet(object.keyword_rank)
+        ? globalThis.Number(object.keyword_rank)
+        : 0,
+      keywordScore: isSet(object.keywordScore)
+        ? globalThis.Number(object.keywordScore)
+        : isSet(object.keyword_score)
+        ? globalThis.Number(object.keyword_score)
+        : 0,
     };
   },
 
@@ -870,6 +1074,18 @@ export const Hit: MessageFns<Hit> = {
     if (message.precision !== 0) {
       obj.precision = tokenPrecisionToJSON(message.precision);
     }
+    if (message.semanticRank !== 0) {
+      obj.semanticRank = Math.round(message.semanticRank);
+    }
+    if (message.semanticScore !== 0) {
+      obj.semanticScore = floatToJson(message.semanticScore);
+    }
+    if (message.keywordRank !== 0) {
+      obj.keywordRank = Math.round(message.keywordRank);
+    }
+    if (message.keywordScore !== 0) {
+      obj.keywordScore = floatToJson(message.keywordScore);
+    }
     return obj;
   },
 
@@ -891,6 +1107,10 @@ export const Hit: MessageFns<Hit> = {
     );
     message.explanation = object.explanation?.map((e) => TokenMatch.fromPartial(e)) || [];
     message.precision = object.precision ?? 0;
+    message.semanticRank = object.semanticRank ?? 0;
+    message.semanticScore = object.semanticScore ?? 0;
+    message.keywordRank = object.keywordRank ?? 0;
+    message.keywordScore = object.keywordScore ?? 0;
     return message;
   },
 };
