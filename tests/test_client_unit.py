@@ -78,8 +78,52 @@ def test_documents_need_text_or_vectors() -> None:
         convert.document_message(Document("a"))
     both = convert.document_message(Document("a", text="t", vectors=np.ones((1, 2))))
     assert both.text == "t" and list(both.vectors.shape) == [1, 2]
-    message = convert.document_message(Document("a", text="t", metadata={"year": 2024}))
-    assert message.metadata == {"year": "2024"}
+
+
+def test_metadata_keeps_its_types_and_refuses_what_it_cannot_carry() -> None:
+    metadata = {"venue": "NeurIPS", "year": 2024, "score": 0.5, "open": False, "tags": ["a", "b"]}
+    message = convert.document_message(Document("a", text="t", metadata=metadata))
+    assert dict(message.metadata) == {"venue": "NeurIPS"}  # strings: the map every server reads
+    typed = {k: convert.python_value(v) for k, v in message.typed_metadata.items()}
+    assert typed == {"year": 2024, "score": 0.5, "open": False, "tags": ["a", "b"]}
+    assert message.typed_metadata["open"].WhichOneof("kind") == "bool_value"  # not an int
+    assert convert.read_metadata(message.metadata, message.typed_metadata) == metadata
+    for bad in ({"nested": {"a": 1}}, {"none": None}, {"mixed": ["a", 1]}):
+        with pytest.raises(ValueError, match="is not a metadata value"):
+            convert.document_message(Document("a", text="t", metadata=bad))
+
+
+def test_the_dict_filter_language_becomes_a_filter_message() -> None:
+    message = convert.filter_message(
+        {
+            "venue": "NeurIPS",
+            "year": {"$gte": 2020, "$lt": 2024},
+            "$or": [{"tags": {"$in": ["ir"]}}, {"$not": {"open": True}}],
+        }
+    )
+    parts = message.all_of.filters
+    assert [p.WhichOneof("kind") for p in parts] == ["condition", "condition", "condition", "any_of"]
+    assert (
+        parts[0].condition.operator == tpb.FILTER_OPERATOR_EQ
+        and parts[0].condition.value.string_value == "NeurIPS"
+    )
+    assert [p.condition.operator for p in parts[1:3]] == [tpb.FILTER_OPERATOR_GTE, tpb.FILTER_OPERATOR_LT]
+    assert parts[1].condition.value.int_value == 2020
+    either = parts[3].any_of.filters
+    assert either[0].condition.operator == tpb.FILTER_OPERATOR_IN and len(either[0].condition.values) == 1
+    assert either[1].negation.condition.value.bool_value is True
+    assert convert.filter_message({"x": {"$exists": False}}).condition.exists is False
+    bad = [
+        ({"year": {"$between": [1, 2]}}, r"filter\.year\.\$between: unknown operator"),
+        ({"$xor": []}, "unknown operator '\\$xor'"),
+        ({"tags": {"$in": []}}, r"filter\.tags\.\$in: takes a non-empty list"),
+        ({"year": {"$eq": [1, 2]}}, "use \\$in"),
+        ({"$or": []}, "non-empty list"),
+        ({}, "non-empty dict"),
+    ]
+    for spec, message_pattern in bad:
+        with pytest.raises(ValueError, match=message_pattern):
+            convert.filter_message(spec)
 
 
 def test_hits_conversion_keeps_order_and_explanation() -> None:
@@ -167,13 +211,20 @@ def test_serve_flags_beat_environment_beats_default(monkeypatch: pytest.MonkeyPa
     assert cli.build_parser().parse_args(["serve", "--port", "7000"]).port == 7000
 
 
-def test_parse_line_makes_metadata_of_other_fields() -> None:
-    line = cli.parse_line(
-        b'{"id": 7, "abstract": "text here", "title": "T", "year": 2024}\n', 3, 99, "abstract", "id"
-    )
+def test_parse_line_makes_metadata_of_other_fields_with_their_json_types() -> None:
+    raw = b'{"id": 7, "abstract": "t", "title": "T", "year": 2024, "open": true, "tags": ["a"], '
+    raw += b'"x": null, "o": {"k": 1}}'
+    line = cli.parse_line(raw, 3, 99, "abstract", "id")
     assert line.error is None
-    assert (line.document.id, line.document.text) == ("7", "text here")
-    assert line.document.metadata == {"title": "T", "year": "2024"}
+    assert (line.document.id, line.document.text) == ("7", "t")
+    assert line.document.metadata == {
+        "title": "T",
+        "year": 2024,
+        "open": True,
+        "tags": ["a"],
+        "x": "null",  # no metadata type: JSON-encoded
+        "o": '{"k": 1}',
+    }
     assert cli.parse_line(b'{"abstract": "x"}', 5, 0, "abstract", "id").document.id == "5"
     assert "abstract" in cli.parse_line(b'{"abstract": ""}', 1, 0, "abstract", "id").error
     assert "JSON" in cli.parse_line(b"{oops", 1, 0, "abstract", "id").error

@@ -125,6 +125,38 @@ def vectors(draw) -> tpb.Vectors:
     return tpb.Vectors(dtype=dtype, shape=shape, data=data)
 
 
+metadata_values = st.one_of(
+    st.builds(tpb.MetadataValue, string_value=odd_text),
+    st.builds(tpb.MetadataValue, int_value=st.integers(-(2**63), 2**63 - 1)),
+    st.builds(tpb.MetadataValue, double_value=st.floats(allow_nan=True, allow_infinity=True)),
+    st.builds(tpb.MetadataValue, bool_value=st.booleans()),
+    st.builds(
+        lambda v: tpb.MetadataValue(string_list_value=tpb.StringList(values=v)),
+        st.lists(odd_text, max_size=3),
+    ),
+    st.just(tpb.MetadataValue()),
+)
+conditions = st.builds(
+    lambda key, op, value, values, exists: tpb.Filter(
+        condition=tpb.Condition(key=key, operator=op, value=value, values=values, exists=exists)
+    ),
+    st.one_of(odd_text, st.sampled_from(["year", "tags"])),
+    st.sampled_from([*range(10), 42]),  # every operator, unspecified and an unknown one
+    metadata_values,
+    st.lists(metadata_values, max_size=3),
+    st.booleans(),
+)
+filters = st.recursive(
+    st.one_of(conditions, st.just(tpb.Filter())),
+    lambda inner: st.one_of(
+        st.builds(lambda fs: tpb.Filter(all_of=tpb.FilterList(filters=fs)), st.lists(inner, max_size=3)),
+        st.builds(lambda fs: tpb.Filter(any_of=tpb.FilterList(filters=fs)), st.lists(inner, max_size=3)),
+        st.builds(lambda f: tpb.Filter(negation=f), inner),
+    ),
+    max_leaves=5,
+)
+
+
 def parents(collections: dict, writable: bool):
     known = [collections["scratch"]] if writable else [collections["kept"], collections["scratch"]]
     return st.one_of(st.sampled_from([*known, "collections/does-not-exist", "collections/Bad!"]), odd_text)
@@ -179,8 +211,23 @@ def test_hostile_searches_get_precise_codes(stubs, collections) -> None:
         filter=st.dictionaries(odd_text, odd_text, max_size=2),
         explain=st.booleans(),
         batch=st.integers(0, 3),
+        mode=st.sampled_from([0, 1, 2, 3, 4, 99]),
+        where=st.one_of(st.none(), filters),
     )
-    def run(collection, query, top_k, candidates, ef, probe, centroid_candidates, filter, explain, batch):
+    def run(
+        collection,
+        query,
+        top_k,
+        candidates,
+        ef,
+        probe,
+        centroid_candidates,
+        filter,
+        explain,
+        batch,
+        mode,
+        where,
+    ):
         request = spb.SearchRequest(
             collection=collection,
             query=query,
@@ -191,7 +238,10 @@ def test_hostile_searches_get_precise_codes(stubs, collections) -> None:
             centroid_candidates=centroid_candidates,
             filter=filter,
             explain=explain,
+            mode=mode,
         )
+        if where is not None:
+            request.where.CopyFrom(where)
         assert outcome(search_stub.Search, request) in PRECISE
         batched = spb.BatchSearchRequest(searches=[request] * batch)
         assert outcome(search_stub.BatchSearch, batched) in PRECISE

@@ -156,11 +156,14 @@ class AsyncClient:
         )
 
     async def delete(
-        self, collection: str, ids: Sequence[str], *, timeout: float | None = None
+        self,
+        collection: str,
+        ids: Sequence[str] | None = None,
+        *,
+        where: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
     ) -> DeleteResult:
-        if isinstance(ids, str):
-            raise TypeError("ids must be a list of ids, not a single string")
-        request = dpb.DeleteDocumentsRequest(parent=convert.collection_name(collection), ids=list(ids))
+        request = convert.delete_request(collection, ids, where)
         return convert.delete_result(await self._call(self._documents.DeleteDocuments, request, timeout))
 
     async def list_documents(
@@ -169,16 +172,12 @@ class AsyncClient:
         *,
         page_size: int = 100,
         include_vectors: bool = False,
+        where: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> AsyncIterator[StoredDocument]:
         token = ""
         while True:
-            request = dpb.ListDocumentsRequest(
-                parent=convert.collection_name(collection),
-                page_size=page_size,
-                page_token=token,
-                include_vectors=include_vectors,
-            )
+            request = convert.list_request(collection, page_size, token, include_vectors, where)
             response = await self._call(self._documents.ListDocuments, request, timeout)
             for document in response.documents:
                 yield convert.stored_document(document)
@@ -194,7 +193,7 @@ class AsyncClient:
         *,
         candidates: int | None = None,
         ef: int | None = None,
-        filter: Mapping[str, str] | None = None,
+        filter: Mapping[str, Any] | None = None,
         explain: bool = False,
         mode: str = "semantic",
         semantic_weight: float | None = None,
@@ -213,7 +212,7 @@ class AsyncClient:
         *,
         candidates: int | None = None,
         ef: int | None = None,
-        filter: Mapping[str, str] | None = None,
+        filter: Mapping[str, Any] | None = None,
         explain: bool = False,
         mode: str = "semantic",
         semantic_weight: float | None = None,

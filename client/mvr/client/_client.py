@@ -227,11 +227,18 @@ class Client:
         request = dpb.GetDocumentRequest(name=name, include_vectors=include_vectors)
         return convert.stored_document(self._call(self._documents.GetDocument, request, timeout).document)
 
-    def delete(self, collection: str, ids: Sequence[str], *, timeout: float | None = None) -> DeleteResult:
-        """Deletes documents by id; ids that did not exist are listed in ``not_found``."""
-        if isinstance(ids, str):
-            raise TypeError("ids must be a list of ids, not a single string")
-        request = dpb.DeleteDocumentsRequest(parent=convert.collection_name(collection), ids=list(ids))
+    def delete(
+        self,
+        collection: str,
+        ids: Sequence[str] | None = None,
+        *,
+        where: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> DeleteResult:
+        """Deletes documents by id (those that did not exist are listed in ``not_found``), or every
+        document matching the filter ``where`` (same language as search's ``filter``), or the listed
+        ones that match it; one durable transaction. ``count``: documents deleted in all."""
+        request = convert.delete_request(collection, ids, where)
         return convert.delete_result(self._call(self._documents.DeleteDocuments, request, timeout))
 
     def list_documents(
@@ -240,17 +247,13 @@ class Client:
         *,
         page_size: int = 100,
         include_vectors: bool = False,
+        where: Mapping[str, Any] | None = None,
         timeout: float | None = None,
     ) -> Iterator[StoredDocument]:
-        """Iterates over every document in id order, fetching a page at a time."""
+        """Iterates over every document (matching the filter ``where``) in id order, a page at a time."""
         token = ""
         while True:
-            request = dpb.ListDocumentsRequest(
-                parent=convert.collection_name(collection),
-                page_size=page_size,
-                page_token=token,
-                include_vectors=include_vectors,
-            )
+            request = convert.list_request(collection, page_size, token, include_vectors, where)
             response = self._call(self._documents.ListDocuments, request, timeout)
             yield from (convert.stored_document(d) for d in response.documents)
             token = response.next_page_token
@@ -267,7 +270,7 @@ class Client:
         *,
         candidates: int | None = None,
         ef: int | None = None,
-        filter: Mapping[str, str] | None = None,
+        filter: Mapping[str, Any] | None = None,
         explain: bool = False,
         mode: str = "semantic",
         semantic_weight: float | None = None,
@@ -280,7 +283,10 @@ class Client:
             top_k: hits to return (1..1000).
             candidates: first-stage candidates reranked exactly (default max(300, 10·top_k)).
             ef: HNSW search list size (default max(candidates, the collection's ef_search)).
-            filter: exact-match metadata filter; every key must have exactly that value.
+            filter: metadata filter, in the language of Pinecone and Chroma: ``{"venue": "NeurIPS"}``
+                (equality), ``{"year": {"$gte": 2020}}``, ``$eq $ne $gt $gte $lt $lte $in $nin
+                $exists``, ``{"$and": [...]}``, ``{"$or": [...]}``, ``{"$not": {...}}``; a list field
+                matches when any entry does. top_k hits whenever top_k documents match.
             explain: attach each query token's best document token and score to every hit.
             mode: "semantic" (exact MaxSim, the default), "keyword" (BM25 over the stored texts; a
                 text query, no model needed) or "hybrid" (both, fused by reciprocal rank; a text
@@ -300,7 +306,7 @@ class Client:
         *,
         candidates: int | None = None,
         ef: int | None = None,
-        filter: Mapping[str, str] | None = None,
+        filter: Mapping[str, Any] | None = None,
         explain: bool = False,
         mode: str = "semantic",
         semantic_weight: float | None = None,

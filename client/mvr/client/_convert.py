@@ -197,7 +197,16 @@ def create_collection_request(
 def document_message(doc: Document) -> dpb.Document:
     if doc.text is None and doc.vectors is None:
         raise ValueError(f"document {doc.id!r}: set text, vectors or both")
-    message = dpb.Document(id=doc.id, metadata={str(k): str(v) for k, v in doc.metadata.items()})
+    message = dpb.Document(id=doc.id)
+    for key, value in doc.metadata.items():
+        if not isinstance(key, str):
+            raise ValueError(f"document {doc.id!r}: metadata keys are strings, got {key!r}")
+        if isinstance(value, str):
+            message.metadata[key] = value  # the string map: understood by every server
+        else:
+            message.typed_metadata[key].CopyFrom(
+                metadata_value(value, f"document {doc.id!r} metadata[{key!r}]")
+            )
     if doc.text is not None:
         message.text = doc.text
     if doc.vectors is not None:
@@ -230,7 +239,7 @@ def search_request(
     top_k: int,
     candidates: int | None,
     ef: int | None,
-    filter: Mapping[str, str] | None,
+    filter: Mapping[str, Any] | None,
     explain: bool,
     mode: str = "semantic",
     semantic_weight: float | None = None,
@@ -243,10 +252,11 @@ def search_request(
         top_k=top_k,
         candidates=candidates or 0,
         ef=ef or 0,
-        filter=dict(filter or {}),
         explain=explain,
         mode=_MODES[mode],
     )
+    if filter:
+        request.where.CopyFrom(filter_message(filter))
     if semantic_weight is not None:
         request.semantic_weight = semantic_weight
     return request
@@ -339,11 +349,104 @@ def batch_ack(message: dpb.StreamUpsertDocumentsResponse) -> BatchAck:
     )
 
 
+def metadata_value(value: Any, where: str) -> tpb.MetadataValue:
+    """A Python value as a typed metadata value: str, int, float, bool or a list of strings; anything
+    else is refused (ValueError naming ``where``) rather than turned into its string."""
+    if isinstance(value, bool):
+        return tpb.MetadataValue(bool_value=value)
+    if isinstance(value, int):
+        return tpb.MetadataValue(int_value=value)
+    if isinstance(value, float):
+        return tpb.MetadataValue(double_value=value)
+    if isinstance(value, str):
+        return tpb.MetadataValue(string_value=value)
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tpb.MetadataValue(string_list_value=tpb.StringList(values=list(value)))
+    raise ValueError(f"{where}: {value!r} is not a metadata value (str, int, float, bool or list of str)")
+
+
+def python_value(message: tpb.MetadataValue) -> Any:
+    kind = message.WhichOneof("kind")
+    if kind == "string_list_value":
+        return list(message.string_list_value.values)
+    return None if kind is None else getattr(message, kind)
+
+
+def read_metadata(strings: Mapping[str, str], typed: Mapping[str, tpb.MetadataValue]) -> dict[str, Any]:
+    """A document's or hit's metadata with its types (typed entries from servers that send them)."""
+    return {**strings, **{k: python_value(v) for k, v in typed.items()}}
+
+
+_OPERATORS = {
+    "$eq": tpb.FILTER_OPERATOR_EQ,
+    "$ne": tpb.FILTER_OPERATOR_NE,
+    "$gt": tpb.FILTER_OPERATOR_GT,
+    "$gte": tpb.FILTER_OPERATOR_GTE,
+    "$lt": tpb.FILTER_OPERATOR_LT,
+    "$lte": tpb.FILTER_OPERATOR_LTE,
+    "$in": tpb.FILTER_OPERATOR_IN,
+    "$nin": tpb.FILTER_OPERATOR_NIN,
+    "$exists": tpb.FILTER_OPERATOR_EXISTS,
+}
+
+
+def filter_message(spec: Mapping[str, Any], path: str = "filter") -> tpb.Filter:
+    """The filter language of Pinecone and Chroma (MongoDB's) as a Filter message:
+    ``{"venue": "NeurIPS", "year": {"$gte": 2020}, "$or": [{...}, {...}], "$not": {...}}``; several
+    entries in one dict must all hold. ValueError names the path of what is not understood."""
+    if not isinstance(spec, Mapping) or not spec:
+        raise ValueError(f"{path}: a filter is a non-empty dict, got {spec!r}")
+    parts = []
+    for key, value in spec.items():
+        if key in ("$and", "$or"):
+            if not isinstance(value, list | tuple) or not value:
+                raise ValueError(f"{path}.{key}: takes a non-empty list of filters")
+            children = [filter_message(v, f"{path}.{key}[{i}]") for i, v in enumerate(value)]
+            which = "all_of" if key == "$and" else "any_of"
+            parts.append(tpb.Filter(**{which: tpb.FilterList(filters=children)}))
+        elif key == "$not":
+            parts.append(tpb.Filter(negation=filter_message(value, f"{path}.$not")))
+        elif key.startswith("$"):
+            known = "$and, $or, $not; on fields: " + ", ".join(_OPERATORS)
+            raise ValueError(f"{path}: unknown operator {key!r} (known: {known})")
+        else:
+            parts += _conditions(key, value, f"{path}.{key}")
+    return parts[0] if len(parts) == 1 else tpb.Filter(all_of=tpb.FilterList(filters=parts))
+
+
+def _conditions(key: str, value: Any, path: str) -> list[tpb.Filter]:
+    if not isinstance(value, Mapping):  # equality shorthand
+        return [_condition(key, "$eq", value, path)]
+    if not value:
+        raise ValueError(f"{path}: an empty dict of operators")
+    return [_condition(key, op, operand, f"{path}.{op}") for op, operand in value.items()]
+
+
+def _condition(key: str, op: str, operand: Any, path: str) -> tpb.Filter:
+    operator = _OPERATORS.get(op)
+    if operator is None:
+        raise ValueError(f"{path}: unknown operator {op!r} (known: {', '.join(_OPERATORS)})")
+    condition = tpb.Condition(key=key, operator=operator)
+    if op == "$exists":
+        if not isinstance(operand, bool):
+            raise ValueError(f"{path}: takes true or false, got {operand!r}")
+        condition.exists = operand
+    elif op in ("$in", "$nin"):
+        if not isinstance(operand, list | tuple) or not operand:
+            raise ValueError(f"{path}: takes a non-empty list of values, got {operand!r}")
+        condition.values.extend(metadata_value(v, f"{path}[{i}]") for i, v in enumerate(operand))
+    else:
+        if isinstance(operand, list | tuple):
+            raise ValueError(f"{path}: takes one value, got the list {operand!r} (use $in)")
+        condition.value.CopyFrom(metadata_value(operand, path))
+    return tpb.Filter(condition=condition)
+
+
 def stored_document(message: dpb.Document) -> StoredDocument:
     return StoredDocument(
         id=message.id,
         text=message.text or None,
-        metadata=dict(message.metadata),
+        metadata=read_metadata(message.metadata, message.typed_metadata),
         vectors=unpack_vectors(message.vectors) if message.HasField("vectors") else None,
         token_count=message.token_count,
         truncated=message.truncated,
@@ -351,7 +454,9 @@ def stored_document(message: dpb.Document) -> StoredDocument:
 
 
 def delete_result(message: dpb.DeleteDocumentsResponse) -> DeleteResult:
-    return DeleteResult(deleted=list(message.deleted_ids), not_found=list(message.not_found_ids))
+    return DeleteResult(
+        deleted=list(message.deleted_ids), not_found=list(message.not_found_ids), count=message.deleted_count
+    )
 
 
 def hits(message: spb.SearchResponse) -> list[Hit]:
@@ -359,7 +464,7 @@ def hits(message: spb.SearchResponse) -> list[Hit]:
         Hit(
             id=h.id,
             score=h.score,
-            metadata=dict(h.metadata),
+            metadata=read_metadata(h.metadata, h.typed_metadata),
             explanation=[TokenMatch(m.query_token, m.document_token, m.score) for m in h.explanation]
             if h.explanation
             else None,
@@ -445,3 +550,30 @@ class SnapshotDownload:
     def __exit__(self, *exc: object) -> None:
         self._handle.close()
         self.partial.unlink(missing_ok=True)
+
+
+def delete_request(
+    collection: str, ids: Sequence[str] | None, where: Mapping[str, Any] | None
+) -> dpb.DeleteDocumentsRequest:
+    if isinstance(ids, str):
+        raise TypeError("ids must be a list of ids, not a single string")
+    if ids is None and where is None:
+        raise ValueError("give ids, a filter (where=...), or both")
+    request = dpb.DeleteDocumentsRequest(parent=collection_name(collection), ids=list(ids or []))
+    if where is not None:
+        request.where.CopyFrom(filter_message(where, "where"))
+    return request
+
+
+def list_request(
+    collection: str, page_size: int, token: str, include_vectors: bool, where: Mapping[str, Any] | None
+) -> dpb.ListDocumentsRequest:
+    request = dpb.ListDocumentsRequest(
+        parent=collection_name(collection),
+        page_size=page_size,
+        page_token=token,
+        include_vectors=include_vectors,
+    )
+    if where is not None:
+        request.where.CopyFrom(filter_message(where, "where"))
+    return request

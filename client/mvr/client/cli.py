@@ -192,9 +192,17 @@ class IngestLine:
     error: str | None = None
 
 
+def _typed(value: Any) -> bool:
+    """Whether a JSON value is a metadata type (kept as it is)."""
+    if isinstance(value, str | bool | int | float):
+        return True
+    return isinstance(value, list) and all(isinstance(entry, str) for entry in value)
+
+
 def parse_line(raw: bytes, line_number: int, end_offset: int, text_field: str, id_field: str) -> IngestLine:
     """A JSONL line → a Document: the text field is the text, the id field the id (else the line
-    number), every other field metadata (strings as they are, other JSON values JSON-encoded)."""
+    number), every other field metadata with its JSON type (strings, numbers, booleans, lists of
+    strings; null, objects and other lists JSON-encoded into a string)."""
     from mvr.client import Document
 
     try:
@@ -210,7 +218,7 @@ def parse_line(raw: bytes, line_number: int, end_offset: int, text_field: str, i
         )
     doc_id = record.pop(id_field, None)
     doc_id = str(line_number) if doc_id is None else str(doc_id)
-    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in record.items()}
+    metadata = {k: v if _typed(v) else json.dumps(v) for k, v in record.items()}
     return IngestLine(end_offset, line_number, Document(doc_id, text=text, metadata=metadata))
 
 
@@ -343,12 +351,18 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _search(args: argparse.Namespace) -> int:
-    filters = {}
+    filters: dict[str, Any] = {}
     for item in args.filter or []:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"error: --filter takes key=value, got {item!r}")
         filters[key] = value
+    if args.where:
+        try:
+            where = json.loads(args.where)
+        except json.JSONDecodeError as error:
+            raise SystemExit(f"error: --where is not JSON: {error}") from None
+        filters = {"$and": [filters, where]} if filters else where
     with _client(args) as client:
         hits = client.search(
             args.collection,
@@ -526,6 +540,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=10, help="number of hits")
     search.add_argument(
         "--filter", action="append", metavar="KEY=VALUE", help="exact metadata match (repeatable)"
+    )
+    search.add_argument(
+        "--where",
+        metavar="JSON",
+        help='metadata filter, e.g. \'{"year": {"$gte": 2020}, "tags": {"$in": ["ir"]}}\'',
     )
     search.add_argument("--explain", action="store_true", help="show each query token's best match")
     search.add_argument(

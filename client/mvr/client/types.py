@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 
@@ -16,7 +17,7 @@ class Document:
     id: str
     text: str | None = None
     vectors: np.ndarray | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # str, int, float, bool or list of str
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,7 @@ class StoredDocument:
 
     id: str
     text: str | None
-    metadata: dict[str, str]
+    metadata: dict[str, Any]  # str, int, float, bool or list of str values
     vectors: np.ndarray | None  # only when asked for (include_vectors=True)
     token_count: int
     truncated: bool
@@ -63,8 +64,9 @@ class BatchAck:
 
 @dataclass(frozen=True)
 class DeleteResult:
-    deleted: list[str]
-    not_found: list[str]
+    deleted: list[str]  # of the ids given
+    not_found: list[str]  # of the ids given
+    count: int = 0  # documents deleted in all (with a filter alone, the only figure)
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ class Hit:
 
     id: str
     score: float
-    metadata: dict[str, str]
+    metadata: dict[str, Any]
     explanation: list[TokenMatch] | None = None
     semantic_rank: int = 0
     semantic_score: float = 0.0

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from mvr.v1 import types_pb2 as mvr_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmvr/v1/document_service.proto\x12\x06mvr.v1\x1a\x12mvr/v1/types.proto\"\xdf\x01\n\x08\x44ocument\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12 \n\x07vectors\x18\x04 \x01(\x0b\x32\x0f.mvr.v1.Vectors\x12\x30\n\x08metadata\x18\x05 \x03(\x0b\x32\x1e.mvr.v1.Document.MetadataEntry\x12\x13\n\x0btoken_count\x18\x06 \x01(\r\x12\x11\n\ttruncated\x18\x07 \x01(\x08\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x7f\n\x0e\x44ocumentStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1a.mvr.v1.DocumentStatusCode\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x13\n\x0btoken_count\x18\x04 \x01(\r\x12\x11\n\ttruncated\x18\x05 \x01(\x08\"M\n\x16UpsertDocumentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12#\n\tdocuments\x18\x02 \x03(\x0b\x32\x10.mvr.v1.Document\"C\n\x17UpsertDocumentsResponse\x12(\n\x08statuses\x18\x01 \x03(\x0b\x32\x16.mvr.v1.DocumentStatus\"S\n\x1cStreamUpsertDocumentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12#\n\tdocuments\x18\x02 \x03(\x0b\x32\x10.mvr.v1.Document\"j\n\x1dStreamUpsertDocumentsResponse\x12\x13\n\x0b\x62\x61tch_index\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12(\n\x08statuses\x18\x03 \x03(\x0b\x32\x16.mvr.v1.DocumentStatus\";\n\x12GetDocumentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0finclude_vectors\x18\x02 \x01(\x08\"9\n\x13GetDocumentResponse\x12\"\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x10.mvr.v1.Document\"5\n\x16\x44\x65leteDocumentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\"E\n\x17\x44\x65leteDocumentsResponse\x12\x13\n\x0b\x64\x65leted_ids\x18\x01 \x03(\t\x12\x15\n\rnot_found_ids\x18\x02 \x03(\t\"f\n\x14ListDocumentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x17\n\x0finclude_vectors\x18\x04 \x01(\x08\"U\n\x15ListDocumentsResponse\x12#\n\tdocuments\x18\x01 \x03(\x0b\x32\x10.mvr.v1.Document\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xc3\x01\n\x12\x44ocumentStatusCode\x12$\n DOCUMENT_STATUS_CODE_UNSPECIFIED\x10\x00\x12 \n\x1c\x44OCUMENT_STATUS_CODE_CREATED\x10\x01\x12!\n\x1d\x44OCUMENT_STATUS_CODE_REPLACED\x10\x02\x12 \n\x1c\x44OCUMENT_STATUS_CODE_INVALID\x10\x03\x12 \n\x1c\x44OCUMENT_STATUS_CODE_ABORTED\x10\x04\x32\xb9\x03\n\x0f\x44ocumentService\x12R\n\x0fUpsertDocuments\x12\x1e.mvr.v1.UpsertDocumentsRequest\x1a\x1f.mvr.v1.UpsertDocumentsResponse\x12h\n\x15StreamUpsertDocuments\x12$.mvr.v1.StreamUpsertDocumentsRequest\x1a%.mvr.v1.StreamUpsertDocumentsResponse(\x01\x30\x01\x12\x46\n\x0bGetDocument\x12\x1a.mvr.v1.GetDocumentRequest\x1a\x1b.mvr.v1.GetDocumentResponse\x12R\n\x0f\x44\x65leteDocuments\x12\x1e.mvr.v1.DeleteDocumentsRequest\x1a\x1f.mvr.v1.DeleteDocumentsResponse\x12L\n\rListDocuments\x12\x1c.mvr.v1.ListDocumentsRequest\x1a\x1d.mvr.v1.ListDocumentsResponseBG\n\ndev.mvr.v1P\x01Z.github.com/mvr-project/mvr/gen/go/mvr/v1;mvrv1\xaa\x02\x06Mvr.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dmvr/v1/document_service.proto\x12\x06mvr.v1\x1a\x12mvr/v1/types.proto\"\xe9\x02\n\x08\x44ocument\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12 \n\x07vectors\x18\x04 \x01(\x0b\x32\x0f.mvr.v1.Vectors\x12\x30\n\x08metadata\x18\x05 \x03(\x0b\x32\x1e.mvr.v1.Document.MetadataEntry\x12\x13\n\x0btoken_count\x18\x06 \x01(\r\x12\x11\n\ttruncated\x18\x07 \x01(\x08\x12;\n\x0etyped_metadata\x18\x08 \x03(\x0b\x32#.mvr.v1.Document.TypedMetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aK\n\x12TypedMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.mvr.v1.MetadataValue:\x02\x38\x01\"\x7f\n\x0e\x44ocumentStatus\x12\n\n\x02id\x18\x01 \x01(\t\x12(\n\x04\x63ode\x18\x02 \x01(\x0e\x32\x1a.mvr.v1.DocumentStatusCode\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x13\n\x0btoken_count\x18\x04 \x01(\r\x12\x11\n\ttruncated\x18\x05 \x01(\x08\"M\n\x16UpsertDocumentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12#\n\tdocuments\x18\x02 \x03(\x0b\x32\x10.mvr.v1.Document\"C\n\x17UpsertDocumentsResponse\x12(\n\x08statuses\x18\x01 \x03(\x0b\x32\x16.mvr.v1.DocumentStatus\"S\n\x1cStreamUpsertDocumentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12#\n\tdocuments\x18\x02 \x03(\x0b\x32\x10.mvr.v1.Document\"j\n\x1dStreamUpsertDocumentsResponse\x12\x13\n\x0b\x62\x61tch_index\x18\x01 \x01(\x04\x12\n\n\x02ok\x18\x02 \x01(\x08\x12(\n\x08statuses\x18\x03 \x03(\x0b\x32\x16.mvr.v1.DocumentStatus\";\n\x12GetDocumentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0finclude_vectors\x18\x02 \x01(\x08\"9\n\x13GetDocumentResponse\x12\"\n\x08\x64ocument\x18\x01 \x01(\x0b\x32\x10.mvr.v1.Document\"T\n\x16\x44\x65leteDocumentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x0b\n\x03ids\x18\x02 \x03(\t\x12\x1d\n\x05where\x18\x03 \x01(\x0b\x32\x0e.mvr.v1.Filter\"\\\n\x17\x44\x65leteDocumentsResponse\x12\x13\n\x0b\x64\x65leted_ids\x18\x01 \x03(\t\x12\x15\n\rnot_found_ids\x18\x02 \x03(\t\x12\x15\n\rdeleted_count\x18\x03 \x01(\x04\"\x85\x01\n\x14ListDocumentsRequest\x12\x0e\n\x06parent\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x17\n\x0finclude_vectors\x18\x04 \x01(\x08\x12\x1d\n\x05where\x18\x05 \x01(\x0b\x32\x0e.mvr.v1.Filter\"U\n\x15ListDocumentsResponse\x12#\n\tdocuments\x18\x01 \x03(\x0b\x32\x10.mvr.v1.Document\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xc3\x01\n\x12\x44ocumentStatusCode\x12$\n DOCUMENT_STATUS_CODE_UNSPECIFIED\x10\x00\x12 \n\x1c\x44OCUMENT_STATUS_CODE_CREATED\x10\x01\x12!\n\x1d\x44OCUMENT_STATUS_CODE_REPLACED\x10\x02\x12 \n\x1c\x44OCUMENT_STATUS_CODE_INVALID\x10\x03\x12 \n\x1c\x44OCUMENT_STATUS_CODE_ABORTED\x10\x04\x32\xb9\x03\n\x0f\x44ocumentService\x12R\n\x0fUpsertDocuments\x12\x1e.mvr.v1.UpsertDocumentsRequest\x1a\x1f.mvr.v1.UpsertDocumentsResponse\x12h\n\x15StreamUpsertDocuments\x12$.mvr.v1.StreamUpsertDocumentsRequest\x1a%.mvr.v1.StreamUpsertDocumentsResponse(\x01\x30\x01\x12\x46\n\x0bGetDocument\x12\x1a.mvr.v1.GetDocumentRequest\x1a\x1b.mvr.v1.GetDocumentResponse\x12R\n\x0f\x44\x65leteDocuments\x12\x1e.mvr.v1.DeleteDocumentsRequest\x1a\x1f.mvr.v1.DeleteDocumentsResponse\x12L\n\rListDocuments\x12\x1c.mvr.v1.ListDocumentsRequest\x1a\x1d.mvr.v1.ListDocumentsResponseBG\n\ndev.mvr.v1P\x01Z.github.com/mvr-project/mvr/gen/go/mvr/v1;mvrv1\xaa\x02\x06Mvr.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,34 +35,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\ndev.mvr.v1P\001Z.github.com/mvr-project/mvr/gen/go/mvr/v1;mvrv1\252\002\006Mvr.V1'
   _globals['_DOCUMENT_METADATAENTRY']._loaded_options = None
   _globals['_DOCUMENT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_DOCUMENTSTATUSCODE']._serialized_start=1195
-  _globals['_DOCUMENTSTATUSCODE']._serialized_end=1390
+  _globals['_DOCUMENT_TYPEDMETADATAENTRY']._loaded_options = None
+  _globals['_DOCUMENT_TYPEDMETADATAENTRY']._serialized_options = b'8\001'
+  _globals['_DOCUMENTSTATUSCODE']._serialized_start=1419
+  _globals['_DOCUMENTSTATUSCODE']._serialized_end=1614
   _globals['_DOCUMENT']._serialized_start=62
-  _globals['_DOCUMENT']._serialized_end=285
-  _globals['_DOCUMENT_METADATAENTRY']._serialized_start=238
-  _globals['_DOCUMENT_METADATAENTRY']._serialized_end=285
-  _globals['_DOCUMENTSTATUS']._serialized_start=287
-  _globals['_DOCUMENTSTATUS']._serialized_end=414
-  _globals['_UPSERTDOCUMENTSREQUEST']._serialized_start=416
-  _globals['_UPSERTDOCUMENTSREQUEST']._serialized_end=493
-  _globals['_UPSERTDOCUMENTSRESPONSE']._serialized_start=495
-  _globals['_UPSERTDOCUMENTSRESPONSE']._serialized_end=562
-  _globals['_STREAMUPSERTDOCUMENTSREQUEST']._serialized_start=564
-  _globals['_STREAMUPSERTDOCUMENTSREQUEST']._serialized_end=647
-  _globals['_STREAMUPSERTDOCUMENTSRESPONSE']._serialized_start=649
-  _globals['_STREAMUPSERTDOCUMENTSRESPONSE']._serialized_end=755
-  _globals['_GETDOCUMENTREQUEST']._serialized_start=757
-  _globals['_GETDOCUMENTREQUEST']._serialized_end=816
-  _globals['_GETDOCUMENTRESPONSE']._serialized_start=818
-  _globals['_GETDOCUMENTRESPONSE']._serialized_end=875
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=877
-  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=930
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=932
-  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=1001
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=1003
-  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=1105
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=1107
-  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=1192
-  _globals['_DOCUMENTSERVICE']._serialized_start=1393
-  _globals['_DOCUMENTSERVICE']._serialized_end=1834
+  _globals['_DOCUMENT']._serialized_end=423
+  _globals['_DOCUMENT_METADATAENTRY']._serialized_start=299
+  _globals['_DOCUMENT_METADATAENTRY']._serialized_end=346
+  _globals['_DOCUMENT_TYPEDMETADATAENTRY']._serialized_start=348
+  _globals['_DOCUMENT_TYPEDMETADATAENTRY']._serialized_end=423
+  _globals['_DOCUMENTSTATUS']._serialized_start=425
+  _globals['_DOCUMENTSTATUS']._serialized_end=552
+  _globals['_UPSERTDOCUMENTSREQUEST']._serialized_start=554
+  _globals['_UPSERTDOCUMENTSREQUEST']._serialized_end=631
+  _globals['_UPSERTDOCUMENTSRESPONSE']._serialized_start=633
+  _globals['_UPSERTDOCUMENTSRESPONSE']._serialized_end=700
+  _globals['_STREAMUPSERTDOCUMENTSREQUEST']._serialized_start=702
+  _globals['_STREAMUPSERTDOCUMENTSREQUEST']._serialized_end=785
+  _globals['_STREAMUPSERTDOCUMENTSRESPONSE']._serialized_start=787
+  _globals['_STREAMUPSERTDOCUMENTSRESPONSE']._serialized_end=893
+  _globals['_GETDOCUMENTREQUEST']._serialized_start=895
+  _globals['_GETDOCUMENTREQUEST']._serialized_end=954
+  _globals['_GETDOCUMENTRESPONSE']._serialized_start=956
+  _globals['_GETDOCUMENTRESPONSE']._serialized_end=1013
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_start=1015
+  _globals['_DELETEDOCUMENTSREQUEST']._serialized_end=1099
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_start=1101
+  _globals['_DELETEDOCUMENTSRESPONSE']._serialized_end=1193
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_start=1196
+  _globals['_LISTDOCUMENTSREQUEST']._serialized_end=1329
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_start=1331
+  _globals['_LISTDOCUMENTSRESPONSE']._serialized_end=1416
+  _globals['_DOCUMENTSERVICE']._serialized_start=1617
+  _globals['_DOCUMENTSERVICE']._serialized_end=2058
 # @@protoc_insertion_point(module_scope)

@@ -22,7 +22,7 @@ DOCUMENT_STATUS_CODE_INVALID: DocumentStatusCode
 DOCUMENT_STATUS_CODE_ABORTED: DocumentStatusCode
 
 class Document(_message.Message):
-    __slots__ = ("name", "id", "text", "vectors", "metadata", "token_count", "truncated")
+    __slots__ = ("name", "id", "text", "vectors", "metadata", "token_count", "truncated", "typed_metadata")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,13 @@ class Document(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TypedMetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _types_pb2.MetadataValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_types_pb2.MetadataValue, _Mapping]] = ...) -> None: ...
     NAME_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -37,6 +44,7 @@ class Document(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     TOKEN_COUNT_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    TYPED_METADATA_FIELD_NUMBER: _ClassVar[int]
     name: str
     id: str
     text: str
@@ -44,7 +52,8 @@ class Document(_message.Message):
     metadata: _containers.ScalarMap[str, str]
     token_count: int
     truncated: bool
-    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., text: _Optional[str] = ..., vectors: _Optional[_Union[_types_pb2.Vectors, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., token_count: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    typed_metadata: _containers.MessageMap[str, _types_pb2.MetadataValue]
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., text: _Optional[str] = ..., vectors: _Optional[_Union[_types_pb2.Vectors, _Mapping]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., token_count: _Optional[int] = ..., truncated: _Optional[bool] = ..., typed_metadata: _Optional[_Mapping[str, _types_pb2.MetadataValue]] = ...) -> None: ...
 
 class DocumentStatus(_message.Message):
     __slots__ = ("id", "code", "message", "token_count", "truncated")
@@ -107,32 +116,38 @@ class GetDocumentResponse(_message.Message):
     def __init__(self, document: _Optional[_Union[Document, _Mapping]] = ...) -> None: ...
 
 class DeleteDocumentsRequest(_message.Message):
-    __slots__ = ("parent", "ids")
+    __slots__ = ("parent", "ids", "where")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
     parent: str
     ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, parent: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    where: _types_pb2.Filter
+    def __init__(self, parent: _Optional[str] = ..., ids: _Optional[_Iterable[str]] = ..., where: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ...) -> None: ...
 
 class DeleteDocumentsResponse(_message.Message):
-    __slots__ = ("deleted_ids", "not_found_ids")
+    __slots__ = ("deleted_ids", "not_found_ids", "deleted_count")
     DELETED_IDS_FIELD_NUMBER: _ClassVar[int]
     NOT_FOUND_IDS_FIELD_NUMBER: _ClassVar[int]
+    DELETED_COUNT_FIELD_NUMBER: _ClassVar[int]
     deleted_ids: _containers.RepeatedScalarFieldContainer[str]
     not_found_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, deleted_ids: _Optional[_Iterable[str]] = ..., not_found_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    deleted_count: int
+    def __init__(self, deleted_ids: _Optional[_Iterable[str]] = ..., not_found_ids: _Optional[_Iterable[str]] = ..., deleted_count: _Optional[int] = ...) -> None: ...
 
 class ListDocumentsRequest(_message.Message):
-    __slots__ = ("parent", "page_size", "page_token", "include_vectors")
+    __slots__ = ("parent", "page_size", "page_token", "include_vectors", "where")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
     parent: str
     page_size: int
     page_token: str
     include_vectors: bool
-    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., include_vectors: _Optional[bool] = ...) -> None: ...
+    where: _types_pb2.Filter
+    def __init__(self, parent: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., include_vectors: _Optional[bool] = ..., where: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ...) -> None: ...
 
 class ListDocumentsResponse(_message.Message):
     __slots__ = ("documents", "next_page_token")

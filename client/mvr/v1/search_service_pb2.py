@@ -26,7 +26,7 @@ from mvr.v1 import collection_service_pb2 as mvr_dot_v1_dot_collection__service_
 from mvr.v1 import types_pb2 as mvr_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmvr/v1/search_service.proto\x12\x06mvr.v1\x1a\x1fmvr/v1/collection_service.proto\x1a\x12mvr/v1/types.proto\"C\n\x05Query\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\"\n\x07vectors\x18\x02 \x01(\x0b\x32\x0f.mvr.v1.VectorsH\x00\x42\x06\n\x04kind\"\xe3\x02\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1c\n\x05query\x18\x02 \x01(\x0b\x32\r.mvr.v1.Query\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x12\n\ncandidates\x18\x04 \x01(\r\x12\n\n\x02\x65\x66\x18\x05 \x01(\r\x12\x31\n\x06\x66ilter\x18\x06 \x03(\x0b\x32!.mvr.v1.SearchRequest.FilterEntry\x12\x0f\n\x07\x65xplain\x18\x07 \x01(\x08\x12\r\n\x05probe\x18\x08 \x01(\r\x12\x1b\n\x13\x63\x65ntroid_candidates\x18\t \x01(\r\x12 \n\x04mode\x18\n \x01(\x0e\x32\x12.mvr.v1.SearchMode\x12\x1c\n\x0fsemantic_weight\x18\x0b \x01(\x02H\x00\x88\x01\x01\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x12\n\x10_semantic_weight\"F\n\x0eSearchResponse\x12\x19\n\x04hits\x18\x01 \x03(\x0b\x32\x0b.mvr.v1.Hit\x12\x19\n\x11query_token_count\x18\x02 \x01(\r\"\xae\x02\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12+\n\x08metadata\x18\x03 \x03(\x0b\x32\x19.mvr.v1.Hit.MetadataEntry\x12\'\n\x0b\x65xplanation\x18\x04 \x03(\x0b\x32\x12.mvr.v1.TokenMatch\x12)\n\tprecision\x18\x05 \x01(\x0e\x32\x16.mvr.v1.TokenPrecision\x12\x15\n\rsemantic_rank\x18\x06 \x01(\r\x12\x16\n\x0esemantic_score\x18\x07 \x01(\x02\x12\x14\n\x0ckeyword_rank\x18\x08 \x01(\r\x12\x15\n\rkeyword_score\x18\t \x01(\x02\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"H\n\nTokenMatch\x12\x13\n\x0bquery_token\x18\x01 \x01(\r\x12\x16\n\x0e\x64ocument_token\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x02\"=\n\x12\x42\x61tchSearchRequest\x12\'\n\x08searches\x18\x01 \x03(\x0b\x32\x15.mvr.v1.SearchRequest\">\n\x13\x42\x61tchSearchResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.mvr.v1.SearchResponse\"r\n\rEncodeRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12 \n\x04kind\x18\x02 \x01(\x0e\x32\x12.mvr.v1.EncodeKind\x12\x12\n\ncollection\x18\x03 \x01(\t\x12\x1c\n\x05\x64type\x18\x04 \x01(\x0e\x32\r.mvr.v1.DType\"]\n\x0b\x45ncodedText\x12 \n\x07vectors\x18\x01 \x01(\x0b\x32\x0f.mvr.v1.Vectors\x12\x19\n\x11input_token_count\x18\x02 \x01(\r\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"\\\n\x0e\x45ncodeResponse\x12$\n\x07results\x18\x01 \x03(\x0b\x32\x13.mvr.v1.EncodedText\x12$\n\x07\x65ncoder\x18\x02 \x01(\x0b\x32\x13.mvr.v1.EncoderSpec*t\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14SEARCH_MODE_SEMANTIC\x10\x01\x12\x17\n\x13SEARCH_MODE_KEYWORD\x10\x02\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x03*Z\n\nEncodeKind\x12\x1b\n\x17\x45NCODE_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45NCODE_KIND_QUERY\x10\x01\x12\x18\n\x14\x45NCODE_KIND_DOCUMENT\x10\x02\x32\xc9\x01\n\rSearchService\x12\x37\n\x06Search\x12\x15.mvr.v1.SearchRequest\x1a\x16.mvr.v1.SearchResponse\x12\x46\n\x0b\x42\x61tchSearch\x12\x1a.mvr.v1.BatchSearchRequest\x1a\x1b.mvr.v1.BatchSearchResponse\x12\x37\n\x06\x45ncode\x12\x15.mvr.v1.EncodeRequest\x1a\x16.mvr.v1.EncodeResponseBG\n\ndev.mvr.v1P\x01Z.github.com/mvr-project/mvr/gen/go/mvr/v1;mvrv1\xaa\x02\x06Mvr.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bmvr/v1/search_service.proto\x12\x06mvr.v1\x1a\x1fmvr/v1/collection_service.proto\x1a\x12mvr/v1/types.proto\"C\n\x05Query\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\"\n\x07vectors\x18\x02 \x01(\x0b\x32\x0f.mvr.v1.VectorsH\x00\x42\x06\n\x04kind\"\x82\x03\n\rSearchRequest\x12\x12\n\ncollection\x18\x01 \x01(\t\x12\x1c\n\x05query\x18\x02 \x01(\x0b\x32\r.mvr.v1.Query\x12\r\n\x05top_k\x18\x03 \x01(\r\x12\x12\n\ncandidates\x18\x04 \x01(\r\x12\n\n\x02\x65\x66\x18\x05 \x01(\r\x12\x31\n\x06\x66ilter\x18\x06 \x03(\x0b\x32!.mvr.v1.SearchRequest.FilterEntry\x12\x0f\n\x07\x65xplain\x18\x07 \x01(\x08\x12\r\n\x05probe\x18\x08 \x01(\r\x12\x1b\n\x13\x63\x65ntroid_candidates\x18\t \x01(\r\x12 \n\x04mode\x18\n \x01(\x0e\x32\x12.mvr.v1.SearchMode\x12\x1c\n\x0fsemantic_weight\x18\x0b \x01(\x02H\x00\x88\x01\x01\x12\x1d\n\x05where\x18\x0c \x01(\x0b\x32\x0e.mvr.v1.Filter\x1a-\n\x0b\x46ilterEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x12\n\x10_semantic_weight\"F\n\x0eSearchResponse\x12\x19\n\x04hits\x18\x01 \x03(\x0b\x32\x0b.mvr.v1.Hit\x12\x19\n\x11query_token_count\x18\x02 \x01(\r\"\xb3\x03\n\x03Hit\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12+\n\x08metadata\x18\x03 \x03(\x0b\x32\x19.mvr.v1.Hit.MetadataEntry\x12\'\n\x0b\x65xplanation\x18\x04 \x03(\x0b\x32\x12.mvr.v1.TokenMatch\x12)\n\tprecision\x18\x05 \x01(\x0e\x32\x16.mvr.v1.TokenPrecision\x12\x15\n\rsemantic_rank\x18\x06 \x01(\r\x12\x16\n\x0esemantic_score\x18\x07 \x01(\x02\x12\x14\n\x0ckeyword_rank\x18\x08 \x01(\r\x12\x15\n\rkeyword_score\x18\t \x01(\x02\x12\x36\n\x0etyped_metadata\x18\n \x03(\x0b\x32\x1e.mvr.v1.Hit.TypedMetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1aK\n\x12TypedMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12$\n\x05value\x18\x02 \x01(\x0b\x32\x15.mvr.v1.MetadataValue:\x02\x38\x01\"H\n\nTokenMatch\x12\x13\n\x0bquery_token\x18\x01 \x01(\r\x12\x16\n\x0e\x64ocument_token\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x02\"=\n\x12\x42\x61tchSearchRequest\x12\'\n\x08searches\x18\x01 \x03(\x0b\x32\x15.mvr.v1.SearchRequest\">\n\x13\x42\x61tchSearchResponse\x12\'\n\x07results\x18\x01 \x03(\x0b\x32\x16.mvr.v1.SearchResponse\"r\n\rEncodeRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12 \n\x04kind\x18\x02 \x01(\x0e\x32\x12.mvr.v1.EncodeKind\x12\x12\n\ncollection\x18\x03 \x01(\t\x12\x1c\n\x05\x64type\x18\x04 \x01(\x0e\x32\r.mvr.v1.DType\"]\n\x0b\x45ncodedText\x12 \n\x07vectors\x18\x01 \x01(\x0b\x32\x0f.mvr.v1.Vectors\x12\x19\n\x11input_token_count\x18\x02 \x01(\r\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"\\\n\x0e\x45ncodeResponse\x12$\n\x07results\x18\x01 \x03(\x0b\x32\x13.mvr.v1.EncodedText\x12$\n\x07\x65ncoder\x18\x02 \x01(\x0b\x32\x13.mvr.v1.EncoderSpec*t\n\nSearchMode\x12\x1b\n\x17SEARCH_MODE_UNSPECIFIED\x10\x00\x12\x18\n\x14SEARCH_MODE_SEMANTIC\x10\x01\x12\x17\n\x13SEARCH_MODE_KEYWORD\x10\x02\x12\x16\n\x12SEARCH_MODE_HYBRID\x10\x03*Z\n\nEncodeKind\x12\x1b\n\x17\x45NCODE_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x45NCODE_KIND_QUERY\x10\x01\x12\x18\n\x14\x45NCODE_KIND_DOCUMENT\x10\x02\x32\xc9\x01\n\rSearchService\x12\x37\n\x06Search\x12\x15.mvr.v1.SearchRequest\x1a\x16.mvr.v1.SearchResponse\x12\x46\n\x0b\x42\x61tchSearch\x12\x1a.mvr.v1.BatchSearchRequest\x1a\x1b.mvr.v1.BatchSearchResponse\x12\x37\n\x06\x45ncode\x12\x15.mvr.v1.EncodeRequest\x1a\x16.mvr.v1.EncodeResponseBG\n\ndev.mvr.v1P\x01Z.github.com/mvr-project/mvr/gen/go/mvr/v1;mvrv1\xaa\x02\x06Mvr.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,34 +38,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_options = b'8\001'
   _globals['_HIT_METADATAENTRY']._loaded_options = None
   _globals['_HIT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_SEARCHMODE']._serialized_start=1402
-  _globals['_SEARCHMODE']._serialized_end=1518
-  _globals['_ENCODEKIND']._serialized_start=1520
-  _globals['_ENCODEKIND']._serialized_end=1610
+  _globals['_HIT_TYPEDMETADATAENTRY']._loaded_options = None
+  _globals['_HIT_TYPEDMETADATAENTRY']._serialized_options = b'8\001'
+  _globals['_SEARCHMODE']._serialized_start=1566
+  _globals['_SEARCHMODE']._serialized_end=1682
+  _globals['_ENCODEKIND']._serialized_start=1684
+  _globals['_ENCODEKIND']._serialized_end=1774
   _globals['_QUERY']._serialized_start=92
   _globals['_QUERY']._serialized_end=159
   _globals['_SEARCHREQUEST']._serialized_start=162
-  _globals['_SEARCHREQUEST']._serialized_end=517
-  _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_start=452
-  _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_end=497
-  _globals['_SEARCHRESPONSE']._serialized_start=519
-  _globals['_SEARCHRESPONSE']._serialized_end=589
-  _globals['_HIT']._serialized_start=592
-  _globals['_HIT']._serialized_end=894
-  _globals['_HIT_METADATAENTRY']._serialized_start=847
-  _globals['_HIT_METADATAENTRY']._serialized_end=894
-  _globals['_TOKENMATCH']._serialized_start=896
-  _globals['_TOKENMATCH']._serialized_end=968
-  _globals['_BATCHSEARCHREQUEST']._serialized_start=970
-  _globals['_BATCHSEARCHREQUEST']._serialized_end=1031
-  _globals['_BATCHSEARCHRESPONSE']._serialized_start=1033
-  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1095
-  _globals['_ENCODEREQUEST']._serialized_start=1097
-  _globals['_ENCODEREQUEST']._serialized_end=1211
-  _globals['_ENCODEDTEXT']._serialized_start=1213
-  _globals['_ENCODEDTEXT']._serialized_end=1306
-  _globals['_ENCODERESPONSE']._serialized_start=1308
-  _globals['_ENCODERESPONSE']._serialized_end=1400
-  _globals['_SEARCHSERVICE']._serialized_start=1613
-  _globals['_SEARCHSERVICE']._serialized_end=1814
+  _globals['_SEARCHREQUEST']._serialized_end=548
+  _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_start=483
+  _globals['_SEARCHREQUEST_FILTERENTRY']._serialized_end=528
+  _globals['_SEARCHRESPONSE']._serialized_start=550
+  _globals['_SEARCHRESPONSE']._serialized_end=620
+  _globals['_HIT']._serialized_start=623
+  _globals['_HIT']._serialized_end=1058
+  _globals['_HIT_METADATAENTRY']._serialized_start=934
+  _globals['_HIT_METADATAENTRY']._serialized_end=981
+  _globals['_HIT_TYPEDMETADATAENTRY']._serialized_start=983
+  _globals['_HIT_TYPEDMETADATAENTRY']._serialized_end=1058
+  _globals['_TOKENMATCH']._serialized_start=1060
+  _globals['_TOKENMATCH']._serialized_end=1132
+  _globals['_BATCHSEARCHREQUEST']._serialized_start=1134
+  _globals['_BATCHSEARCHREQUEST']._serialized_end=1195
+  _globals['_BATCHSEARCHRESPONSE']._serialized_start=1197
+  _globals['_BATCHSEARCHRESPONSE']._serialized_end=1259
+  _globals['_ENCODEREQUEST']._serialized_start=1261
+  _globals['_ENCODEREQUEST']._serialized_end=1375
+  _globals['_ENCODEDTEXT']._serialized_start=1377
+  _globals['_ENCODEDTEXT']._serialized_end=1470
+  _globals['_ENCODERESPONSE']._serialized_start=1472
+  _globals['_ENCODERESPONSE']._serialized_end=1564
+  _globals['_SEARCHSERVICE']._serialized_start=1777
+  _globals['_SEARCHSERVICE']._serialized_end=1978
 # @@protoc_insertion_point(module_scope)

@@ -38,7 +38,7 @@ class Query(_message.Message):
     def __init__(self, text: _Optional[str] = ..., vectors: _Optional[_Union[_types_pb2.Vectors, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("collection", "query", "top_k", "candidates", "ef", "filter", "explain", "probe", "centroid_candidates", "mode", "semantic_weight")
+    __slots__ = ("collection", "query", "top_k", "candidates", "ef", "filter", "explain", "probe", "centroid_candidates", "mode", "semantic_weight", "where")
     class FilterEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class SearchRequest(_message.Message):
     CENTROID_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     SEMANTIC_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    WHERE_FIELD_NUMBER: _ClassVar[int]
     collection: str
     query: Query
     top_k: int
@@ -68,7 +69,8 @@ class SearchRequest(_message.Message):
     centroid_candidates: int
     mode: SearchMode
     semantic_weight: float
-    def __init__(self, collection: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., top_k: _Optional[int] = ..., candidates: _Optional[int] = ..., ef: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., explain: _Optional[bool] = ..., probe: _Optional[int] = ..., centroid_candidates: _Optional[int] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., semantic_weight: _Optional[float] = ...) -> None: ...
+    where: _types_pb2.Filter
+    def __init__(self, collection: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., top_k: _Optional[int] = ..., candidates: _Optional[int] = ..., ef: _Optional[int] = ..., filter: _Optional[_Mapping[str, str]] = ..., explain: _Optional[bool] = ..., probe: _Optional[int] = ..., centroid_candidates: _Optional[int] = ..., mode: _Optional[_Union[SearchMode, str]] = ..., semantic_weight: _Optional[float] = ..., where: _Optional[_Union[_types_pb2.Filter, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("hits", "query_token_count")
@@ -79,7 +81,7 @@ class SearchResponse(_message.Message):
     def __init__(self, hits: _Optional[_Iterable[_Union[Hit, _Mapping]]] = ..., query_token_count: _Optional[int] = ...) -> None: ...
 
 class Hit(_message.Message):
-    __slots__ = ("id", "score", "metadata", "explanation", "precision", "semantic_rank", "semantic_score", "keyword_rank", "keyword_score")
+    __slots__ = ("id", "score", "metadata", "explanation", "precision", "semantic_rank", "semantic_score", "keyword_rank", "keyword_score", "typed_metadata")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +89,13 @@ class Hit(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class TypedMetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _types_pb2.MetadataValue
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_types_pb2.MetadataValue, _Mapping]] = ...) -> None: ...
     ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     METADATA_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +105,7 @@ class Hit(_message.Message):
     SEMANTIC_SCORE_FIELD_NUMBER: _ClassVar[int]
     KEYWORD_RANK_FIELD_NUMBER: _ClassVar[int]
     KEYWORD_SCORE_FIELD_NUMBER: _ClassVar[int]
+    TYPED_METADATA_FIELD_NUMBER: _ClassVar[int]
     id: str
     score: float
     metadata: _containers.ScalarMap[str, str]
@@ -105,7 +115,8 @@ class Hit(_message.Message):
     semantic_score: float
     keyword_rank: int
     keyword_score: float
-    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., explanation: _Optional[_Iterable[_Union[TokenMatch, _Mapping]]] = ..., precision: _Optional[_Union[_types_pb2.TokenPrecision, str]] = ..., semantic_rank: _Optional[int] = ..., semantic_score: _Optional[float] = ..., keyword_rank: _Optional[int] = ..., keyword_score: _Optional[float] = ...) -> None: ...
+    typed_metadata: _containers.MessageMap[str, _types_pb2.MetadataValue]
+    def __init__(self, id: _Optional[str] = ..., score: _Optional[float] = ..., metadata: _Optional[_Mapping[str, str]] = ..., explanation: _Optional[_Iterable[_Union[TokenMatch, _Mapping]]] = ..., precision: _Optional[_Union[_types_pb2.TokenPrecision, str]] = ..., semantic_rank: _Optional[int] = ..., semantic_score: _Optional[float] = ..., keyword_rank: _Optional[int] = ..., keyword_score: _Optional[float] = ..., typed_metadata: _Optional[_Mapping[str, _types_pb2.MetadataValue]] = ...) -> None: ...
 
 class TokenMatch(_message.Message):
     __slots__ = ("query_token", "document_token", "score")

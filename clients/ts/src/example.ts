@@ -5,16 +5,28 @@
 // is 0 only when all of them held.
 //
 //   npm ci && npm run build && node dist/example.js HOST:PORT      (in clients/ts)
+//
+// Requests are built with Message.fromPartial({...}): a field the API adds later then never breaks
+// this code (ts-proto's message types list every field).
 
 import { credentials, Metadata, ServiceError, status } from "@grpc/grpc-js";
 
 import { BadRequest } from "./gen/google/rpc/error_details";
 import { Status } from "./gen/google/rpc/status";
-import { CollectionServiceClient, CreateCollectionRequest } from "./gen/mvr/v1/collection_service";
 import {
+  CollectionServiceClient,
+  CreateCollectionRequest,
+  DeleteCollectionRequest,
+  GetCollectionRequest,
+} from "./gen/mvr/v1/collection_service";
+import {
+  DeleteDocumentsRequest,
   Document,
   DocumentServiceClient,
   DocumentStatusCode,
+  GetDocumentRequest,
+  ListDocumentsRequest,
+  UpsertDocumentsRequest,
   StreamUpsertDocumentsRequest,
   StreamUpsertDocumentsResponse,
 } from "./gen/mvr/v1/document_service";
@@ -153,7 +165,7 @@ async function main(target: string): Promise<void> {
       }),
     );
   }
-  const upserted = await call(documents.upsertDocuments, documents, { parent, documents: batch });
+  const upserted = await call(documents.upsertDocuments, documents, UpsertDocumentsRequest.fromPartial({ parent, documents: batch }));
   check(
     upserted.statuses.length === 20 &&
       upserted.statuses.every((s) => s.code === DocumentStatusCode.DOCUMENT_STATUS_CODE_CREATED),
@@ -193,7 +205,7 @@ async function main(target: string): Promise<void> {
   );
 
   // 5. read a document back with its vectors (stored as float16 by default)
-  const got = await call(documents.getDocument, documents, { name: `${parent}/documents/d07`, includeVectors: true });
+  const got = await call(documents.getDocument, documents, GetDocumentRequest.fromPartial({ name: `${parent}/documents/d07`, includeVectors: true }));
   const rows = unpack(got.document!.vectors!);
   const maxError = Math.max(...rows.flatMap((row, i) => row.map((x, j) => Math.abs(x - written.get("d07")![i][j]))));
   check(
@@ -206,7 +218,7 @@ async function main(target: string): Promise<void> {
   let pages = 0;
   let pageToken = "";
   do {
-    const page = await call(documents.listDocuments, documents, { parent, pageSize: 7, pageToken, includeVectors: false });
+    const page = await call(documents.listDocuments, documents, ListDocumentsRequest.fromPartial({ parent, pageSize: 7, pageToken }));
     pages++;
     listed.push(...page.documents.map((d) => d.id));
     pageToken = page.nextPageToken;
@@ -218,12 +230,12 @@ async function main(target: string): Promise<void> {
   );
 
   // 7. delete one document and one that does not exist
-  const deleted = await call(documents.deleteDocuments, documents, { parent, ids: ["d00", "missing"] });
+  const deleted = await call(documents.deleteDocuments, documents, DeleteDocumentsRequest.fromPartial({ parent, ids: ["d00", "missing"] }));
   check(
     deleted.deletedIds.join() === "d00" && deleted.notFoundIds.join() === "missing",
     `DeleteDocuments: deleted ${deleted.deletedIds}, not found ${deleted.notFoundIds}`,
   );
-  const gone = await failure(call(documents.getDocument, documents, { name: `${parent}/documents/d00`, includeVectors: false }));
+  const gone = await failure(call(documents.getDocument, documents, GetDocumentRequest.fromPartial({ name: `${parent}/documents/d00` })));
   check(gone.code === status.NOT_FOUND, `GetDocument of the deleted document: ${status[gone.code]}`);
 
   // 8. errors: a malformed vector is INVALID_ARGUMENT with a BadRequest field violation in the status
@@ -232,7 +244,7 @@ async function main(target: string): Promise<void> {
   const malformed = pack(unitRows(random, 2));
   malformed.data = malformed.data.subarray(0, malformed.data.length - 4);
   const invalid = await failure(
-    call(documents.upsertDocuments, documents, { parent, documents: [Document.fromPartial({ id: "bad", vectors: malformed })] }),
+    call(documents.upsertDocuments, documents, UpsertDocumentsRequest.fromPartial({ parent, documents: [Document.fromPartial({ id: "bad", vectors: malformed })] })),
   );
   const field = fieldViolation(invalid);
   check(
@@ -249,8 +261,8 @@ async function main(target: string): Promise<void> {
   );
 
   // 9. clean up
-  await call(collections.deleteCollection, collections, { name: parent });
-  const afterDelete = await failure(call(collections.getCollection, collections, { name: parent }));
+  await call(collections.deleteCollection, collections, DeleteCollectionRequest.fromPartial({ name: parent }));
+  const afterDelete = await failure(call(collections.getCollection, collections, GetCollectionRequest.fromPartial({ name: parent })));
   check(afterDelete.code === status.NOT_FOUND, `GetCollection after DeleteCollection: ${status[afterDelete.code]}`);
 
   [collections, documents, search].forEach((client) => client.close());

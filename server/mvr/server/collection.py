@@ -27,13 +27,14 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from mvr.server import engine_metrics, hybrid
+from mvr.server import metadata as meta
 from mvr.server import snapshot as snapshot_format
 from mvr.server.config import CollectionConfig
 from mvr.server.encoder import Encoder
@@ -103,8 +104,6 @@ class Collection:
         self._index_params = IndexParams(self.fde.output_dim, config.hnsw.m, config.hnsw.ef_construction)
         self.write_lock = threading.Lock()  # one writer
         self.index_mutex = threading.Lock()  # HNSW membership: indexer inserts vs deletes
-        self._meta_lock = threading.Lock()
-        self._meta_index: dict[tuple[str, str], set[int]] = {}
         self.pending: list[PendingBatch] = []
         self.pending_changed = threading.Condition()
         self.closed = False
@@ -112,8 +111,6 @@ class Collection:
         self.stop_reason: str | None = None  # why the indexer stopped the collection, if it did
         self.dirty = False
         self._last_save = time.monotonic()
-        for record in self.store.records.values():
-            self._index_metadata(record)
         self.tokens: TokenIndex | None = None
         if self.store.codec is not None:
             self.tokens = TokenIndex(self.store.codec)
@@ -196,11 +193,6 @@ class Collection:
             self._check_open()
             self._check_backlog(len(docs))
             records, replaced = self.store.upsert(prepared)
-            for old in replaced:
-                if old is not None:
-                    self._unindex_metadata(old)
-            for record in records:
-                self._index_metadata(record)
             self._retire([old.label for old in replaced if old is not None])
             with self.pending_changed:
                 self.pending = [
@@ -291,32 +283,7 @@ class Collection:
             raise InvalidArgument(f"documents[{i}].text", "must not be empty or only whitespace")
         if doc.vectors is not None:
             self._validate_vectors(doc.vectors, f"documents[{i}].vectors", limits.max_document_tokens)
-        self._validate_metadata(doc.metadata, f"documents[{i}].metadata")
-
-    def _validate_metadata(self, metadata: Mapping[str, str], field: str) -> None:
-        limits = self.limits
-        if len(metadata) > limits.max_metadata_keys:
-            raise InvalidArgument(field, f"has {len(metadata)} keys; the limit is {limits.max_metadata_keys}")
-        total = 0
-        for key, value in metadata.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise InvalidArgument(field, f"keys and values must be strings, got {key!r}: {value!r}")
-            key_bytes, value_bytes = len(key.encode()), len(value.encode())
-            if not 1 <= key_bytes <= limits.max_metadata_key_bytes:
-                raise InvalidArgument(
-                    field,
-                    f"key {key[:64]!r} is {key_bytes} bytes; keys are 1 to {limits.max_metadata_key_bytes}",
-                )
-            if value_bytes > limits.max_metadata_value_bytes:
-                raise InvalidArgument(
-                    f"{field}[{key!r}]",
-                    f"is {value_bytes} bytes; the limit is {limits.max_metadata_value_bytes}",
-                )
-            total += key_bytes + value_bytes
-        if total > limits.max_metadata_bytes:
-            raise InvalidArgument(
-                field, f"is {total} bytes (keys and values); the limit is {limits.max_metadata_bytes}"
-            )
+        doc.metadata = meta.validate(doc.metadata, f"documents[{i}].metadata", self.limits)
 
     def _validate_vectors(self, vectors: np.ndarray, field_name: str, max_tokens: int) -> None:
         if vectors.ndim != 2 or vectors.shape[0] < 1:
@@ -337,14 +304,31 @@ class Collection:
             )
 
     def delete(self, ids: Sequence[str]) -> list[bool]:
+        """Deletes documents durably; per id, whether it existed."""
+        return self.delete_matching(ids, None)[0]
+
+    def delete_matching(self, ids: Sequence[str] | None, where: meta.Filter | None) -> tuple[list[bool], int]:
+        """Deletes the documents ``ids`` (those that match ``where``, if given) or, with ``ids`` None,
+        every document matching ``where``, in one durable transaction; returns, per id, whether it was
+        deleted, and how many documents were deleted in all."""
         with self.write_lock:
             self._check_open()
-            removed = self.store.delete(ids)
-            for record in removed:
-                if record is not None:
-                    self._unindex_metadata(record)
+            allowed = None if where is None else self.matching(where)
+            if ids is None:
+                assert allowed is not None
+                targets = [
+                    r.id for label in sorted(allowed) if (r := self.store.by_label.get(label)) is not None
+                ]
+            else:
+                targets = [i for i in ids if allowed is None or self._label_of(i) in allowed]
+            removed = self.store.delete(targets)
             self._retire([r.label for r in removed if r is not None])
-        return [r is not None for r in removed]
+        gone = {r.id for r in removed if r is not None}
+        return [i in gone for i in (ids if ids is not None else targets)], len(gone)
+
+    def _label_of(self, doc_id: str) -> int | None:
+        record = self.store.records.get(doc_id)
+        return None if record is None else record.label
 
     def _retire(self, labels: list[int]) -> None:
         """Removes replaced/deleted versions from HNSW and the token index (those still pending are
@@ -362,24 +346,21 @@ class Collection:
 
     # ------------------------------------------------------------------------------ metadata
 
-    def _index_metadata(self, record: Record) -> None:
-        with self._meta_lock:
-            for item in record.metadata.items():
-                self._meta_index.setdefault(item, set()).add(record.label)
+    def matching(self, where: meta.Filter, field: str = "where", *, strict: bool = True) -> set[int]:
+        """The labels of the live documents matching a filter (evaluated in the catalog, see
+        :mod:`mvr.server.metadata`); INVALID_ARGUMENT naming the path inside ``field``."""
+        sql, params = meta.compile_filter(where, field, self.store.metadata_kinds, strict=strict)
+        return self.store.matching(sql, params)
 
-    def _unindex_metadata(self, record: Record) -> None:
-        with self._meta_lock:
-            for item in record.metadata.items():
-                labels = self._meta_index.get(item)
-                if labels is not None:
-                    labels.discard(record.label)
-                    if not labels:
-                        del self._meta_index[item]
-
-    def _matching(self, filter: dict[str, str]) -> set[int]:
-        with self._meta_lock:
-            sets = sorted((self._meta_index.get(item, set()) for item in filter.items()), key=len)
-            return set(sets[0]).intersection(*sets[1:])
+    def _allowed(self, filter: dict[str, str] | None, where: meta.Filter | None) -> set[int] | None:
+        """The labels both filters allow (None: every document)."""
+        allowed = None
+        if filter:  # the exact-match string map: string equality, no type checks (its old semantics)
+            allowed = self.matching(meta.equality(filter), "filter", strict=False)
+        if where is not None:
+            matched = self.matching(where)
+            allowed = matched if allowed is None else allowed & matched
+        return allowed
 
     # ------------------------------------------------------------------------------ reads
 
@@ -397,9 +378,17 @@ class Collection:
         )
 
     def list_documents(
-        self, page_size: int, after_id: str | None, *, include_vectors: bool = False
+        self,
+        page_size: int,
+        after_id: str | None,
+        *,
+        include_vectors: bool = False,
+        where: meta.Filter | None = None,
     ) -> tuple[list[Document], str | None]:
-        ids = self.store.ids_after(after_id, page_size + 1)  # one more: is there a next page?
+        compiled = None
+        if where is not None:
+            compiled = meta.compile_filter(where, "where", self.store.metadata_kinds)
+        ids = self.store.ids_after(after_id, page_size + 1, compiled)  # one more: is there a next page?
         page = []
         for doc_id in ids[:page_size]:
             record = self.store.records.get(doc_id)
@@ -437,6 +426,7 @@ class Collection:
         probe: int | None = None,
         centroid_candidates: int | None = None,
         filter: dict[str, str] | None = None,
+        where: meta.Filter | None = None,
         explain: bool = False,
         deadline: float | None = None,
         mode: str = "semantic",
@@ -452,7 +442,7 @@ class Collection:
         weight = self._check_mode(mode, semantic_weight, text)
         params = SearchParams(top_k, candidates, ef, probe, centroid_candidates, explain)
         params.check(self.limits)
-        allowed = self._matching(filter) if filter else None
+        allowed = self._allowed(filter, where)
         if mode == "keyword":
             assert text is not None
             return self._keyword_hits(text, top_k, allowed, deadline)

@@ -12,13 +12,16 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from google.protobuf.timestamp_pb2 import Timestamp
+from mvr.server import metadata as meta
 from mvr.server.config import CollectionConfig, HNSWParams
 from mvr.server.errors import InvalidArgument
 from mvr.server.fde import FDEConfig
+from mvr.server.metadata import MetaValue
 from mvr.server.snapshot import SnapshotInfo
 from mvr.server.values import CollectionStats, Document, DocumentInput, Hit, UpsertResult
 from mvr.v1 import collection_service_pb2 as cpb
@@ -362,12 +365,92 @@ def document_input_from_proto(message: dpb.Document, field: str) -> DocumentInpu
     if has_text and not message.text.strip():
         raise InvalidArgument(f"{field}.text", "must not be empty or only whitespace")
     vectors = vectors_from_proto(message.vectors, f"{field}.vectors") if has_vectors else None
+    metadata: dict[str, object] = dict(message.metadata)
+    for key, value in message.typed_metadata.items():
+        if key in metadata:
+            raise InvalidArgument(f"{field}.typed_metadata[{key!r}]", "is also set in metadata: use one map")
+        metadata[key] = metadata_value_from_proto(value, f"{field}.typed_metadata[{key!r}]")
     return DocumentInput(
         id=message.id,
         text=message.text if has_text else None,
         vectors=vectors,
-        metadata=dict(message.metadata),
+        metadata=metadata,  # type: ignore[arg-type]  # checked and typed by the engine
     )
+
+
+# ---------------------------------------------------------------------------------------------------
+# metadata and filters
+
+
+def metadata_value_from_proto(message: tpb.MetadataValue, field: str) -> MetaValue:
+    kind = message.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument(field, "has no value: set one of string_value, int_value, double_value, ...")
+    if kind == "string_list_value":
+        return tuple(message.string_list_value.values)
+    return getattr(message, kind)
+
+
+def metadata_value_to_proto(value: MetaValue) -> tpb.MetadataValue:
+    if isinstance(value, bool):
+        return tpb.MetadataValue(bool_value=value)
+    if isinstance(value, int):
+        return tpb.MetadataValue(int_value=value)
+    if isinstance(value, float):
+        return tpb.MetadataValue(double_value=value)
+    if isinstance(value, str):
+        return tpb.MetadataValue(string_value=value)
+    return tpb.MetadataValue(string_list_value=tpb.StringList(values=list(value)))
+
+
+def string_metadata(metadata: Mapping[str, MetaValue]) -> dict[str, str]:
+    """The string-valued entries: what the string map carries."""
+    return {k: v for k, v in metadata.items() if isinstance(v, str)}
+
+
+def typed_metadata(metadata: Mapping[str, MetaValue]) -> dict[str, tpb.MetadataValue]:
+    return {k: metadata_value_to_proto(v) for k, v in metadata.items()}
+
+
+_OPERATORS = {
+    tpb.FILTER_OPERATOR_EQ: "eq",
+    tpb.FILTER_OPERATOR_NE: "ne",
+    tpb.FILTER_OPERATOR_GT: "gt",
+    tpb.FILTER_OPERATOR_GTE: "gte",
+    tpb.FILTER_OPERATOR_LT: "lt",
+    tpb.FILTER_OPERATOR_LTE: "lte",
+    tpb.FILTER_OPERATOR_IN: "in",
+    tpb.FILTER_OPERATOR_NIN: "nin",
+    tpb.FILTER_OPERATOR_EXISTS: "exists",
+}
+
+
+def filter_from_proto(message: tpb.Filter, field: str) -> meta.Filter:
+    """A Filter message as the engine's filter tree; INVALID_ARGUMENT naming the path of what is
+    malformed (operand types against the collection are checked by the engine)."""
+    kind = message.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument(field, "is empty: set condition, all_of, any_of or negation")
+    if kind == "negation":
+        return meta.Not(filter_from_proto(message.negation, f"{field}.negation"))
+    if kind in ("all_of", "any_of"):
+        parts = getattr(message, kind).filters
+        children = tuple(filter_from_proto(f, f"{field}.{kind}.filters[{i}]") for i, f in enumerate(parts))
+        return meta.AllOf(children) if kind == "all_of" else meta.AnyOf(children)
+    condition, path = message.condition, f"{field}.condition"
+    op = _OPERATORS.get(condition.operator)
+    if op is None:
+        raise InvalidArgument(
+            f"{path}.operator",
+            f"must be a FILTER_OPERATOR_* other than unspecified, got {condition.operator}",
+        )
+    value = None
+    if condition.HasField("value"):
+        value = metadata_value_from_proto(condition.value, f"{path}.value")
+    values = tuple(
+        metadata_value_from_proto(v, f"{path}.values[{i}]") for i, v in enumerate(condition.values)
+    )
+    return meta.Condition(condition.key, op, value, values, condition.exists)
 
 
 def document_to_proto(
@@ -377,7 +460,8 @@ def document_to_proto(
         name=f"{collection_name(collection_id)}/documents/{document.id}",
         id=document.id,
         text=document.text or "",
-        metadata=document.metadata,
+        metadata=string_metadata(document.metadata),
+        typed_metadata=typed_metadata(document.metadata),
         token_count=document.n_tokens,
         truncated=document.truncated,
     )
@@ -447,7 +531,8 @@ def hits_to_proto(hits: list[Hit]) -> list[spb.Hit]:
         message = spb.Hit(
             id=hit.id,
             score=hit.score,
-            metadata=hit.metadata,
+            metadata=string_metadata(hit.metadata),
+            typed_metadata=typed_metadata(hit.metadata),
             precision=precision_to_proto(hit.precision) if hit.precision else tpb.TOKEN_PRECISION_UNSPECIFIED,
             semantic_rank=hit.semantic_rank,
             semantic_score=hit.semantic_score,

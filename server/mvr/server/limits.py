@@ -35,6 +35,7 @@ class Limits:
     max_metadata_key_bytes: int = 256
     max_metadata_value_bytes: int = 16 * 1024
     max_metadata_bytes: int = 64 * 1024  # keys and values of one document together
+    max_metadata_list_length: int = 256  # entries of one list-of-strings metadata value
     # Queues. Acknowledged documents not yet in a collection's graph: every search scans them exactly
     # (2 KiB and ~0.03 µs·dim a document), so the backlog is bounded; beyond it upserts wait their turn.
     max_indexing_backlog: int = 100_000

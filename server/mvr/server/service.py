@@ -351,14 +351,19 @@ class DocumentService(dgrpc.DocumentServiceServicer):
     @rpc
     def DeleteDocuments(self, request, context):
         collection = self.engine.collection(request.parent, "parent")
-        check_count(len(request.ids), "ids", self.engine.limits.max_delete_ids)
+        where = convert.filter_from_proto(request.where, "where") if request.HasField("where") else None
+        if where is None or request.ids:
+            check_count(len(request.ids), "ids", self.engine.limits.max_delete_ids)
         for i, doc_id in enumerate(request.ids):
             if not doc_id:
                 raise InvalidArgument(f"ids[{i}]", "must not be empty")
-        existed = collection.delete(list(request.ids))
+        ids = list(request.ids) if request.ids else None
+        existed, count = collection.delete_matching(ids, where)
+        listed = list(request.ids)
         return dpb.DeleteDocumentsResponse(
-            deleted_ids=[i for i, found in zip(request.ids, existed, strict=True) if found],
-            not_found_ids=[i for i, found in zip(request.ids, existed, strict=True) if not found],
+            deleted_ids=[i for i, found in zip(listed, existed, strict=False) if found],
+            not_found_ids=[i for i, found in zip(listed, existed, strict=False) if not found],
+            deleted_count=count,
         )
 
     @rpc
@@ -366,8 +371,9 @@ class DocumentService(dgrpc.DocumentServiceServicer):
         collection = self.engine.collection(request.parent, "parent")
         size = convert.page_size(request.page_size)
         after = convert.decode_page_token(request.page_token)
+        where = convert.filter_from_proto(request.where, "where") if request.HasField("where") else None
         documents, next_after = collection.list_documents(
-            size, after, include_vectors=request.include_vectors
+            size, after, include_vectors=request.include_vectors, where=where
         )
         collection_id = collection.config.name
         return dpb.ListDocumentsResponse(
@@ -428,6 +434,7 @@ class SearchService(sgrpc.SearchServiceServicer):
             SearchParams(top_k, **knobs).check(self.engine.limits)
             mode = convert.search_mode(request.mode, "mode")
             weight = request.semantic_weight if request.HasField("semantic_weight") else None
+            where = convert.filter_from_proto(request.where, "where") if request.HasField("where") else None
             query = self._query(request.query, f"{prefix}query")
             text = query if isinstance(query, str) else None
             if text is not None and mode != "keyword":  # encoded here: the response counts its tokens
@@ -437,6 +444,7 @@ class SearchService(sgrpc.SearchServiceServicer):
                 query,
                 top_k,
                 filter=dict(request.filter) or None,
+                where=where,
                 deadline=deadline,
                 mode=mode,
                 semantic_weight=weight,

@@ -47,7 +47,9 @@ from typing import BinaryIO
 
 import numba
 import numpy as np
+from mvr.server import metadata as meta
 from mvr.server.codec import Codec
+from mvr.server.metadata import MetaValue
 
 CATALOG = "catalog.sqlite"
 VECTORS = "vectors.bin"
@@ -68,7 +70,15 @@ CREATE TABLE IF NOT EXISTS documents (
 CREATE TABLE IF NOT EXISTS tombstones (label INTEGER PRIMARY KEY, n_tokens INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS codecs (version INTEGER PRIMARY KEY, data BLOB NOT NULL);
 CREATE VIRTUAL TABLE IF NOT EXISTS text_index USING fts5(text, tokenize = 'porter unicode61');
+CREATE TABLE IF NOT EXISTS metadata_values (
+    label INTEGER NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL, value
+);
+CREATE INDEX IF NOT EXISTS metadata_by_value ON metadata_values (key, kind, value);
+CREATE INDEX IF NOT EXISTS metadata_by_label ON metadata_values (label);
 """
+# metadata_values: one row per metadata key of a live document (per entry of a list), typed (see
+# mvr.server.metadata): what filters are evaluated against, in SQL, by index range scans. Written in
+# the same transactions as the documents; filled once at open for collections from before it.
 # text_index: SQLite FTS5 over the documents' texts (rowid = label), written in the same transactions
 # as the documents: keyword (BM25) search sees exactly the acknowledged documents. Porter stemming and
 # Unicode word splitting: "deleting" finds "delete". A collection written before it existed gets it
@@ -80,12 +90,17 @@ REWRITE_SUFFIX = ".rewrite"  # codes.bin.rewrite: the code file of a retrained c
 NO_OFFSET = -1  # a document without vectors (dropped after coding) or without codes (not coded yet)
 # the metadata of every record that has none: one read-only mapping rather than an empty dict each
 # (a record is resident for every live document: bench/profile_search.py measures the bytes)
-NO_METADATA: Mapping[str, str] = MappingProxyType({})
+NO_METADATA: Mapping[str, MetaValue] = MappingProxyType({})
 
 
-def record_metadata(metadata: Mapping[str, str]) -> Mapping[str, str]:
+def record_metadata(metadata: Mapping[str, MetaValue]) -> Mapping[str, MetaValue]:
     """What a record keeps of a document's metadata: a copy, or the shared empty mapping."""
     return dict(metadata) if metadata else NO_METADATA
+
+
+def stored_metadata(text: str) -> dict[str, MetaValue]:
+    """A catalog row's metadata JSON as values (JSON arrays are the lists of strings)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +110,7 @@ class Record:
 
     label: int
     id: str
-    metadata: Mapping[str, str]
+    metadata: Mapping[str, MetaValue]
     offset: int  # byte offset in the vector file, NO_OFFSET once its vectors were dropped
     n_tokens: int
     truncated: bool
@@ -126,7 +141,7 @@ class NewDocument:
     id: str
     vectors: np.ndarray
     text: str | None
-    metadata: dict[str, str]
+    metadata: dict[str, MetaValue]
     truncated: bool
 
 
@@ -263,6 +278,7 @@ class Store:
         self._db_lock = threading.Lock()  # sqlite3 connections are not safe for concurrent use
         self._recover_compaction()
         self._fill_text_index()
+        self._fill_metadata_index()
         # keyword searches read on their own connection (WAL: they see committed transactions and never
         # wait for the writer's lock)
         self._reader = sqlite3.connect(directory / CATALOG, check_same_thread=False, isolation_level=None)
@@ -336,6 +352,33 @@ class Store:
         self._set_state({"text_indexed": 1})
         self._db.execute("COMMIT")
 
+    def _fill_metadata_index(self) -> None:
+        if self._state("metadata_indexed", 0):
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute("DELETE FROM metadata_values")
+        for label, metadata in self._db.execute("SELECT label, metadata FROM documents").fetchall():
+            self._db.executemany(
+                "INSERT INTO metadata_values VALUES (?, ?, ?, ?)", meta.rows(label, stored_metadata(metadata))
+            )
+        self._set_state({"metadata_indexed": 1})
+        self._db.execute("COMMIT")
+
+    def matching(self, sql: str, params: Sequence[object]) -> set[int]:
+        """The labels a compiled filter (:func:`mvr.server.metadata.compile_filter`) selects."""
+        with self._reader_lock:
+            return {row[0] for row in self._reader.execute(sql, params)}
+
+    def metadata_kinds(self, key: str) -> set[str]:
+        """The kinds of value ``key`` holds in the collection (s, l, n, b)."""
+        with self._reader_lock:
+            return {
+                row[0]
+                for row in self._reader.execute(
+                    "SELECT DISTINCT kind FROM metadata_values WHERE key = ?", (key,)
+                )
+            }
+
     def keyword_search(self, text: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
         """Up to ``limit`` (labels, BM25 scores) of the documents whose text holds any word of ``text``,
         best first (SQLite FTS5's bm25, negated so that higher is better). Words only: FTS5's query
@@ -362,7 +405,7 @@ class Store:
             record = Record(
                 label,
                 doc_id,
-                record_metadata(json.loads(metadata)),
+                record_metadata(stored_metadata(metadata)),
                 offset,
                 n_tokens,
                 bool(truncated),
@@ -513,6 +556,17 @@ class Store:
                 old = [(r.label, r.n_tokens) for r in replaced if r is not None]
                 self._db.executemany("DELETE FROM documents WHERE label = ?", [(label,) for label, _ in old])
                 self._db.executemany("DELETE FROM text_index WHERE rowid = ?", [(label,) for label, _ in old])
+                self._db.executemany(
+                    "DELETE FROM metadata_values WHERE label = ?", [(label,) for label, _ in old]
+                )
+                self._db.executemany(
+                    "INSERT INTO metadata_values VALUES (?, ?, ?, ?)",
+                    [
+                        row
+                        for label, d in zip(labels, docs, strict=True)
+                        for row in meta.rows(label, d.metadata)
+                    ],
+                )
                 self._db.executemany("INSERT INTO tombstones (label, n_tokens) VALUES (?, ?)", old)
                 self._db.executemany(
                     "INSERT INTO text_index (rowid, text) VALUES (?, ?)",
@@ -580,6 +634,9 @@ class Store:
                         "DELETE FROM text_index WHERE rowid = ?", [(r.label,) for r in present]
                     )
                     self._db.executemany(
+                        "DELETE FROM metadata_values WHERE label = ?", [(r.label,) for r in present]
+                    )
+                    self._db.executemany(
                         "INSERT OR IGNORE INTO tombstones (label, n_tokens) VALUES (?, ?)",
                         [(r.label, r.n_tokens) for r in present],
                     )
@@ -603,12 +660,17 @@ class Store:
             row = self._db.execute("SELECT text FROM documents WHERE id = ?", (doc_id,)).fetchone()
         return None if row is None else row[0]
 
-    def ids_after(self, after: str | None, limit: int) -> list[str]:
-        """Up to ``limit`` live ids greater than ``after``, in order (SQLite's index on id)."""
+    def ids_after(
+        self, after: str | None, limit: int, where: tuple[str, Sequence[object]] | None = None
+    ) -> list[str]:
+        """Up to ``limit`` live ids greater than ``after``, in order (SQLite's index on id); with
+        ``where`` (a compiled filter: SQL and parameters), only those of matching documents."""
+        sql, params = "SELECT id FROM documents WHERE id > ?", [after or ""]
+        if where is not None:
+            sql += f" AND label IN ({where[0]})"
+            params += list(where[1])
         with self._db_lock:
-            rows = self._db.execute(
-                "SELECT id FROM documents WHERE id > ? ORDER BY id LIMIT ?", (after or "", limit)
-            ).fetchall()
+            rows = self._db.execute(f"{sql} ORDER BY id LIMIT ?", [*params, limit]).fetchall()
         return [row[0] for row in rows]
 
     def _needs_vectors(self, record: Record) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from mvr.server.metadata import MetaValue
 
 
 @dataclass
@@ -15,14 +16,14 @@ class DocumentInput:
     id: str
     vectors: np.ndarray | None = None
     text: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, MetaValue] = field(default_factory=dict)
 
 
 @dataclass
 class Document:
     id: str
     text: str | None
-    metadata: dict[str, str]
+    metadata: dict[str, MetaValue]
     vectors: np.ndarray | None
     n_tokens: int
     truncated: bool
@@ -47,7 +48,7 @@ class TokenMatch:
 class Hit:
     id: str
     score: float
-    metadata: dict[str, str]
+    metadata: dict[str, MetaValue]
     explanation: list[TokenMatch] | None = None
     precision: str = "float32"  # what the score was computed over: "float16", "float32", "residual8", ...
     # hybrid search: the hit's 1-based rank and score in each list (0: not in it); keyword hits and

@@ -20,7 +20,7 @@ import {
   type ServiceError,
   type UntypedServiceImplementation,
 } from "@grpc/grpc-js";
-import { Vectors } from "./types";
+import { Filter, MetadataValue, Vectors } from "./types";
 
 export const protobufPackage = "mvr.v1";
 
@@ -111,20 +111,32 @@ export interface Document {
     | Vectors
     | undefined;
   /**
-   * Optional. String key/value pairs, returned with search hits and matched exactly by search filters.
-   * By default at most 64 keys of 1-256 bytes, each value at most 16 KiB, 64 KiB in all (the server's
-   * --limit settings; INVALID_ARGUMENT beyond, naming the key and the limit).
+   * Optional. String key/value pairs, returned with search hits and matched by search filters. On
+   * read: the document's string-valued entries (every entry, typed, is in typed_metadata). By default
+   * at most 64 keys of 1-256 bytes, each value at most 16 KiB, 64 KiB in all (the server's --limit
+   * settings; INVALID_ARGUMENT beyond, naming the key and the limit), counted over both maps.
    */
   metadata: { [key: string]: string };
   /** Output only. Number of token vectors stored. */
   tokenCount: number;
   /** Output only. True when the text was longer than the encoder's doc_maxlen and was truncated. */
   truncated: boolean;
+  /**
+   * Optional. Typed metadata: strings, integers, doubles, booleans and lists of strings, kept with
+   * their types and compared by them in filters (a range on "year" compares numbers). A key may be in
+   * `metadata` or here, not both. On read: every entry of the document, typed (string entries too).
+   */
+  typedMetadata: { [key: string]: MetadataValue };
 }
 
 export interface Document_MetadataEntry {
   key: string;
   value: string;
+}
+
+export interface Document_TypedMetadataEntry {
+  key: string;
+  value: MetadataValue | undefined;
 }
 
 /** Outcome for one document of a write batch. */
@@ -197,16 +209,23 @@ export interface GetDocumentResponse {
 export interface DeleteDocumentsRequest {
   /** Required. The collection, "collections/{collection_id}". */
   parent: string;
-  /** Required. Ids of the documents to delete (1..1000). */
+  /** Ids of the documents to delete (1..1000). Required unless `where` is set. */
   ids: string[];
+  /**
+   * Optional. Delete every document matching this filter (with `ids`: the listed documents that
+   * match it), in one durable transaction.
+   */
+  where: Filter | undefined;
 }
 
 /** Response of DocumentService.DeleteDocuments, sent once the deletion is durable. */
 export interface DeleteDocumentsResponse {
-  /** Ids that existed and were deleted. */
+  /** Ids given in `ids` that existed (and matched `where`, if set) and were deleted. */
   deletedIds: string[];
-  /** Ids that did not exist. */
+  /** Ids given in `ids` that did not exist (or did not match `where`). */
   notFoundIds: string[];
+  /** How many documents were deleted in all (with `where` alone, the only count returned). */
+  deletedCount: number;
 }
 
 /** Request of DocumentService.ListDocuments. */
@@ -219,6 +238,8 @@ export interface ListDocumentsRequest {
   pageToken: string;
   /** Optional. Also return each document's token vectors. */
   includeVectors: boolean;
+  /** Optional. Only documents matching this metadata filter (pages stay in id order). */
+  where: Filter | undefined;
 }
 
 /** Response of DocumentService.ListDocuments. */
@@ -230,7 +251,16 @@ export interface ListDocumentsResponse {
 }
 
 function createBaseDocument(): Document {
-  return { name: "", id: "", text: "", vectors: undefined, metadata: {}, tokenCount: 0, truncated: false };
+  return {
+    name: "",
+    id: "",
+    text: "",
+    vectors: undefined,
+    metadata: {},
+    tokenCount: 0,
+    truncated: false,
+    typedMetadata: {},
+  };
 }
 
 export const Document: MessageFns<Document> = {
@@ -256,6 +286,9 @@ export const Document: MessageFns<Document> = {
     if (message.truncated !== false) {
       writer.uint32(56).bool(message.truncated);
     }
+    globalThis.Object.entries(message.typedMetadata).forEach(([key, value]: [string, MetadataValue]) => {
+      Document_TypedMetadataEntry.encode({ key: key as any, value }, writer.uint32(66).fork()).join();
+    });
     return writer;
   },
 
@@ -331,6 +364,17 @@ export const Document: MessageFns<Document> = {
             message.truncated = reader.bool();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            const entry8 = Document_TypedMetadataEntry.decode(reader, reader.uint32());
+            if (entry8.value !== undefined) {
+              message.typedMetadata[entry8.key] = entry8.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -369,6 +413,33 @@ export const Document: MessageFns<Document> = {
         ? globalThis.Number(object.token_count)
         : 0,
       truncated: isSet(object.truncated) ? globalThis.Boolean(object.truncated) : false,
+      typedMetadata: isObject(object.typedMetadata)
+        ? (globalThis.Object.entries(object.typedMetadata) as [string, any][]).reduce(
+          (acc: { [key: string]: MetadataValue }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: MetadataValue.fromJSON(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.typed_metadata)
+        ? (globalThis.Object.entries(object.typed_metadata) as [string, any][]).reduce(
+          (acc: { [key: string]: MetadataValue }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: MetadataValue.fromJSON(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -401,6 +472,15 @@ export const Document: MessageFns<Document> = {
     if (message.truncated !== false) {
       obj.truncated = message.truncated;
     }
+    if (message.typedMetadata) {
+      const entries = globalThis.Object.entries(message.typedMetadata) as [string, MetadataValue][];
+      if (entries.length > 0) {
+        obj.typedMetadata = {};
+        entries.forEach(([k, v]) => {
+          obj.typedMetadata[k] = MetadataValue.toJSON(v);
+        });
+      }
+    }
     return obj;
   },
 
@@ -426,6 +506,15 @@ export const Document: MessageFns<Document> = {
     );
     message.tokenCount = object.tokenCount ?? 0;
     message.truncated = object.truncated ?? false;
+    message.typedMetadata = (globalThis.Object.entries(object.typedMetadata ?? {}) as [string, MetadataValue][]).reduce(
+      (acc: { [key: string]: MetadataValue }, [key, value]: [string, MetadataValue]) => {
+        if (value !== undefined) {
+          acc[key] = MetadataValue.fromPartial(value);
+        }
+        return acc;
+      },
+      {},
+    );
     return message;
   },
 };
@@ -511,6 +600,93 @@ export const Document_MetadataEntry: MessageFns<Document_MetadataEntry> = {
     const message = createBaseDocument_MetadataEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseDocument_TypedMetadataEntry(): Document_TypedMetadataEntry {
+  return { key: "", value: undefined };
+}
+
+export const Document_TypedMetadataEntry: MessageFns<Document_TypedMetadataEntry> = {
+  encode(message: Document_TypedMetadataEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== undefined) {
+      MetadataValue.encode(message.value, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Document_TypedMetadataEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDocument_TypedMetadataEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = MetadataValue.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Document_TypedMetadataEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? MetadataValue.fromJSON(object.value) : undefined,
+    };
+  },
+
+  toJSON(message: Document_TypedMetadataEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== undefined) {
+      obj.value = MetadataValue.toJSON(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Document_TypedMetadataEntry>, I>>(base?: I): Document_TypedMetadataEntry {
+    return Document_TypedMetadataEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Document_TypedMetadataEntry>, I>>(object: I): Document_TypedMetadataEntry {
+    const message = createBaseDocument_TypedMetadataEntry();
+    message.key = object.key ?? "";
+    message.value = (object.value !== undefined && object.value !== null)
+      ? MetadataValue.fromPartial(object.value)
+      : undefined;
     return message;
   },
 };
@@ -1165,7 +1341,7 @@ export const GetDocumentResponse: MessageFns<GetDocumentResponse> = {
 };
 
 function createBaseDeleteDocumentsRequest(): DeleteDocumentsRequest {
-  return { parent: "", ids: [] };
+  return { parent: "", ids: [], where: undefined };
 }
 
 export const DeleteDocumentsRequest: MessageFns<DeleteDocumentsRequest> = {
@@ -1175,6 +1351,9 @@ export const DeleteDocumentsRequest: MessageFns<DeleteDocumentsRequest> = {
     }
     for (const v of message.ids) {
       writer.uint32(18).string(v!);
+    }
+    if (message.where !== undefined) {
+      Filter.encode(message.where, writer.uint32(26).fork()).join();
     }
     return writer;
   },
@@ -1208,6 +1387,14 @@ export const DeleteDocumentsRequest: MessageFns<DeleteDocumentsRequest> = {
             message.ids.push(reader.string());
             continue;
           }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.where = Filter.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1224,6 +1411,7 @@ export const DeleteDocumentsRequest: MessageFns<DeleteDocumentsRequest> = {
     return {
       parent: isSet(object.parent) ? globalThis.String(object.parent) : "",
       ids: globalThis.Array.isArray(object?.ids) ? object.ids.map((e: any) => globalThis.String(e)) : [],
+      where: isSet(object.where) ? Filter.fromJSON(object.where) : undefined,
     };
   },
 
@@ -1235,6 +1423,9 @@ export const DeleteDocumentsRequest: MessageFns<DeleteDocumentsRequest> = {
     if (message.ids?.length) {
       obj.ids = message.ids;
     }
+    if (message.where !== undefined) {
+      obj.where = Filter.toJSON(message.where);
+    }
     return obj;
   },
 
@@ -1245,12 +1436,15 @@ export const DeleteDocumentsRequest: MessageFns<DeleteDocumentsRequest> = {
     const message = createBaseDeleteDocumentsRequest();
     message.parent = object.parent ?? "";
     message.ids = object.ids?.map((e) => e) || [];
+    message.where = (object.where !== undefined && object.where !== null)
+      ? Filter.fromPartial(object.where)
+      : undefined;
     return message;
   },
 };
 
 function createBaseDeleteDocumentsResponse(): DeleteDocumentsResponse {
-  return { deletedIds: [], notFoundIds: [] };
+  return { deletedIds: [], notFoundIds: [], deletedCount: 0 };
 }
 
 export const DeleteDocumentsResponse: MessageFns<DeleteDocumentsResponse> = {
@@ -1260,6 +1454,9 @@ export const DeleteDocumentsResponse: MessageFns<DeleteDocumentsResponse> = {
     }
     for (const v of message.notFoundIds) {
       writer.uint32(18).string(v!);
+    }
+    if (message.deletedCount !== 0) {
+      writer.uint32(24).uint64(message.deletedCount);
     }
     return writer;
   },
@@ -1293,6 +1490,14 @@ export const DeleteDocumentsResponse: MessageFns<DeleteDocumentsResponse> = {
             message.notFoundIds.push(reader.string());
             continue;
           }
+          case 3: {
+            if (tag !== 24) {
+              break;
+            }
+
+            message.deletedCount = longToNumber(reader.uint64());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1317,6 +1522,11 @@ export const DeleteDocumentsResponse: MessageFns<DeleteDocumentsResponse> = {
         : globalThis.Array.isArray(object?.not_found_ids)
         ? object.not_found_ids.map((e: any) => globalThis.String(e))
         : [],
+      deletedCount: isSet(object.deletedCount)
+        ? globalThis.Number(object.deletedCount)
+        : isSet(object.deleted_count)
+        ? globalThis.Number(object.deleted_count)
+        : 0,
     };
   },
 
@@ -1328,6 +1538,9 @@ export const DeleteDocumentsResponse: MessageFns<DeleteDocumentsResponse> = {
     if (message.notFoundIds?.length) {
       obj.notFoundIds = message.notFoundIds;
     }
+    if (message.deletedCount !== 0) {
+      obj.deletedCount = Math.round(message.deletedCount);
+    }
     return obj;
   },
 
@@ -1338,12 +1551,13 @@ export const DeleteDocumentsResponse: MessageFns<DeleteDocumentsResponse> = {
     const message = createBaseDeleteDocumentsResponse();
     message.deletedIds = object.deletedIds?.map((e) => e) || [];
     message.notFoundIds = object.notFoundIds?.map((e) => e) || [];
+    message.deletedCount = object.deletedCount ?? 0;
     return message;
   },
 };
 
 function createBaseListDocumentsRequest(): ListDocumentsRequest {
-  return { parent: "", pageSize: 0, pageToken: "", includeVectors: false };
+  return { parent: "", pageSize: 0, pageToken: "", includeVectors: false, where: undefined };
 }
 
 export const ListDocumentsRequest: MessageFns<ListDocumentsRequest> = {
@@ -1359,6 +1573,9 @@ export const ListDocumentsRequest: MessageFns<ListDocumentsRequest> = {
     }
     if (message.includeVectors !== false) {
       writer.uint32(32).bool(message.includeVectors);
+    }
+    if (message.where !== undefined) {
+      Filter.encode(message.where, writer.uint32(42).fork()).join();
     }
     return writer;
   },
@@ -1408,6 +1625,14 @@ export const ListDocumentsRequest: MessageFns<ListDocumentsRequest> = {
             message.includeVectors = reader.bool();
             continue;
           }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.where = Filter.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1438,6 +1663,7 @@ export const ListDocumentsRequest: MessageFns<ListDocumentsRequest> = {
         : isSet(object.include_vectors)
         ? globalThis.Boolean(object.include_vectors)
         : false,
+      where: isSet(object.where) ? Filter.fromJSON(object.where) : undefined,
     };
   },
 
@@ -1455,6 +1681,9 @@ export const ListDocumentsRequest: MessageFns<ListDocumentsRequest> = {
     if (message.includeVectors !== false) {
       obj.includeVectors = message.includeVectors;
     }
+    if (message.where !== undefined) {
+      obj.where = Filter.toJSON(message.where);
+    }
     return obj;
   },
 
@@ -1467,6 +1696,9 @@ export const ListDocumentsRequest: MessageFns<ListDocumentsRequest> = {
     message.pageSize = object.pageSize ?? 0;
     message.pageToken = object.pageToken ?? "";
     message.includeVectors = object.includeVectors ?? false;
+    message.where = (object.where !== undefined && object.where !== null)
+      ? Filter.fromPartial(object.where)
+      : undefined;
     return message;
   },
 };

@@ -23,6 +23,8 @@ import {
   DType,
   dTypeFromJSON,
   dTypeToJSON,
+  Filter,
+  MetadataValue,
   TokenPrecision,
   tokenPrecisionFromJSON,
   tokenPrecisionToJSON,
@@ -174,7 +176,8 @@ export interface SearchRequest {
   ef: number;
   /**
    * Optional. Exact-match metadata filter: a document matches when, for every entry, its metadata
-   * has that key with exactly that value. top_k hits are returned whenever top_k documents match.
+   * has that key with exactly that string value (or a string list holding it). top_k hits are
+   * returned whenever top_k documents match. With `where`, both must hold.
    */
   filter: { [key: string]: string };
   /** Optional. Return, for every hit, each query token's best-matching document token and score. */
@@ -200,7 +203,14 @@ export interface SearchRequest {
    * Optional, hybrid only. Weight of the semantic list in the fusion, in [0, 1]; the keyword list
    * gets 1 - weight. Unset: 0.5 (plain reciprocal rank fusion).
    */
-  semanticWeight?: number | undefined;
+  semanticWeight?:
+    | number
+    | undefined;
+  /**
+   * Optional. A typed metadata filter (ranges, sets, existence, and / or / not); only matching
+   * documents are returned, top_k of them whenever top_k match, in every mode.
+   */
+  where: Filter | undefined;
 }
 
 export interface SearchRequest_FilterEntry {
@@ -229,7 +239,7 @@ export interface Hit {
    * mode the fused reciprocal-rank score.
    */
   score: number;
-  /** The document's metadata. */
+  /** The document's string-valued metadata (all of it, typed: typed_metadata). */
   metadata: { [key: string]: string };
   /** Only with explain: one entry per query token, in query token order. Their scores sum to `score`. */
   explanation: TokenMatch[];
@@ -252,11 +262,18 @@ export interface Hit {
   keywordRank: number;
   /** Its BM25 score in the keyword list (when keyword_rank > 0). */
   keywordScore: number;
+  /** The document's metadata, every entry typed (`metadata` holds the string-valued ones). */
+  typedMetadata: { [key: string]: MetadataValue };
 }
 
 export interface Hit_MetadataEntry {
   key: string;
   value: string;
+}
+
+export interface Hit_TypedMetadataEntry {
+  key: string;
+  value: MetadataValue | undefined;
 }
 
 /** How one query token contributed to a hit's score. */
@@ -416,6 +433,7 @@ function createBaseSearchRequest(): SearchRequest {
     centroidCandidates: 0,
     mode: 0,
     semanticWeight: undefined,
+    where: undefined,
   };
 }
 
@@ -453,6 +471,9 @@ export const SearchRequest: MessageFns<SearchRequest> = {
     }
     if (message.semanticWeight !== undefined) {
       writer.uint32(93).float(message.semanticWeight);
+    }
+    if (message.where !== undefined) {
+      Filter.encode(message.where, writer.uint32(98).fork()).join();
     }
     return writer;
   },
@@ -561,6 +582,14 @@ export const SearchRequest: MessageFns<SearchRequest> = {
             message.semanticWeight = reader.float();
             continue;
           }
+          case 12: {
+            if (tag !== 98) {
+              break;
+            }
+
+            message.where = Filter.decode(reader, reader.uint32());
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -611,6 +640,7 @@ export const SearchRequest: MessageFns<SearchRequest> = {
         : isSet(object.semantic_weight)
         ? globalThis.Number(object.semantic_weight)
         : undefined,
+      where: isSet(object.where) ? Filter.fromJSON(object.where) : undefined,
     };
   },
 
@@ -655,6 +685,9 @@ export const SearchRequest: MessageFns<SearchRequest> = {
     if (message.semanticWeight !== undefined) {
       obj.semanticWeight = floatToJson(message.semanticWeight);
     }
+    if (message.where !== undefined) {
+      obj.where = Filter.toJSON(message.where);
+    }
     return obj;
   },
 
@@ -682,6 +715,9 @@ export const SearchRequest: MessageFns<SearchRequest> = {
     message.centroidCandidates = object.centroidCandidates ?? 0;
     message.mode = object.mode ?? 0;
     message.semanticWeight = object.semanticWeight ?? undefined;
+    message.where = (object.where !== undefined && object.where !== null)
+      ? Filter.fromPartial(object.where)
+      : undefined;
     return message;
   },
 };
@@ -871,6 +907,7 @@ function createBaseHit(): Hit {
     semanticScore: 0,
     keywordRank: 0,
     keywordScore: 0,
+    typedMetadata: {},
   };
 }
 
@@ -903,6 +940,9 @@ export const Hit: MessageFns<Hit> = {
     if (message.keywordScore !== 0) {
       writer.uint32(77).float(message.keywordScore);
     }
+    globalThis.Object.entries(message.typedMetadata).forEach(([key, value]: [string, MetadataValue]) => {
+      Hit_TypedMetadataEntry.encode({ key: key as any, value }, writer.uint32(82).fork()).join();
+    });
     return writer;
   },
 
@@ -994,6 +1034,17 @@ export const Hit: MessageFns<Hit> = {
             message.keywordScore = reader.float();
             continue;
           }
+          case 10: {
+            if (tag !== 82) {
+              break;
+            }
+
+            const entry10 = Hit_TypedMetadataEntry.decode(reader, reader.uint32());
+            if (entry10.value !== undefined) {
+              message.typedMetadata[entry10.key] = entry10.value;
+            }
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -1048,6 +1099,33 @@ export const Hit: MessageFns<Hit> = {
         : isSet(object.keyword_score)
         ? globalThis.Number(object.keyword_score)
         : 0,
+      typedMetadata: isObject(object.typedMetadata)
+        ? (globalThis.Object.entries(object.typedMetadata) as [string, any][]).reduce(
+          (acc: { [key: string]: MetadataValue }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: MetadataValue.fromJSON(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : isObject(object.typed_metadata)
+        ? (globalThis.Object.entries(object.typed_metadata) as [string, any][]).reduce(
+          (acc: { [key: string]: MetadataValue }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: MetadataValue.fromJSON(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
     };
   },
 
@@ -1086,6 +1164,15 @@ export const Hit: MessageFns<Hit> = {
     if (message.keywordScore !== 0) {
       obj.keywordScore = floatToJson(message.keywordScore);
     }
+    if (message.typedMetadata) {
+      const entries = globalThis.Object.entries(message.typedMetadata) as [string, MetadataValue][];
+      if (entries.length > 0) {
+        obj.typedMetadata = {};
+        entries.forEach(([k, v]) => {
+          obj.typedMetadata[k] = MetadataValue.toJSON(v);
+        });
+      }
+    }
     return obj;
   },
 
@@ -1111,6 +1198,15 @@ export const Hit: MessageFns<Hit> = {
     message.semanticScore = object.semanticScore ?? 0;
     message.keywordRank = object.keywordRank ?? 0;
     message.keywordScore = object.keywordScore ?? 0;
+    message.typedMetadata = (globalThis.Object.entries(object.typedMetadata ?? {}) as [string, MetadataValue][]).reduce(
+      (acc: { [key: string]: MetadataValue }, [key, value]: [string, MetadataValue]) => {
+        if (value !== undefined) {
+          acc[key] = MetadataValue.fromPartial(value);
+        }
+        return acc;
+      },
+      {},
+    );
     return message;
   },
 };
@@ -1196,6 +1292,93 @@ export const Hit_MetadataEntry: MessageFns<Hit_MetadataEntry> = {
     const message = createBaseHit_MetadataEntry();
     message.key = object.key ?? "";
     message.value = object.value ?? "";
+    return message;
+  },
+};
+
+function createBaseHit_TypedMetadataEntry(): Hit_TypedMetadataEntry {
+  return { key: "", value: undefined };
+}
+
+export const Hit_TypedMetadataEntry: MessageFns<Hit_TypedMetadataEntry> = {
+  encode(message: Hit_TypedMetadataEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== undefined) {
+      MetadataValue.encode(message.value, writer.uint32(18).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Hit_TypedMetadataEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseHit_TypedMetadataEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = MetadataValue.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Hit_TypedMetadataEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? MetadataValue.fromJSON(object.value) : undefined,
+    };
+  },
+
+  toJSON(message: Hit_TypedMetadataEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== undefined) {
+      obj.value = MetadataValue.toJSON(message.value);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Hit_TypedMetadataEntry>, I>>(base?: I): Hit_TypedMetadataEntry {
+    return Hit_TypedMetadataEntry.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Hit_TypedMetadataEntry>, I>>(object: I): Hit_TypedMetadataEntry {
+    const message = createBaseHit_TypedMetadataEntry();
+    message.key = object.key ?? "";
+    message.value = (object.value !== undefined && object.value !== null)
+      ? MetadataValue.fromPartial(object.value)
+      : undefined;
     return message;
   },
 };

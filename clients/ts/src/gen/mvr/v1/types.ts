@@ -127,6 +127,98 @@ export function tokenPrecisionToJSON(object: TokenPrecision): string {
   }
 }
 
+/** The comparison of a Condition. */
+export enum FilterOperator {
+  /** FILTER_OPERATOR_UNSPECIFIED - Unset: refused. */
+  FILTER_OPERATOR_UNSPECIFIED = 0,
+  /** FILTER_OPERATOR_EQ - The field equals `value` ($eq). */
+  FILTER_OPERATOR_EQ = 1,
+  /** FILTER_OPERATOR_NE - Not EQ ($ne): also documents without the key (as in MongoDB). */
+  FILTER_OPERATOR_NE = 2,
+  /** FILTER_OPERATOR_GT - The field is a number greater than `value` ($gt). */
+  FILTER_OPERATOR_GT = 3,
+  /** FILTER_OPERATOR_GTE - ... greater than or equal ($gte). */
+  FILTER_OPERATOR_GTE = 4,
+  /** FILTER_OPERATOR_LT - ... less than ($lt). */
+  FILTER_OPERATOR_LT = 5,
+  /** FILTER_OPERATOR_LTE - ... less than or equal ($lte). */
+  FILTER_OPERATOR_LTE = 6,
+  /** FILTER_OPERATOR_IN - The field equals one of `values` ($in). */
+  FILTER_OPERATOR_IN = 7,
+  /** FILTER_OPERATOR_NIN - Not IN ($nin): also documents without the key. */
+  FILTER_OPERATOR_NIN = 8,
+  /** FILTER_OPERATOR_EXISTS - The document has the key (`exists` true) or not (false) ($exists). */
+  FILTER_OPERATOR_EXISTS = 9,
+  UNRECOGNIZED = -1,
+}
+
+export function filterOperatorFromJSON(object: any): FilterOperator {
+  switch (object) {
+    case 0:
+    case "FILTER_OPERATOR_UNSPECIFIED":
+      return FilterOperator.FILTER_OPERATOR_UNSPECIFIED;
+    case 1:
+    case "FILTER_OPERATOR_EQ":
+      return FilterOperator.FILTER_OPERATOR_EQ;
+    case 2:
+    case "FILTER_OPERATOR_NE":
+      return FilterOperator.FILTER_OPERATOR_NE;
+    case 3:
+    case "FILTER_OPERATOR_GT":
+      return FilterOperator.FILTER_OPERATOR_GT;
+    case 4:
+    case "FILTER_OPERATOR_GTE":
+      return FilterOperator.FILTER_OPERATOR_GTE;
+    case 5:
+    case "FILTER_OPERATOR_LT":
+      return FilterOperator.FILTER_OPERATOR_LT;
+    case 6:
+    case "FILTER_OPERATOR_LTE":
+      return FilterOperator.FILTER_OPERATOR_LTE;
+    case 7:
+    case "FILTER_OPERATOR_IN":
+      return FilterOperator.FILTER_OPERATOR_IN;
+    case 8:
+    case "FILTER_OPERATOR_NIN":
+      return FilterOperator.FILTER_OPERATOR_NIN;
+    case 9:
+    case "FILTER_OPERATOR_EXISTS":
+      return FilterOperator.FILTER_OPERATOR_EXISTS;
+    case -1:
+    case "UNRECOGNIZED":
+    default:
+      return FilterOperator.UNRECOGNIZED;
+  }
+}
+
+export function filterOperatorToJSON(object: FilterOperator): string {
+  switch (object) {
+    case FilterOperator.FILTER_OPERATOR_UNSPECIFIED:
+      return "FILTER_OPERATOR_UNSPECIFIED";
+    case FilterOperator.FILTER_OPERATOR_EQ:
+      return "FILTER_OPERATOR_EQ";
+    case FilterOperator.FILTER_OPERATOR_NE:
+      return "FILTER_OPERATOR_NE";
+    case FilterOperator.FILTER_OPERATOR_GT:
+      return "FILTER_OPERATOR_GT";
+    case FilterOperator.FILTER_OPERATOR_GTE:
+      return "FILTER_OPERATOR_GTE";
+    case FilterOperator.FILTER_OPERATOR_LT:
+      return "FILTER_OPERATOR_LT";
+    case FilterOperator.FILTER_OPERATOR_LTE:
+      return "FILTER_OPERATOR_LTE";
+    case FilterOperator.FILTER_OPERATOR_IN:
+      return "FILTER_OPERATOR_IN";
+    case FilterOperator.FILTER_OPERATOR_NIN:
+      return "FILTER_OPERATOR_NIN";
+    case FilterOperator.FILTER_OPERATOR_EXISTS:
+      return "FILTER_OPERATOR_EXISTS";
+    case FilterOperator.UNRECOGNIZED:
+    default:
+      return "UNRECOGNIZED";
+  }
+}
+
 /**
  * A dense matrix of token vectors, one row per token, packed as raw bytes.
  *
@@ -143,6 +235,85 @@ export interface Vectors {
   shape: number[];
   /** The packed elements: shape[0] * shape[1] * element size bytes. Required. */
   data: Buffer;
+}
+
+/** A typed metadata value. Exactly one kind is set. */
+export interface MetadataValue {
+  /** A string (at most max_metadata_value_bytes, 16 KiB by default). */
+  stringValue?:
+    | string
+    | undefined;
+  /** A signed 64-bit integer. */
+  intValue?:
+    | number
+    | undefined;
+  /** A finite double (NaN and infinities are refused). */
+  doubleValue?:
+    | number
+    | undefined;
+  /** A boolean. */
+  boolValue?:
+    | boolean
+    | undefined;
+  /**
+   * A list of strings (at most max_metadata_list_length entries, 256 by default): a filter
+   * condition matches the list when it matches any of its entries.
+   */
+  stringListValue?: StringList | undefined;
+}
+
+/** A list of strings (a metadata value). */
+export interface StringList {
+  /** The entries, in order. */
+  values: string[];
+}
+
+/**
+ * A metadata filter, in the shape of the filter language of MongoDB, Pinecone and Chroma: a condition
+ * on one key, or all / any of several filters, or the negation of one. The Python client builds it from
+ * {"year": {"$gte": 2020}, "$or": [...]}. A bad filter is INVALID_ARGUMENT naming the path inside it
+ * (e.g. "where.all_of.filters[1].condition.value").
+ */
+export interface Filter {
+  /** A condition on one metadata key. */
+  condition?:
+    | Condition
+    | undefined;
+  /** Documents matching every filter ($and; at least one filter). */
+  allOf?:
+    | FilterList
+    | undefined;
+  /** Documents matching any filter ($or; at least one filter). */
+  anyOf?:
+    | FilterList
+    | undefined;
+  /** Documents not matching the filter ($not). */
+  negation?: Filter | undefined;
+}
+
+/** The operands of Filter.all_of and Filter.any_of. */
+export interface FilterList {
+  /** Required. At least one filter. */
+  filters: Filter[];
+}
+
+/** A condition on one metadata key. A list-of-strings field matches when any of its entries does. */
+export interface Condition {
+  /** Required. The metadata key. */
+  key: string;
+  /** Required. The comparison. */
+  operator: FilterOperator;
+  /**
+   * The operand of EQ, NE, GT, GTE, LT and LTE. Numbers (int and double) compare with numbers,
+   * strings with strings (and list entries), booleans with booleans; GT/GTE/LT/LTE take numbers only.
+   */
+  value:
+    | MetadataValue
+    | undefined;
+  /** The operands of IN and NIN: at least one. */
+  values: MetadataValue[];
+  /** The operand of EXISTS: true matches documents that have the key, false those that do not. */
+  exists: boolean;
 }
 
 function createBaseVectors(): Vectors {
@@ -260,12 +431,583 @@ export const Vectors: MessageFns<Vectors> = {
   },
 };
 
+function createBaseMetadataValue(): MetadataValue {
+  return {
+    stringValue: undefined,
+    intValue: undefined,
+    doubleValue: undefined,
+    boolValue: undefined,
+    stringListValue: undefined,
+  };
+}
+
+export const MetadataValue: MessageFns<MetadataValue> = {
+  encode(message: MetadataValue, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.stringValue !== undefined) {
+      writer.uint32(10).string(message.stringValue);
+    }
+    if (message.intValue !== undefined) {
+      writer.uint32(16).int64(message.intValue);
+    }
+    if (message.doubleValue !== undefined) {
+      writer.uint32(25).double(message.doubleValue);
+    }
+    if (message.boolValue !== undefined) {
+      writer.uint32(32).bool(message.boolValue);
+    }
+    if (message.stringListValue !== undefined) {
+      StringList.encode(message.stringListValue, writer.uint32(42).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): MetadataValue {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseMetadataValue();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.stringValue = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.intValue = longToNumber(reader.int64());
+            continue;
+          }
+          case 3: {
+            if (tag !== 25) {
+              break;
+            }
+
+            message.doubleValue = reader.double();
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.boolValue = reader.bool();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.stringListValue = StringList.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): MetadataValue {
+    return {
+      stringValue: isSet(object.stringValue)
+        ? globalThis.String(object.stringValue)
+        : isSet(object.string_value)
+        ? globalThis.String(object.string_value)
+        : undefined,
+      intValue: isSet(object.intValue)
+        ? globalThis.Number(object.intValue)
+        : isSet(object.int_value)
+        ? globalThis.Number(object.int_value)
+        : undefined,
+      doubleValue: isSet(object.doubleValue)
+        ? globalThis.Number(object.doubleValue)
+        : isSet(object.double_value)
+        ? globalThis.Number(object.double_value)
+        : undefined,
+      boolValue: isSet(object.boolValue)
+        ? globalThis.Boolean(object.boolValue)
+        : isSet(object.bool_value)
+        ? globalThis.Boolean(object.bool_value)
+        : undefined,
+      stringListValue: isSet(object.stringListValue)
+        ? StringList.fromJSON(object.stringListValue)
+        : isSet(object.string_list_value)
+        ? StringList.fromJSON(object.string_list_value)
+        : undefined,
+    };
+  },
+
+  toJSON(message: MetadataValue): unknown {
+    const obj: any = {};
+    if (message.stringValue !== undefined) {
+      obj.stringValue = message.stringValue;
+    }
+    if (message.intValue !== undefined) {
+      obj.intValue = Math.round(message.intValue);
+    }
+    if (message.doubleValue !== undefined) {
+      obj.doubleValue = floatToJson(message.doubleValue);
+    }
+    if (message.boolValue !== undefined) {
+      obj.boolValue = message.boolValue;
+    }
+    if (message.stringListValue !== undefined) {
+      obj.stringListValue = StringList.toJSON(message.stringListValue);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<MetadataValue>, I>>(base?: I): MetadataValue {
+    return MetadataValue.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<MetadataValue>, I>>(object: I): MetadataValue {
+    const message = createBaseMetadataValue();
+    message.stringValue = object.stringValue ?? undefined;
+    message.intValue = object.intValue ?? undefined;
+    message.doubleValue = object.doubleValue ?? undefined;
+    message.boolValue = object.boolValue ?? undefined;
+    message.stringListValue = (object.stringListValue !== undefined && object.stringListValue !== null)
+      ? StringList.fromPartial(object.stringListValue)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseStringList(): StringList {
+  return { values: [] };
+}
+
+export const StringList: MessageFns<StringList> = {
+  encode(message: StringList, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.values) {
+      writer.uint32(10).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): StringList {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseStringList();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.values.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): StringList {
+    return {
+      values: globalThis.Array.isArray(object?.values) ? object.values.map((e: any) => globalThis.String(e)) : [],
+    };
+  },
+
+  toJSON(message: StringList): unknown {
+    const obj: any = {};
+    if (message.values?.length) {
+      obj.values = message.values;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<StringList>, I>>(base?: I): StringList {
+    return StringList.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<StringList>, I>>(object: I): StringList {
+    const message = createBaseStringList();
+    message.values = object.values?.map((e) => e) || [];
+    return message;
+  },
+};
+
+function createBaseFilter(): Filter {
+  return { condition: undefined, allOf: undefined, anyOf: undefined, negation: undefined };
+}
+
+export const Filter: MessageFns<Filter> = {
+  encode(message: Filter, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.condition !== undefined) {
+      Condition.encode(message.condition, writer.uint32(10).fork()).join();
+    }
+    if (message.allOf !== undefined) {
+      FilterList.encode(message.allOf, writer.uint32(18).fork()).join();
+    }
+    if (message.anyOf !== undefined) {
+      FilterList.encode(message.anyOf, writer.uint32(26).fork()).join();
+    }
+    if (message.negation !== undefined) {
+      Filter.encode(message.negation, writer.uint32(34).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Filter {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFilter();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.condition = Condition.decode(reader, reader.uint32());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.allOf = FilterList.decode(reader, reader.uint32());
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.anyOf = FilterList.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.negation = Filter.decode(reader, reader.uint32());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Filter {
+    return {
+      condition: isSet(object.condition) ? Condition.fromJSON(object.condition) : undefined,
+      allOf: isSet(object.allOf)
+        ? FilterList.fromJSON(object.allOf)
+        : isSet(object.all_of)
+        ? FilterList.fromJSON(object.all_of)
+        : undefined,
+      anyOf: isSet(object.anyOf)
+        ? FilterList.fromJSON(object.anyOf)
+        : isSet(object.any_of)
+        ? FilterList.fromJSON(object.any_of)
+        : undefined,
+      negation: isSet(object.negation) ? Filter.fromJSON(object.negation) : undefined,
+    };
+  },
+
+  toJSON(message: Filter): unknown {
+    const obj: any = {};
+    if (message.condition !== undefined) {
+      obj.condition = Condition.toJSON(message.condition);
+    }
+    if (message.allOf !== undefined) {
+      obj.allOf = FilterList.toJSON(message.allOf);
+    }
+    if (message.anyOf !== undefined) {
+      obj.anyOf = FilterList.toJSON(message.anyOf);
+    }
+    if (message.negation !== undefined) {
+      obj.negation = Filter.toJSON(message.negation);
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Filter>, I>>(base?: I): Filter {
+    return Filter.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Filter>, I>>(object: I): Filter {
+    const message = createBaseFilter();
+    message.condition = (object.condition !== undefined && object.condition !== null)
+      ? Condition.fromPartial(object.condition)
+      : undefined;
+    message.allOf = (object.allOf !== undefined && object.allOf !== null)
+      ? FilterList.fromPartial(object.allOf)
+      : undefined;
+    message.anyOf = (object.anyOf !== undefined && object.anyOf !== null)
+      ? FilterList.fromPartial(object.anyOf)
+      : undefined;
+    message.negation = (object.negation !== undefined && object.negation !== null)
+      ? Filter.fromPartial(object.negation)
+      : undefined;
+    return message;
+  },
+};
+
+function createBaseFilterList(): FilterList {
+  return { filters: [] };
+}
+
+export const FilterList: MessageFns<FilterList> = {
+  encode(message: FilterList, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.filters) {
+      Filter.encode(v!, writer.uint32(10).fork()).join();
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): FilterList {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseFilterList();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.filters.push(Filter.decode(reader, reader.uint32()));
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): FilterList {
+    return {
+      filters: globalThis.Array.isArray(object?.filters) ? object.filters.map((e: any) => Filter.fromJSON(e)) : [],
+    };
+  },
+
+  toJSON(message: FilterList): unknown {
+    const obj: any = {};
+    if (message.filters?.length) {
+      obj.filters = message.filters.map((e) => Filter.toJSON(e));
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<FilterList>, I>>(base?: I): FilterList {
+    return FilterList.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<FilterList>, I>>(object: I): FilterList {
+    const message = createBaseFilterList();
+    message.filters = object.filters?.map((e) => Filter.fromPartial(e)) || [];
+    return message;
+  },
+};
+
+function createBaseCondition(): Condition {
+  return { key: "", operator: 0, value: undefined, values: [], exists: false };
+}
+
+export const Condition: MessageFns<Condition> = {
+  encode(message: Condition, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.operator !== 0) {
+      writer.uint32(16).int32(message.operator);
+    }
+    if (message.value !== undefined) {
+      MetadataValue.encode(message.value, writer.uint32(26).fork()).join();
+    }
+    for (const v of message.values) {
+      MetadataValue.encode(v!, writer.uint32(34).fork()).join();
+    }
+    if (message.exists !== false) {
+      writer.uint32(40).bool(message.exists);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): Condition {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseCondition();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 16) {
+              break;
+            }
+
+            message.operator = reader.int32() as any;
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.value = MetadataValue.decode(reader, reader.uint32());
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.values.push(MetadataValue.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.exists = reader.bool();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): Condition {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      operator: isSet(object.operator) ? filterOperatorFromJSON(object.operator) : 0,
+      value: isSet(object.value) ? MetadataValue.fromJSON(object.value) : undefined,
+      values: globalThis.Array.isArray(object?.values) ? object.values.map((e: any) => MetadataValue.fromJSON(e)) : [],
+      exists: isSet(object.exists) ? globalThis.Boolean(object.exists) : false,
+    };
+  },
+
+  toJSON(message: Condition): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.operator !== 0) {
+      obj.operator = filterOperatorToJSON(message.operator);
+    }
+    if (message.value !== undefined) {
+      obj.value = MetadataValue.toJSON(message.value);
+    }
+    if (message.values?.length) {
+      obj.values = message.values.map((e) => MetadataValue.toJSON(e));
+    }
+    if (message.exists !== false) {
+      obj.exists = message.exists;
+    }
+    return obj;
+  },
+
+  create<I extends Exact<DeepPartial<Condition>, I>>(base?: I): Condition {
+    return Condition.fromPartial(base ?? ({} as any));
+  },
+  fromPartial<I extends Exact<DeepPartial<Condition>, I>>(object: I): Condition {
+    const message = createBaseCondition();
+    message.key = object.key ?? "";
+    message.operator = object.operator ?? 0;
+    message.value = (object.value !== undefined && object.value !== null)
+      ? MetadataValue.fromPartial(object.value)
+      : undefined;
+    message.values = object.values?.map((e) => MetadataValue.fromPartial(e)) || [];
+    message.exists = object.exists ?? false;
+    return message;
+  },
+};
+
 function bytesFromBase64(b64: string): Uint8Array {
   return Uint8Array.from(globalThis.Buffer.from(b64, "base64"));
 }
 
 function base64FromBytes(arr: Uint8Array): string {
   return globalThis.Buffer.from(arr).toString("base64");
+}
+
+function floatToJson(value: number | null | undefined): number | string | null | undefined {
+  return typeof value === "number" && !globalThis.Number.isFinite(value) ? globalThis.String(value) : value;
 }
 
 type Builtin = Date | Function | Uint8Array | string | number | boolean | undefined;
@@ -279,6 +1021,17 @@ export type DeepPartial<T> = T extends Builtin ? T
 type KeysOfUnion<T> = T extends T ? keyof T : never;
 export type Exact<P, I extends P> = P extends Builtin ? P
   : P & { [K in keyof P]: Exact<P[K], I[K]> } & { [K in Exclude<keyof I, KeysOfUnion<P>>]: never };
+
+function longToNumber(int64: { toString(): string }): number {
+  const num = globalThis.Number(int64.toString());
+  if (num > globalThis.Number.MAX_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is larger than Number.MAX_SAFE_INTEGER");
+  }
+  if (num < globalThis.Number.MIN_SAFE_INTEGER) {
+    throw new globalThis.Error("Value is smaller than Number.MIN_SAFE_INTEGER");
+  }
+  return num;
+}
 
 function isSet(value: any): boolean {
   return value !== null && value !== undefined;
