@@ -1,7 +1,7 @@
 // An mvr.v1 client in Go, generated from proto/mvr/v1 (clients/go/gen), end to end against a running
-// server: create a collection, upsert precomputed vectors, stream an upsert, search with a filter,
-// read a document back, list with pagination, delete, and read the codes and field violations of
-// errors from the status details. Every step checks what the API documents; the exit code is 0 only
+// server: create a collection, upsert precomputed vectors with typed metadata, stream an upsert,
+// search with a filter, read a document back, list with pagination and with every filter operator,
+// delete, and read the codes and field violations of errors from the status details. Every step checks what the API documents; the exit code is 0 only
 // when all of them held.
 //
 //	bash clients/go/run.sh HOST:PORT
@@ -95,6 +95,30 @@ func halfToFloat(h uint16) float32 {
 	return math.Float32frombits(sign<<31 | (exponent+112)<<23 | mantissa<<13)
 }
 
+func intValue(x int64) *mvrv1.MetadataValue {
+	return &mvrv1.MetadataValue{Kind: &mvrv1.MetadataValue_IntValue{IntValue: x}}
+}
+
+func doubleValue(x float64) *mvrv1.MetadataValue {
+	return &mvrv1.MetadataValue{Kind: &mvrv1.MetadataValue_DoubleValue{DoubleValue: x}}
+}
+
+func cond(key string, op mvrv1.FilterOperator, value *mvrv1.MetadataValue) *mvrv1.Filter {
+	return &mvrv1.Filter{Kind: &mvrv1.Filter_Condition{Condition: &mvrv1.Condition{Key: key, Operator: op, Value: value}}}
+}
+
+func inValues(key string, op mvrv1.FilterOperator, values ...string) *mvrv1.Filter {
+	condition := &mvrv1.Condition{Key: key, Operator: op}
+	for _, v := range values {
+		condition.Values = append(condition.Values, &mvrv1.MetadataValue{Kind: &mvrv1.MetadataValue_StringValue{StringValue: v}})
+	}
+	return &mvrv1.Filter{Kind: &mvrv1.Filter_Condition{Condition: condition}}
+}
+
+func exists(key string, present bool) *mvrv1.Filter {
+	return &mvrv1.Filter{Kind: &mvrv1.Filter_Condition{Condition: &mvrv1.Condition{Key: key, Operator: mvrv1.FilterOperator_FILTER_OPERATOR_EXISTS, Exists: present}}}
+}
+
 var failures int
 
 func check(ok bool, format string, args ...interface{}) {
@@ -145,7 +169,13 @@ func main() {
 		docID := fmt.Sprintf("d%02d", i)
 		written[docID] = unitRows(r, 4+i%5)
 		parity := map[bool]string{true: "even", false: "odd"}[i%2 == 0]
-		batch = append(batch, &mvrv1.Document{Id: docID, Vectors: pack(written[docID]), Metadata: map[string]string{"parity": parity}})
+		typed := map[string]*mvrv1.MetadataValue{ // typed metadata: compared by type in filters
+			"n":     {Kind: &mvrv1.MetadataValue_IntValue{IntValue: int64(i)}},
+			"score": {Kind: &mvrv1.MetadataValue_DoubleValue{DoubleValue: float64(i) / 2}},
+			"open":  {Kind: &mvrv1.MetadataValue_BoolValue{BoolValue: i%2 == 0}},
+			"tags":  {Kind: &mvrv1.MetadataValue_StringListValue{StringListValue: &mvrv1.StringList{Values: []string{fmt.Sprintf("x%d", i%3), "all"}}}},
+		}
+		batch = append(batch, &mvrv1.Document{Id: docID, Vectors: pack(written[docID]), Metadata: map[string]string{"parity": parity}, TypedMetadata: typed})
 	}
 	upserted, err := documents.UpsertDocuments(ctx, &mvrv1.UpsertDocumentsRequest{Parent: parent, Documents: batch})
 	must(err, "UpsertDocuments")
@@ -221,6 +251,45 @@ func main() {
 		}
 	}
 	check(len(listed) == 30 && pages == 5 && sort.StringsAreSorted(listed), "ListDocuments: %d ids in %d pages, in order", len(listed), pages)
+
+	// 6b. typed metadata comes back typed, and every filter operator, with and / or / not
+	n7, err := documents.GetDocument(ctx, &mvrv1.GetDocumentRequest{Name: parent + "/documents/d07"})
+	must(err, "GetDocument d07")
+	tags := n7.Document.TypedMetadata["tags"].GetStringListValue().GetValues()
+	check(n7.Document.TypedMetadata["n"].GetIntValue() == 7 && len(tags) == 2 && tags[0] == "x1",
+		"typed metadata read back: n=%d tags=%v", n7.Document.TypedMetadata["n"].GetIntValue(), tags)
+	filters := []struct {
+		name  string
+		where *mvrv1.Filter
+		want  int
+	}{
+		{"n == 7", cond("n", mvrv1.FilterOperator_FILTER_OPERATOR_EQ, intValue(7)), 1},
+		{"n != 7 (also documents without n)", cond("n", mvrv1.FilterOperator_FILTER_OPERATOR_NE, intValue(7)), 29},
+		{"n > 14", cond("n", mvrv1.FilterOperator_FILTER_OPERATOR_GT, intValue(14)), 5},
+		{"n >= 14", cond("n", mvrv1.FilterOperator_FILTER_OPERATOR_GTE, intValue(14)), 6},
+		{"score < 1.5", cond("score", mvrv1.FilterOperator_FILTER_OPERATOR_LT, doubleValue(1.5)), 3},
+		{"score <= 1.5", cond("score", mvrv1.FilterOperator_FILTER_OPERATOR_LTE, doubleValue(1.5)), 4},
+		{"tags in [x1]", inValues("tags", mvrv1.FilterOperator_FILTER_OPERATOR_IN, "x1"), 7},
+		{"tags not in [x1, x2]", inValues("tags", mvrv1.FilterOperator_FILTER_OPERATOR_NIN, "x1", "x2"), 17},
+		{"score exists", exists("score", true), 20},
+		{"score does not exist", exists("score", false), 10},
+		{"open and n < 10", &mvrv1.Filter{Kind: &mvrv1.Filter_AllOf{AllOf: &mvrv1.FilterList{Filters: []*mvrv1.Filter{
+			cond("open", mvrv1.FilterOperator_FILTER_OPERATOR_EQ, &mvrv1.MetadataValue{Kind: &mvrv1.MetadataValue_BoolValue{BoolValue: true}}),
+			cond("n", mvrv1.FilterOperator_FILTER_OPERATOR_LT, intValue(10))}}}}, 5},
+		{"n == 1 or n == 2", &mvrv1.Filter{Kind: &mvrv1.Filter_AnyOf{AnyOf: &mvrv1.FilterList{Filters: []*mvrv1.Filter{
+			cond("n", mvrv1.FilterOperator_FILTER_OPERATOR_EQ, intValue(1)),
+			cond("n", mvrv1.FilterOperator_FILTER_OPERATOR_EQ, intValue(2))}}}}, 2},
+		{"not parity == streamed", &mvrv1.Filter{Kind: &mvrv1.Filter_Negation{Negation: cond("parity",
+			mvrv1.FilterOperator_FILTER_OPERATOR_EQ, &mvrv1.MetadataValue{Kind: &mvrv1.MetadataValue_StringValue{StringValue: "streamed"}})}}, 20},
+	}
+	for _, f := range filters {
+		page, err := documents.ListDocuments(ctx, &mvrv1.ListDocumentsRequest{Parent: parent, PageSize: 100, Where: f.where})
+		must(err, "ListDocuments "+f.name)
+		check(len(page.Documents) == f.want, "ListDocuments where %s: %d documents (expected %d)", f.name, len(page.Documents), f.want)
+	}
+	_, err = documents.ListDocuments(ctx, &mvrv1.ListDocumentsRequest{Parent: parent, Where: cond("n", mvrv1.FilterOperator_FILTER_OPERATOR_GT,
+		&mvrv1.MetadataValue{Kind: &mvrv1.MetadataValue_StringValue{StringValue: "14"}})})
+	check(status.Code(err) == codes.InvalidArgument, "a range with a string operand: %v (%s)", status.Code(err), status.Convert(err).Message())
 
 	// 7. delete one document and one that does not exist
 	deleted, err := documents.DeleteDocuments(ctx, &mvrv1.DeleteDocumentsRequest{Parent: parent, Ids: []string{"d00", "missing"}})
