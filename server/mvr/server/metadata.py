@@ -193,13 +193,13 @@ def _condition(
         if kind == "l":
             raise InvalidArgument(field, "must be a single value, not a list")
         if node.op in RANGES and kind != "n":
-            raise InvalidArgument(field, f"{node.op} compares numbers; got {type(value).__name__} {value!r}")
+            raise InvalidArgument(field, f"{node.op} compares numbers; got the {_type_name(value)} {value!r}")
         matching = {"s": {"s", "l"}, "n": {"n"}, "b": {"b"}}[kind]
         if present and not present & matching:
             held = ", ".join(KIND_NAMES[k] for k in sorted(present))
             raise InvalidArgument(
                 field,
-                f"is {type(value).__name__} {value!r}, but {node.key!r} holds {held} in this collection",
+                f"is the {_type_name(value)} {value!r}, but {node.key!r} holds {held} in this collection",
             )
         operator = RANGES.get(node.op, "=")
         kinds = ", ".join(f"'{k}'" for k in sorted(matching))
@@ -209,3 +209,10 @@ def _condition(
     if node.op in ("ne", "nin"):
         return f"SELECT label FROM documents EXCEPT {sql}", params
     return sql, params
+
+
+def _type_name(value: MetaValue) -> str:
+    """The API's name of a value's type (what a client in any language sent)."""
+    names = {"b": "boolean", "s": "string", "l": "string list"}
+    kind = kind_of(value)
+    return names[kind] if kind in names else ("integer" if isinstance(value, int) else "double")
