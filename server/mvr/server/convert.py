@@ -425,6 +425,13 @@ _OPERATORS = {
 }
 
 
+def where_of(
+    request: spb.SearchRequest | dpb.ListDocumentsRequest | dpb.DeleteDocumentsRequest,
+) -> meta.Filter | None:
+    """A request's optional ``where`` filter."""
+    return filter_from_proto(request.where, "where") if request.HasField("where") else None
+
+
 def filter_from_proto(message: tpb.Filter, field: str) -> meta.Filter:
     """A Filter message as the engine's filter tree; INVALID_ARGUMENT naming the path of what is
     malformed (operand types against the collection are checked by the engine)."""

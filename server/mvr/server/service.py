@@ -351,7 +351,7 @@ class DocumentService(dgrpc.DocumentServiceServicer):
     @rpc
     def DeleteDocuments(self, request, context):
         collection = self.engine.collection(request.parent, "parent")
-        where = convert.filter_from_proto(request.where, "where") if request.HasField("where") else None
+        where = convert.where_of(request)
         if where is None or request.ids:
             check_count(len(request.ids), "ids", self.engine.limits.max_delete_ids)
         for i, doc_id in enumerate(request.ids):
@@ -371,7 +371,7 @@ class DocumentService(dgrpc.DocumentServiceServicer):
         collection = self.engine.collection(request.parent, "parent")
         size = convert.page_size(request.page_size)
         after = convert.decode_page_token(request.page_token)
-        where = convert.filter_from_proto(request.where, "where") if request.HasField("where") else None
+        where = convert.where_of(request)
         documents, next_after = collection.list_documents(
             size, after, include_vectors=request.include_vectors, where=where
         )
@@ -434,7 +434,7 @@ class SearchService(sgrpc.SearchServiceServicer):
             SearchParams(top_k, **knobs).check(self.engine.limits)
             mode = convert.search_mode(request.mode, "mode")
             weight = request.semantic_weight if request.HasField("semantic_weight") else None
-            where = convert.filter_from_proto(request.where, "where") if request.HasField("where") else None
+            where = convert.where_of(request)
             query = self._query(request.query, f"{prefix}query")
             text = query if isinstance(query, str) else None
             if text is not None and mode != "keyword":  # encoded here: the response counts its tokens
