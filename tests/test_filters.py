@@ -195,6 +195,59 @@ def test_bad_filters_name_their_path(filtered) -> None:
         assert raised.value.field == field
 
 
+def test_operands_are_checked_as_values_are_and_filters_are_bounded(filtered) -> None:
+    from mvr.server.metadata import MAX_FILTER_CONDITIONS, MAX_FILTER_DEPTH, MAX_FILTER_VALUES
+
+    query = unit(np.random.default_rng(0), 3)
+    deep: object = Condition("n", "eq", 1)
+    for _ in range(MAX_FILTER_DEPTH + 1):
+        deep = Not(deep)
+    cases = [
+        (Condition("score", "ne", float("nan")), "where.condition.value", "finite"),
+        (Condition("score", "gt", float("inf")), "where.condition.value", "finite"),
+        (Condition("n", "gt", 2**70), "where.condition.value", "64-bit"),
+        (Condition("n", "in", None, tuple(range(MAX_FILTER_VALUES + 1))), "where.condition.values", "limit"),
+        (Condition("n", "exists"), "where.condition.exists", "required"),
+        (
+            AnyOf(tuple(Condition("n", "eq", i) for i in range(MAX_FILTER_CONDITIONS + 1))),
+            "where.any_of",
+            "conditions",
+        ),
+        (deep, "where" + ".negation" * (MAX_FILTER_DEPTH + 1), "deeper"),
+    ]
+    for node, field, message in cases:
+        with pytest.raises(InvalidArgument, match=message) as raised:
+            filtered.search(query, 5, where=node)
+        assert raised.value.field.startswith(field), (raised.value.field, field)
+    # the largest filters allowed run (SQLite's own limits are never what refuses them)
+    assert (
+        len(filtered.matching(Condition("n", "in", None, tuple(range(MAX_FILTER_VALUES)))))
+        == MAX_FILTER_VALUES
+    )
+    wide = AnyOf(tuple(Condition("n", "eq", i) for i in range(MAX_FILTER_CONDITIONS)))
+    assert len(filtered.matching(wide)) == MAX_FILTER_CONDITIONS
+
+
+def test_an_empty_list_still_holds_its_key(tmp_path: Path) -> None:
+    manager = CollectionManager(tmp_path, save_interval_s=3600)
+    try:
+        manager.create("e", model=None, dim=DIM)
+        collection = manager.get("e")
+        rng = np.random.default_rng(5)
+        collection.upsert(
+            [
+                DocumentInput("empty", vectors=unit(rng, 2), metadata={"tags": []}),
+                DocumentInput("none", vectors=unit(rng, 2)),
+            ]
+        )
+        label = collection.store.records["empty"].label
+        assert collection.matching(Condition("tags", "exists", exists=True)) == {label}
+        assert collection.matching(Condition("tags", "eq", "")) == set()
+        assert len(collection.matching(Condition("tags", "ne", "x"))) == 2
+    finally:
+        manager.close()
+
+
 def test_filters_list_and_delete(tmp_path: Path) -> None:
     manager = CollectionManager(tmp_path, save_interval_s=3600)
     manager.create("ld", model=None, dim=DIM)

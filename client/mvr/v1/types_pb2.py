@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mvr/v1/types.proto\x12\x06mvr.v1\"D\n\x07Vectors\x12\x1c\n\x05\x64type\x18\x01 \x01(\x0e\x32\r.mvr.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xa3\x01\n\rMetadataValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x03 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12/\n\x11string_list_value\x18\x05 \x01(\x0b\x32\x12.mvr.v1.StringListH\x00\x42\x06\n\x04kind\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\xa8\x01\n\x06\x46ilter\x12&\n\tcondition\x18\x01 \x01(\x0b\x32\x11.mvr.v1.ConditionH\x00\x12$\n\x06\x61ll_of\x18\x02 \x01(\x0b\x32\x12.mvr.v1.FilterListH\x00\x12$\n\x06\x61ny_of\x18\x03 \x01(\x0b\x32\x12.mvr.v1.FilterListH\x00\x12\"\n\x08negation\x18\x04 \x01(\x0b\x32\x0e.mvr.v1.FilterH\x00\x42\x06\n\x04kind\"-\n\nFilterList\x12\x1f\n\x07\x66ilters\x18\x01 \x03(\x0b\x32\x0e.mvr.v1.Filter\"\x9f\x01\n\tCondition\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x08operator\x18\x02 \x01(\x0e\x32\x16.mvr.v1.FilterOperator\x12$\n\x05value\x18\x03 \x01(\x0b\x32\x15.mvr.v1.MetadataValue\x12%\n\x06values\x18\x04 \x03(\x0b\x32\x15.mvr.v1.MetadataValue\x12\x0e\n\x06\x65xists\x18\x05 \x01(\x08*D\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02*\xf7\x01\n\x0eTokenPrecision\x12\x1f\n\x1bTOKEN_PRECISION_UNSPECIFIED\x10\x00\x12\x1b\n\x17TOKEN_PRECISION_FLOAT32\x10\x01\x12\x1b\n\x17TOKEN_PRECISION_FLOAT16\x10\x02\x12!\n\x1dTOKEN_PRECISION_RESIDUAL_1BIT\x10\x03\x12!\n\x1dTOKEN_PRECISION_RESIDUAL_2BIT\x10\x04\x12!\n\x1dTOKEN_PRECISION_RESIDUAL_4BIT\x10\x05\x12!\n\x1dTOKEN_PRECISION_RESIDUAL_8BIT\x10\x06*\x90\x02\n\x0e\x46ilterOperator\x12\x1f\n\x1b\x46ILTER_OPERATOR_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46ILTER_OPERATOR_EQ\x10\x01\x12\x16\n\x12\x46ILTER_OPERATOR_NE\x10\x02\x12\x16\n\x12\x46ILTER_OPERATOR_GT\x10\x03\x12\x17\n\x13\x46ILTER_OPERATOR_GTE\x10\x04\x12\x16\n\x12\x46ILTER_OPERATOR_LT\x10\x05\x12\x17\n\x13\x46ILTER_OPERATOR_LTE\x10\x06\x12\x16\n\x12\x46ILTER_OPERATOR_IN\x10\x07\x12\x17\n\x13\x46ILTER_OPERATOR_NIN\x10\x08\x12\x1a\n\x16\x46ILTER_OPERATOR_EXISTS\x10\tBG\n\ndev.mvr.v1P\x01Z.github.com/mvr-project/mvr/gen/go/mvr/v1;mvrv1\xaa\x02\x06Mvr.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12mvr/v1/types.proto\x12\x06mvr.v1\"D\n\x07Vectors\x12\x1c\n\x05\x64type\x18\x01 \x01(\x0e\x32\r.mvr.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xa3\x01\n\rMetadataValue\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x13\n\tint_value\x18\x02 \x01(\x03H\x00\x12\x16\n\x0c\x64ouble_value\x18\x03 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x04 \x01(\x08H\x00\x12/\n\x11string_list_value\x18\x05 \x01(\x0b\x32\x12.mvr.v1.StringListH\x00\x42\x06\n\x04kind\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\xa8\x01\n\x06\x46ilter\x12&\n\tcondition\x18\x01 \x01(\x0b\x32\x11.mvr.v1.ConditionH\x00\x12$\n\x06\x61ll_of\x18\x02 \x01(\x0b\x32\x12.mvr.v1.FilterListH\x00\x12$\n\x06\x61ny_of\x18\x03 \x01(\x0b\x32\x12.mvr.v1.FilterListH\x00\x12\"\n\x08negation\x18\x04 \x01(\x0b\x32\x0e.mvr.v1.FilterH\x00\x42\x06\n\x04kind\"-\n\nFilterList\x12\x1f\n\x07\x66ilters\x18\x01 \x03(\x0b\x32\x0e.mvr.v1.Filter\"\xaf\x01\n\tCondition\x12\x0b\n\x03key\x18\x01 \x01(\t\x12(\n\x08operator\x18\x02 \x01(\x0e\x32\x16.mvr.v1.FilterOperator\x12$\n\x05value\x18\x03 \x01(\x0b\x32\x15.mvr.v1.MetadataValue\x12%\n\x06values\x18\x04 \x03(\x0b\x32\x15.mvr.v1.MetadataValue\x12\x13\n\x06\x65xists\x18\x05 \x01(\x08H\x00\x88\x01\x01\x42\t\n\x07_exists*D\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x11\n\rDTYPE_FLOAT32\x10\x01\x12\x11\n\rDTYPE_FLOAT16\x10\x02*\xf7\x01\n\x0eTokenPrecision\x12\x1f\n\x1bTOKEN_PRECISION_UNSPECIFIED\x10\x00\x12\x1b\n\x17TOKEN_PRECISION_FLOAT32\x10\x01\x12\x1b\n\x17TOKEN_PRECISION_FLOAT16\x10\x02\x12!\n\x1dTOKEN_PRECISION_RESIDUAL_1BIT\x10\x03\x12!\n\x1dTOKEN_PRECISION_RESIDUAL_2BIT\x10\x04\x12!\n\x1dTOKEN_PRECISION_RESIDUAL_4BIT\x10\x05\x12!\n\x1dTOKEN_PRECISION_RESIDUAL_8BIT\x10\x06*\x90\x02\n\x0e\x46ilterOperator\x12\x1f\n\x1b\x46ILTER_OPERATOR_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46ILTER_OPERATOR_EQ\x10\x01\x12\x16\n\x12\x46ILTER_OPERATOR_NE\x10\x02\x12\x16\n\x12\x46ILTER_OPERATOR_GT\x10\x03\x12\x17\n\x13\x46ILTER_OPERATOR_GTE\x10\x04\x12\x16\n\x12\x46ILTER_OPERATOR_LT\x10\x05\x12\x17\n\x13\x46ILTER_OPERATOR_LTE\x10\x06\x12\x16\n\x12\x46ILTER_OPERATOR_IN\x10\x07\x12\x17\n\x13\x46ILTER_OPERATOR_NIN\x10\x08\x12\x1a\n\x16\x46ILTER_OPERATOR_EXISTS\x10\tBG\n\ndev.mvr.v1P\x01Z.github.com/mvr-project/mvr/gen/go/mvr/v1;mvrv1\xaa\x02\x06Mvr.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,12 +32,12 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mvr.v1.types_pb2', _globals
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\ndev.mvr.v1P\001Z.github.com/mvr-project/mvr/gen/go/mvr/v1;mvrv1\252\002\006Mvr.V1'
-  _globals['_DTYPE']._serialized_start=676
-  _globals['_DTYPE']._serialized_end=744
-  _globals['_TOKENPRECISION']._serialized_start=747
-  _globals['_TOKENPRECISION']._serialized_end=994
-  _globals['_FILTEROPERATOR']._serialized_start=997
-  _globals['_FILTEROPERATOR']._serialized_end=1269
+  _globals['_DTYPE']._serialized_start=692
+  _globals['_DTYPE']._serialized_end=760
+  _globals['_TOKENPRECISION']._serialized_start=763
+  _globals['_TOKENPRECISION']._serialized_end=1010
+  _globals['_FILTEROPERATOR']._serialized_start=1013
+  _globals['_FILTEROPERATOR']._serialized_end=1285
   _globals['_VECTORS']._serialized_start=30
   _globals['_VECTORS']._serialized_end=98
   _globals['_METADATAVALUE']._serialized_start=101
@@ -49,5 +49,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FILTERLIST']._serialized_start=467
   _globals['_FILTERLIST']._serialized_end=512
   _globals['_CONDITION']._serialized_start=515
-  _globals['_CONDITION']._serialized_end=674
+  _globals['_CONDITION']._serialized_end=690
 # @@protoc_insertion_point(module_scope)

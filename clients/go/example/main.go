@@ -116,7 +116,7 @@ func inValues(key string, op mvrv1.FilterOperator, values ...string) *mvrv1.Filt
 }
 
 func exists(key string, present bool) *mvrv1.Filter {
-	return &mvrv1.Filter{Kind: &mvrv1.Filter_Condition{Condition: &mvrv1.Condition{Key: key, Operator: mvrv1.FilterOperator_FILTER_OPERATOR_EXISTS, Exists: present}}}
+	return &mvrv1.Filter{Kind: &mvrv1.Filter_Condition{Condition: &mvrv1.Condition{Key: key, Operator: mvrv1.FilterOperator_FILTER_OPERATOR_EXISTS, Exists: &present}}}
 }
 
 var failures int

@@ -346,21 +346,26 @@ class Collection:
 
     # ------------------------------------------------------------------------------ metadata
 
-    def matching(self, where: meta.Filter, field: str = "where", *, strict: bool = True) -> set[int]:
+    def matching(self, where: meta.Filter, field: str = "where") -> set[int]:
         """The labels of the live documents matching a filter (evaluated in the catalog, see
         :mod:`mvr.server.metadata`); INVALID_ARGUMENT naming the path inside ``field``."""
-        sql, params = meta.compile_filter(where, field, self.store.metadata_kinds, strict=strict)
-        return self.store.matching(sql, params)
+        return self.store.matching(*meta.compile_filter(where, field, self.store.metadata_kinds))
 
-    def _allowed(self, filter: dict[str, str] | None, where: meta.Filter | None) -> set[int] | None:
-        """The labels both filters allow (None: every document)."""
-        allowed = None
+    def _compiled(
+        self, filter: dict[str, str] | None, where: meta.Filter | None
+    ) -> tuple[str, list[object]] | None:
+        """Both filters as one SQL query (None: every document)."""
+        parts = []
         if filter:  # the exact-match string map: string equality, no type checks (its old semantics)
-            allowed = self.matching(meta.equality(filter), "filter", strict=False)
+            parts.append(
+                meta.compile_filter(meta.equality(filter), "filter", self.store.metadata_kinds, strict=False)
+            )
         if where is not None:
-            matched = self.matching(where)
-            allowed = matched if allowed is None else allowed & matched
-        return allowed
+            parts.append(meta.compile_filter(where, "where", self.store.metadata_kinds))
+        if not parts:
+            return None
+        sql = " INTERSECT ".join(f"SELECT label FROM ({part})" for part, _ in parts)
+        return sql, [p for _, params in parts for p in params]
 
     # ------------------------------------------------------------------------------ reads
 
@@ -385,9 +390,7 @@ class Collection:
         include_vectors: bool = False,
         where: meta.Filter | None = None,
     ) -> tuple[list[Document], str | None]:
-        compiled = None
-        if where is not None:
-            compiled = meta.compile_filter(where, "where", self.store.metadata_kinds)
+        compiled = self._compiled(None, where)
         ids = self.store.ids_after(after_id, page_size + 1, compiled)  # one more: is there a next page?
         page = []
         for doc_id in ids[:page_size]:
@@ -442,10 +445,11 @@ class Collection:
         weight = self._check_mode(mode, semantic_weight, text)
         params = SearchParams(top_k, candidates, ef, probe, centroid_candidates, explain)
         params.check(self.limits)
-        allowed = self._allowed(filter, where)
+        compiled = self._compiled(filter, where)
         if mode == "keyword":
             assert text is not None
-            return self._keyword_hits(text, top_k, allowed, deadline)
+            return self._keyword_hits(text, top_k, compiled, deadline)
+        allowed = None if compiled is None else self.store.matching(*compiled)
         field_name = "query.vectors"
         if isinstance(query, str):
             check_deadline(deadline, "encoding the query")
@@ -463,7 +467,7 @@ class Collection:
         if mode == "semantic":
             return semantic
         assert text is not None
-        keyword = self._keyword_hits(text, params.top_k, allowed, deadline)
+        keyword = self._keyword_hits(text, params.top_k, compiled, deadline)
         return hybrid.fuse(semantic, keyword, top_k, weight)
 
     @staticmethod
@@ -482,20 +486,14 @@ class Collection:
         return semantic_weight
 
     def _keyword_hits(
-        self, text: str, top_k: int, allowed: set[int] | None, deadline: float | None
+        self, text: str, top_k: int, where: tuple[str, list[object]] | None, deadline: float | None
     ) -> list[Hit]:
-        """The top_k by BM25 among the documents ``allowed`` (all: None): the index is asked for more
-        until top_k of them pass the filter or it has no more matches."""
+        """The top_k by BM25 among the documents matching the compiled filter ``where`` (all: None),
+        filtered inside the full-text query."""
         check_deadline(deadline, "the keyword stage")
-        limit = top_k
         with engine_metrics.stage("keyword"):
-            while True:
-                labels, scores = self.store.keyword_search(text, limit)
-                keep = np.ones(len(labels), bool) if allowed is None else np.isin(labels, list(allowed))
-                hits = hybrid.keyword_hits(labels[keep], scores[keep], self.store.by_label, top_k)
-                if len(hits) >= top_k or len(labels) < limit:
-                    return hits
-                limit *= 4
+            labels, scores = self.store.keyword_search(text, top_k, where)
+            return hybrid.keyword_hits(labels, scores, self.store.by_label, top_k)
 
     # ------------------------------------------------------------------------------ indexer hooks
 
@@ -551,30 +549,29 @@ class Collection:
         returns (file size, SHA-256, live documents). Its instant is the moment the write lock is
         held here: every write acknowledged before it is in the snapshot, none after it. The lock is
         held only to open the store's view; writes and searches go on while the files are copied."""
-        with self.write_lock:
-            self._check_open()
-            view = self.store.view()
-            fde_file = (self.directory / FDE_FILE).open("rb")
-        try:
-            with tempfile.TemporaryDirectory(dir=path.parent, prefix=".snapshot-") as scratch:
-                scratch_dir = Path(scratch)
-                with self.index_mutex:
-                    self.index.save(scratch_dir)
-                # every label in that graph was handed out before this read
-                view.write_catalog(scratch_dir / CATALOG, next_label_at_least=self.store.next_label)
-                with ExitStack() as files:
-                    local = {name: files.enter_context((scratch_dir / name).open("rb")) for name in _SAVED}
-                    sources = [
-                        (CATALOG, local[CATALOG], (scratch_dir / CATALOG).stat().st_size),
-                        *((name, view.data[name], view.data[name].size) for name in (VECTORS, CODES)),
-                        (FDE_FILE, fde_file, os.fstat(fde_file.fileno()).st_size),
-                        *((name, local[name], (scratch_dir / name).stat().st_size) for name in _GRAPH),
-                    ]
-                    manifest = snapshot_format.manifest_for(self.config.to_dict(), view.documents, created)
-                    size, sha256 = snapshot_format.write(path, sources, manifest)
-        finally:
-            view.close()
-            fde_file.close()
+        with ExitStack() as held:
+            with self.write_lock:
+                self._check_open()
+                view = self.store.view()
+                held.callback(view.close)
+                fde_file = held.enter_context((self.directory / FDE_FILE).open("rb"))
+            scratch_dir = Path(
+                held.enter_context(tempfile.TemporaryDirectory(dir=path.parent, prefix=".snapshot-"))
+            )
+            view.write_catalog(scratch_dir / CATALOG)  # first: it ends the view's read transaction
+            with self.index_mutex:
+                self.index.save(scratch_dir)
+            # every label in that graph was handed out before this read
+            view.raise_next_label(scratch_dir / CATALOG, self.store.next_label)
+            local = {name: held.enter_context((scratch_dir / name).open("rb")) for name in _SAVED}
+            sources = [
+                (CATALOG, local[CATALOG], (scratch_dir / CATALOG).stat().st_size),
+                *((name, view.data[name], view.data[name].size) for name in (VECTORS, CODES)),
+                (FDE_FILE, fde_file, os.fstat(fde_file.fileno()).st_size),
+                *((name, local[name], (scratch_dir / name).stat().st_size) for name in _GRAPH),
+            ]
+            manifest = snapshot_format.manifest_for(self.config.to_dict(), view.documents, created)
+            size, sha256 = snapshot_format.write(path, sources, manifest)
         return size, sha256, view.documents
 
     # ------------------------------------------------------------------------------ stats

@@ -457,7 +457,8 @@ def filter_from_proto(message: tpb.Filter, field: str) -> meta.Filter:
     values = tuple(
         metadata_value_from_proto(v, f"{path}.values[{i}]") for i, v in enumerate(condition.values)
     )
-    return meta.Condition(condition.key, op, value, values, condition.exists)
+    exists = condition.exists if condition.HasField("exists") else None
+    return meta.Condition(condition.key, op, value, values, exists)
 
 
 def document_to_proto(

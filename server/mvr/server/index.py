@@ -176,7 +176,8 @@ class HnswIndex:
         try:
             for label in labels:
                 if label in self._deleted:
-                    self._index.unmark_deleted(label)
+                    with contextlib.suppress(RuntimeError):  # already unmarked in the graph file
+                        self._index.unmark_deleted(label)
                     self._deleted.discard(label)
         finally:
             self.lock.release_exclusive()

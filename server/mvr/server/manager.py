@@ -8,6 +8,7 @@ import shutil
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -37,7 +38,7 @@ from mvr.server.errors import (
 from mvr.server.fde import FDE, FDE_FILE
 from mvr.server.limits import Limits
 from mvr.server.snapshot import SnapshotDirectory, SnapshotInfo
-from mvr.server.store import Store
+from mvr.server.store import Store, fsync_directory
 
 log = logging.getLogger("mvr.collection")
 
@@ -244,17 +245,27 @@ class CollectionManager:
         errors. The collection appears whole or not at all, as at creation."""
         self.check_name(name, "collection_id")
         with self._lock:
-            self._check_room(name)
-            staging = self.root / f".restoring-{name}"
-            shutil.rmtree(staging, ignore_errors=True)
-            try:
-                manifest = snapshot_format.extract(source, _mkdir(staging), field)
-                config = self._renamed_config(staging, name, field)
-            except BaseException:
-                shutil.rmtree(staging, ignore_errors=True)
-                raise
-            staging.rename(self.root / name)
-            self._collections[name] = self._open(self.root / name)
+            self._check_room(name)  # before the work, to fail fast (checked again below)
+        # unpacked and checked outside the lock (it copies the whole collection), under its own name
+        staging = self.root / f".restoring-{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            manifest = snapshot_format.extract(source, _mkdir(staging), field)
+            config = self._renamed_config(staging, name, field)
+            fsync_directory(staging)
+            with self._lock:
+                self._check_room(name)
+                target = self.root / name
+                staging.rename(target)
+                fsync_directory(self.root)
+                try:
+                    self._collections[name] = self._open(target)
+                except BaseException:  # never leave a directory the next start cannot open
+                    doomed = self.root / f".deleting-{name}-{uuid.uuid4().hex[:8]}"
+                    target.rename(doomed)
+                    shutil.rmtree(doomed, ignore_errors=True)
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # (gone once renamed)
         origin = manifest["collection"].get("name")
         log.info("collection restored", extra={"collection": name, "from": origin})
         return config
@@ -271,11 +282,7 @@ class CollectionManager:
             message = f"holds no collection config this server can read ({error})"
             raise InvalidArgument(field, message) from None
         config = replace(config, name=name)
-        store = Store(staging, config.dim, config.vector_dtype)
-        try:
-            store.write_config(config.to_dict())
-        finally:
-            store.close()
+        Store.rewrite_config(staging, config.to_dict())
         return config
 
     def _check_room(self, name: str) -> None:

@@ -35,7 +35,7 @@ class Condition:
     op: str  # one of OPERATORS
     value: MetaValue | None = None  # eq ne gt gte lt lte
     values: tuple[MetaValue, ...] = ()  # in nin
-    exists: bool = True  # exists
+    exists: bool | None = None  # exists: required
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,9 @@ def rows(label: int, metadata: Mapping[str, MetaValue]) -> list[tuple[int, str, 
     for key, value in metadata.items():
         kind = kind_of(value)
         if kind == "l":
-            out += [(label, key, "l", entry) for entry in dict.fromkeys(value)]  # type: ignore[arg-type]
+            # an empty list still holds the key ($exists): one row whose NULL value matches no operand
+            entries = list(dict.fromkeys(value)) or [None]  # type: ignore[arg-type]
+            out += [(label, key, "l", entry) for entry in entries]
         else:
             out.append((label, key, kind, int(value) if kind == "b" else value))
     return out
@@ -143,27 +145,48 @@ def rows(label: int, metadata: Mapping[str, MetaValue]) -> list[tuple[int, str, 
 # ------------------------------------------------------------------------------------------ compile
 
 
+# A filter compiles to one SQL statement: its size is bounded so that SQLite's own limits (expression
+# depth, terms of a compound SELECT, bound parameters) are never what refuses it
+MAX_FILTER_CONDITIONS = 64
+MAX_FILTER_DEPTH = 8
+MAX_FILTER_VALUES = 1024  # operands of one $in / $nin
+_FAMILIES = {"s": ("s", "l"), "n": ("n",), "b": ("b",)}  # what a string / number / boolean operand meets
+
+
 def compile_filter(
     node: Filter, path: str, kinds_of: Callable[[str], set[str]], *, strict: bool = True
 ) -> tuple[str, list[object]]:
     """SQL selecting the labels of the live documents that match ``node``, and its parameters.
     ``kinds_of(key)``: the kinds the key holds in the collection (for the type-mismatch check, skipped
     when not ``strict``). Errors name the path inside the filter."""
+    budget = [MAX_FILTER_CONDITIONS]
+    return _compile(node, path, kinds_of, strict, 0, budget)
+
+
+def _compile(
+    node: Filter, path: str, kinds_of: Callable[[str], set[str]], strict: bool, depth: int, budget: list[int]
+) -> tuple[str, list[object]]:
+    if depth > MAX_FILTER_DEPTH:
+        raise InvalidArgument(
+            path, f"nests deeper than {MAX_FILTER_DEPTH} levels of all_of / any_of / negation"
+        )
     if isinstance(node, Condition):
+        budget[0] -= 1
+        if budget[0] < 0:
+            raise InvalidArgument(path, f"the filter has more than {MAX_FILTER_CONDITIONS} conditions")
         return _condition(node, path, kinds_of, strict)
     if isinstance(node, AllOf | AnyOf):
         name = "all_of" if isinstance(node, AllOf) else "any_of"
         if not node.filters:
             raise InvalidArgument(f"{path}.{name}", "needs at least one filter")
         parts = [
-            compile_filter(f, f"{path}.{name}.filters[{i}]", kinds_of, strict=strict)
+            _compile(f, f"{path}.{name}.filters[{i}]", kinds_of, strict, depth + 1, budget)
             for i, f in enumerate(node.filters)
         ]
         glue = " INTERSECT " if isinstance(node, AllOf) else " UNION "
-        return glue.join(f"SELECT label FROM ({sql})" for sql, _ in parts), [
-            p for _, params in parts for p in params
-        ]
-    inner, params = compile_filter(node.filter, f"{path}.negation", kinds_of, strict=strict)
+        sql = glue.join(f"SELECT label FROM ({part})" for part, _ in parts)
+        return sql, [p for _, params in parts for p in params]
+    inner, params = _compile(node.filter, f"{path}.negation", kinds_of, strict, depth + 1, budget)
     return f"SELECT label FROM documents EXCEPT SELECT label FROM ({inner})", params
 
 
@@ -176,39 +199,59 @@ def _condition(
     if node.op not in OPERATORS:
         raise InvalidArgument(f"{path}.operator", f"must be one of {', '.join(OPERATORS)}, got {node.op!r}")
     if node.op == "exists":
+        if node.exists is None:
+            raise InvalidArgument(f"{path}.exists", "is required by exists (true or false)")
         has = "SELECT label FROM metadata_values WHERE key = ?"
         return (has, [node.key]) if node.exists else (f"SELECT label FROM documents EXCEPT {has}", [node.key])
     if node.op in ("in", "nin"):
         if not node.values:
             raise InvalidArgument(f"{path}.values", f"{node.op} needs at least one value")
+        if len(node.values) > MAX_FILTER_VALUES:
+            raise InvalidArgument(
+                f"{path}.values", f"has {len(node.values)} values; the limit is {MAX_FILTER_VALUES}"
+            )
         operands = [(v, f"{path}.values[{i}]") for i, v in enumerate(node.values)]
     else:
         if node.value is None:
             raise InvalidArgument(f"{path}.value", f"is required by {node.op}")
         operands = [(node.value, f"{path}.value")]
     present = kinds_of(node.key) if strict else set()
-    clauses, params = [], [node.key]
+    by_family: dict[str, list[object]] = {}
     for value, field in operands:
-        kind = kind_of(value)
-        if kind == "l":
-            raise InvalidArgument(field, "must be a single value, not a list")
-        if node.op in RANGES and kind != "n":
-            raise InvalidArgument(field, f"{node.op} compares numbers; got the {_type_name(value)} {value!r}")
-        matching = {"s": {"s", "l"}, "n": {"n"}, "b": {"b"}}[kind]
-        if present and not present & matching:
+        kind = _operand_kind(value, field, node.op)
+        if present and not present & set(_FAMILIES[kind]):
             held = ", ".join(KIND_NAMES[k] for k in sorted(present))
             raise InvalidArgument(
                 field,
                 f"is the {_type_name(value)} {value!r}, but {node.key!r} holds {held} in this collection",
             )
-        operator = RANGES.get(node.op, "=")
-        kinds = ", ".join(f"'{k}'" for k in sorted(matching))
-        clauses.append(f"(kind IN ({kinds}) AND value {operator} ?)")
-        params.append(int(value) if kind == "b" else value)
+        by_family.setdefault(kind, []).append(int(value) if kind == "b" else value)
+    clauses, params = [], [node.key]
+    for kind, values in by_family.items():
+        kinds = ", ".join(f"'{k}'" for k in _FAMILIES[kind])
+        if node.op in RANGES:
+            clauses.append(f"(kind IN ({kinds}) AND value {RANGES[node.op]} ?)")
+        else:  # eq ne in nin: one IN list per family (an index range scan per value)
+            clauses.append(f"(kind IN ({kinds}) AND value IN ({', '.join('?' * len(values))}))")
+        params += values
     sql = f"SELECT label FROM metadata_values WHERE key = ? AND ({' OR '.join(clauses)})"
     if node.op in ("ne", "nin"):
         return f"SELECT label FROM documents EXCEPT {sql}", params
     return sql, params
+
+
+def _operand_kind(value: MetaValue, field: str, op: str) -> str:
+    """The kind of a condition's operand, checked as stored values are (finite, 64-bit, no list)."""
+    kind = kind_of(value)
+    if kind == "l":
+        raise InvalidArgument(field, "must be a single value, not a list")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidArgument(field, f"is {value}; numbers must be finite")
+    if kind == "n" and isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise InvalidArgument(field, f"{value} is outside the signed 64-bit range")
+    if op in RANGES and kind != "n":
+        raise InvalidArgument(field, f"{op} compares numbers; got the {_type_name(value)} {value!r}")
+    return kind
 
 
 def _type_name(value: MetaValue) -> str:

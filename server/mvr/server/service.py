@@ -541,6 +541,8 @@ class SnapshotService(sngrpc.SnapshotServiceServicer):
             collection_id, snapshot_id = convert.snapshot_name_parts(request.name, "name")
             path, info = self.engine.manager.snapshots.get(collection_id, snapshot_id, "name")
             handle = path.open("rb")
+        except FileNotFoundError:  # deleted between the lookup and the open
+            abort_with(context, NotFound(f"snapshot {request.name!r} not found"))
         except MvrError as error:
             abort_with(context, error)
         with handle:

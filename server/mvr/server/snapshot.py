@@ -161,6 +161,8 @@ def extract(path: Path, directory: Path, field: str) -> dict:
                     while chunk := source.read(CHUNK_BYTES):
                         digest.update(chunk)
                         target.write(chunk)
+                    target.flush()
+                    os.fsync(target.fileno())  # a restore is acknowledged only once it is durable
                 found[member.name] = {"bytes": member.size, "sha256": digest.hexdigest()}
     except tarfile.TarError as error:
         raise InvalidArgument(field, f"is not a readable mvr snapshot file ({error})") from None
@@ -209,10 +211,13 @@ class SnapshotDirectory:
     def __init__(self, root: Path) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
-        # uploads and snapshots cut short by a crash or a failed call: never complete, never listed
+        # uploads, snapshots and their scratch copies cut short by a crash or a failed call: never
+        # complete, never listed
         shutil.rmtree(root / UPLOADS, ignore_errors=True)
         for partial in root.glob("*/.*.tmp"):
             partial.unlink(missing_ok=True)
+        for scratch in root.glob("*/.snapshot-*"):
+            shutil.rmtree(scratch, ignore_errors=True)
 
     def reserve(self, collection_id: str) -> tuple[str, Path]:
         """A new snapshot id and the temporary path to write its file at (see :meth:`publish`)."""
@@ -227,14 +232,20 @@ class SnapshotDirectory:
         """Moves a complete, fsynced snapshot file in place, then writes its description: a snapshot is
         listed only once both are durable."""
         directory = self.root / info.collection_id
-        os.replace(written, directory / f"{info.snapshot_id}.tar")
+        final = directory / f"{info.snapshot_id}.tar"
+        os.replace(written, final)
         sidecar = directory / f".{info.snapshot_id}.json.tmp"
-        with sidecar.open("w") as handle:
-            json.dump(asdict(info), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(sidecar, directory / f"{info.snapshot_id}.json")
-        fsync_directory(directory)
+        try:
+            with sidecar.open("w") as handle:
+                json.dump(asdict(info), handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(sidecar, directory / f"{info.snapshot_id}.json")
+            fsync_directory(directory)
+        except BaseException:
+            final.unlink(missing_ok=True)  # unlisted without its description: not left behind
+            sidecar.unlink(missing_ok=True)
+            raise
 
     def list(self, collection_id: str) -> list[SnapshotInfo]:
         """The collection's snapshots, oldest first (ids start with their UTC time)."""

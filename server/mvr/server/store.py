@@ -33,6 +33,7 @@ record always sees complete vectors, even across a compaction that rewrites the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -49,6 +50,7 @@ import numba
 import numpy as np
 from mvr.server import metadata as meta
 from mvr.server.codec import Codec
+from mvr.server.errors import FailedPrecondition
 from mvr.server.metadata import MetaValue
 
 CATALOG = "catalog.sqlite"
@@ -281,8 +283,10 @@ class Store:
         self._fill_metadata_index()
         # keyword searches read on their own connection (WAL: they see committed transactions and never
         # wait for the writer's lock)
-        self._reader = sqlite3.connect(directory / CATALOG, check_same_thread=False, isolation_level=None)
-        self._reader_lock = threading.Lock()
+        self._readers = threading.local()  # one connection per searching thread: reads run in parallel
+        self._reader_connections: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
         self.next_label = self._state("next_label", 0)
         self._vectors = AppendFile(directory / VECTORS, self._state("vectors_end", 0), dim, self.dtype)
         self._codes = AppendFile(directory / CODES, self._state("codes_end", 0), 1, np.dtype(np.uint8))
@@ -311,6 +315,16 @@ class Store:
         finally:
             db.close()
         return None if row is None else json.loads(row[0])
+
+    @staticmethod
+    def rewrite_config(directory: Path, config: dict) -> None:
+        """Replaces the collection config in ``directory``'s catalog (a closed collection: a restore
+        renaming its snapshot), durably."""
+        with contextlib.closing(sqlite3.connect(directory / CATALOG, isolation_level=None)) as db:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(
+                "INSERT OR REPLACE INTO config (key, value) VALUES ('collection', ?)", (json.dumps(config),)
+            )
 
     def read_config(self) -> dict | None:
         with self._db_lock:
@@ -342,57 +356,89 @@ class Store:
         return self._codes.mapping
 
     def _fill_text_index(self) -> None:
-        if self._state("text_indexed", 0):
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute("DELETE FROM text_index")
-        self._db.execute(
-            "INSERT INTO text_index (rowid, text) SELECT label, text FROM documents WHERE text IS NOT NULL"
-        )
-        self._set_state({"text_indexed": 1})
-        self._db.execute("COMMIT")
+        if not self._state("text_indexed", 0):
+            self._refill(
+                "DELETE FROM text_index",
+                "INSERT INTO text_index (rowid, text) "
+                "SELECT label, text FROM documents WHERE text IS NOT NULL",
+                flag="text_indexed",
+            )
 
     def _fill_metadata_index(self) -> None:
-        if self._state("metadata_indexed", 0):
-            return
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute("DELETE FROM metadata_values")
-        for label, metadata in self._db.execute("SELECT label, metadata FROM documents").fetchall():
-            self._db.executemany(
-                "INSERT INTO metadata_values VALUES (?, ?, ?, ?)", meta.rows(label, stored_metadata(metadata))
+        if not self._state("metadata_indexed", 0):
+            rows = self._db.execute("SELECT label, metadata FROM documents").fetchall()
+            values = [row for label, text in rows for row in meta.rows(label, stored_metadata(text))]
+            self._refill(
+                "DELETE FROM metadata_values",
+                ("INSERT INTO metadata_values VALUES (?, ?, ?, ?)", values),
+                flag="metadata_indexed",
             )
-        self._set_state({"metadata_indexed": 1})
-        self._db.execute("COMMIT")
+
+    def _refill(self, clear: str, fill: str | tuple[str, list], flag: str) -> None:
+        """Rebuilds one derived table of a collection written before it existed, in one transaction."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(clear)
+            if isinstance(fill, str):
+                self._db.execute(fill)
+            else:
+                self._db.executemany(*fill)
+            self._set_state({flag: 1})
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection to the catalog (WAL: it sees committed transactions and never
+        waits for the writer)."""
+        connection = getattr(self._readers, "connection", None)
+        if connection is None:
+            with self._readers_lock:
+                if self._closed:
+                    raise FailedPrecondition("the collection is closed")
+                connection = sqlite3.connect(
+                    self.directory / CATALOG, check_same_thread=False, isolation_level=None
+                )
+                self._reader_connections.append(connection)
+            self._readers.connection = connection
+        return connection
+
+    def _read(self, sql: str, params: Sequence[object]) -> list[tuple]:
+        try:
+            return self._reader().execute(sql, params).fetchall()
+        except sqlite3.ProgrammingError as error:  # closed under a search in flight
+            raise FailedPrecondition("the collection is closed") from error
 
     def matching(self, sql: str, params: Sequence[object]) -> set[int]:
         """The labels a compiled filter (:func:`mvr.server.metadata.compile_filter`) selects."""
-        with self._reader_lock:
-            return {row[0] for row in self._reader.execute(sql, params)}
+        return {row[0] for row in self._read(sql, params)}
 
     def metadata_kinds(self, key: str) -> set[str]:
         """The kinds of value ``key`` holds in the collection (s, l, n, b)."""
-        with self._reader_lock:
-            return {
-                row[0]
-                for row in self._reader.execute(
-                    "SELECT DISTINCT kind FROM metadata_values WHERE key = ?", (key,)
-                )
-            }
+        return {
+            row[0] for row in self._read("SELECT DISTINCT kind FROM metadata_values WHERE key = ?", (key,))
+        }
 
-    def keyword_search(self, text: str, limit: int) -> tuple[np.ndarray, np.ndarray]:
-        """Up to ``limit`` (labels, BM25 scores) of the documents whose text holds any word of ``text``,
-        best first (SQLite FTS5's bm25, negated so that higher is better). Words only: FTS5's query
-        syntax (quotes, NEAR, column filters, *) is not exposed, so that any text is a valid query."""
+    def keyword_search(
+        self, text: str, limit: int, where: tuple[str, Sequence[object]] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``limit`` (labels, BM25 scores) of the documents whose text holds any word of ``text``
+        (and that match the compiled filter ``where``), best first (SQLite FTS5's bm25, negated so that
+        higher is better). Words only: FTS5's query syntax (quotes, NEAR, column filters, *) is not
+        exposed, so that any text is a valid query."""
         terms = list(dict.fromkeys(word.lower() for word in _WORD.findall(text)))[:MAX_KEYWORD_TERMS]
         if not terms or limit <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         match = " OR ".join(f'"{term}"' for term in terms)  # \w+ holds no quote: nothing to escape
-        with self._reader_lock:
-            rows = self._reader.execute(
-                "SELECT rowid, -bm25(text_index) AS score FROM text_index WHERE text_index MATCH ? "
-                "ORDER BY score DESC LIMIT ?",
-                (match, limit),
-            ).fetchall()
+        sql, params = (
+            "SELECT rowid, -bm25(text_index) AS score FROM text_index WHERE text_index MATCH ?",
+            [match],
+        )
+        if where is not None:
+            sql += f" AND rowid IN ({where[0]})"
+            params += list(where[1])
+        rows = self._read(f"{sql} ORDER BY score DESC LIMIT ?", [*params, limit])
         labels = np.array([row[0] for row in rows], dtype=np.int64)
         return labels, np.array([row[1] for row in rows], dtype=np.float32)
 
@@ -554,11 +600,7 @@ class Store:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 old = [(r.label, r.n_tokens) for r in replaced if r is not None]
-                self._db.executemany("DELETE FROM documents WHERE label = ?", [(label,) for label, _ in old])
-                self._db.executemany("DELETE FROM text_index WHERE rowid = ?", [(label,) for label, _ in old])
-                self._db.executemany(
-                    "DELETE FROM metadata_values WHERE label = ?", [(label,) for label, _ in old]
-                )
+                self._drop_labels([label for label, _ in old])
                 self._db.executemany(
                     "INSERT INTO metadata_values VALUES (?, ?, ?, ?)",
                     [
@@ -627,15 +669,7 @@ class Store:
             with self._db_lock:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
-                    self._db.executemany(
-                        "DELETE FROM documents WHERE label = ?", [(r.label,) for r in present]
-                    )
-                    self._db.executemany(
-                        "DELETE FROM text_index WHERE rowid = ?", [(r.label,) for r in present]
-                    )
-                    self._db.executemany(
-                        "DELETE FROM metadata_values WHERE label = ?", [(r.label,) for r in present]
-                    )
+                    self._drop_labels([r.label for r in present])
                     self._db.executemany(
                         "INSERT OR IGNORE INTO tombstones (label, n_tokens) VALUES (?, ?)",
                         [(r.label, r.n_tokens) for r in present],
@@ -649,6 +683,14 @@ class Store:
                 self.by_label.pop(record.label, None)
                 self.live_tokens -= record.n_tokens
         return removed
+
+    def _drop_labels(self, labels: list[int]) -> None:
+        """Removes document versions from the catalog and every table derived from it (inside the
+        caller's transaction)."""
+        rows = [(label,) for label in labels]
+        self._db.executemany("DELETE FROM documents WHERE label = ?", rows)
+        self._db.executemany("DELETE FROM text_index WHERE rowid = ?", rows)
+        self._db.executemany("DELETE FROM metadata_values WHERE label = ?", rows)
 
     def _set_state(self, values: dict[str, int]) -> None:
         self._db.executemany("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", list(values.items()))
@@ -669,9 +711,7 @@ class Store:
         if where is not None:
             sql += f" AND label IN ({where[0]})"
             params += list(where[1])
-        with self._db_lock:
-            rows = self._db.execute(f"{sql} ORDER BY id LIMIT ?", [*params, limit]).fetchall()
-        return [row[0] for row in rows]
+        return [row[0] for row in self._read(f"{sql} ORDER BY id LIMIT ?", [*params, limit])]
 
     def _needs_vectors(self, record: Record) -> bool:
         return record.has_vectors and (self.keep_vectors or not record.coded)
@@ -798,8 +838,10 @@ class Store:
             self._db.execute("DELETE FROM state WHERE key = 'compacted_pending_rename'")
 
     def close(self) -> None:
-        with self._reader_lock:
-            self._reader.close()
+        with self._readers_lock:
+            self._closed = True
+            for connection in self._reader_connections:
+                connection.close()
         with self._db_lock:
             self._db.close()
         self._vectors.close()
@@ -833,27 +875,31 @@ class StoreView:
         self._files = {name: (directory / name).open("rb") for name in (VECTORS, CODES)}
         self.data: dict[str, ByteRanges] = {}  # VECTORS / CODES → what the copy holds, once written
 
-    def write_catalog(self, path: Path, *, next_label_at_least: int = 0) -> None:
+    def write_catalog(self, path: Path) -> None:
         """Writes the catalog as of the view's instant (SQLite's online backup, read inside the view's
-        transaction) to ``path``, with the offsets of the compacted data files (:attr:`data`) and its
-        next label raised to ``next_label_at_least``: a snapshot may hold graph entries of versions
-        written after its instant, whose labels must never be handed out again."""
+        transaction) to ``path``, with the offsets of the compacted data files (:attr:`data`), then
+        ends the view's transaction: held open, it would keep checkpoints (compaction, code rewrites)
+        waiting and the WAL growing while the files are copied."""
         target = sqlite3.connect(path, isolation_level=None)
         try:
             self._db.backup(target)
+            self._db.close()  # the transaction's end; the file handles keep the data
             target.execute("PRAGMA journal_mode=DELETE")  # one file: no WAL beside it in the snapshot
             target.execute("BEGIN")
             self._compact_rows(target)
-            (next_label,) = target.execute("SELECT value FROM state WHERE key = 'next_label'").fetchone() or (
-                0,
-            )
-            target.execute(
-                "INSERT OR REPLACE INTO state (key, value) VALUES ('next_label', ?)",
-                (max(int(next_label), next_label_at_least),),
-            )
             target.execute("COMMIT")
         finally:
             target.close()
+
+    @staticmethod
+    def raise_next_label(path: Path, at_least: int) -> None:
+        """Raises the next label of the catalog copy at ``path`` to ``at_least``: a snapshot may hold
+        graph entries of versions written after its instant, whose labels must never be handed out
+        again."""
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+            row = db.execute("SELECT value FROM state WHERE key = 'next_label'").fetchone()
+            value = max(0 if row is None else int(row[0]), at_least)
+            db.execute("INSERT OR REPLACE INTO state (key, value) VALUES ('next_label', ?)", (value,))
 
     def _compact_rows(self, target: sqlite3.Connection) -> None:
         rows = target.execute("SELECT label, vec_offset, n_tokens, code_offset FROM documents").fetchall()
@@ -878,7 +924,7 @@ class StoreView:
     def close(self) -> None:
         for handle in self._files.values():
             handle.close()
-        self._db.close()
+        self._db.close()  # (a no-op once write_catalog closed it)
 
 
 class ByteRanges:

@@ -271,8 +271,9 @@ export interface StringList {
 /**
  * A metadata filter, in the shape of the filter language of MongoDB, Pinecone and Chroma: a condition
  * on one key, or all / any of several filters, or the negation of one. The Python client builds it from
- * {"year": {"$gte": 2020}, "$or": [...]}. A bad filter is INVALID_ARGUMENT naming the path inside it
- * (e.g. "where.all_of.filters[1].condition.value").
+ * {"year": {"$gte": 2020}, "$or": [...]}. At most 64 conditions, nested at most 8 deep. A bad filter
+ * is INVALID_ARGUMENT naming the path inside it (e.g. "where.all_of.filters[1].condition.value");
+ * operands are checked as stored values are (finite numbers, 64-bit integers).
  */
 export interface Filter {
   /** A condition on one metadata key. */
@@ -310,10 +311,13 @@ export interface Condition {
   value:
     | MetadataValue
     | undefined;
-  /** The operands of IN and NIN: at least one. */
+  /** The operands of IN and NIN: 1 to 1024. */
   values: MetadataValue[];
-  /** The operand of EXISTS: true matches documents that have the key, false those that do not. */
-  exists: boolean;
+  /**
+   * The operand of EXISTS, required by it: true matches documents that have the key (an empty list
+   * counts), false those that do not.
+   */
+  exists?: boolean | undefined;
 }
 
 function createBaseVectors(): Vectors {
@@ -864,7 +868,7 @@ export const FilterList: MessageFns<FilterList> = {
 };
 
 function createBaseCondition(): Condition {
-  return { key: "", operator: 0, value: undefined, values: [], exists: false };
+  return { key: "", operator: 0, value: undefined, values: [], exists: undefined };
 }
 
 export const Condition: MessageFns<Condition> = {
@@ -881,7 +885,7 @@ export const Condition: MessageFns<Condition> = {
     for (const v of message.values) {
       MetadataValue.encode(v!, writer.uint32(34).fork()).join();
     }
-    if (message.exists !== false) {
+    if (message.exists !== undefined) {
       writer.uint32(40).bool(message.exists);
     }
     return writer;
@@ -958,7 +962,7 @@ export const Condition: MessageFns<Condition> = {
       operator: isSet(object.operator) ? filterOperatorFromJSON(object.operator) : 0,
       value: isSet(object.value) ? MetadataValue.fromJSON(object.value) : undefined,
       values: globalThis.Array.isArray(object?.values) ? object.values.map((e: any) => MetadataValue.fromJSON(e)) : [],
-      exists: isSet(object.exists) ? globalThis.Boolean(object.exists) : false,
+      exists: isSet(object.exists) ? globalThis.Boolean(object.exists) : undefined,
     };
   },
 
@@ -976,7 +980,7 @@ export const Condition: MessageFns<Condition> = {
     if (message.values?.length) {
       obj.values = message.values.map((e) => MetadataValue.toJSON(e));
     }
-    if (message.exists !== false) {
+    if (message.exists !== undefined) {
       obj.exists = message.exists;
     }
     return obj;
@@ -993,7 +997,7 @@ export const Condition: MessageFns<Condition> = {
       ? MetadataValue.fromPartial(object.value)
       : undefined;
     message.values = object.values?.map((e) => MetadataValue.fromPartial(e)) || [];
-    message.exists = object.exists ?? false;
+    message.exists = object.exists ?? undefined;
     return message;
   },
 };
