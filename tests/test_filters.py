@@ -326,3 +326,35 @@ def test_a_bad_filter_over_the_wire_names_its_path(channel, unique_name: str) ->
         stub.ListDocuments(dpb.ListDocumentsRequest(parent=f"collections/{unique_name}", where=where))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert raised.value.details().startswith("where.all_of.filters[1].condition.value: is required by gt")
+
+
+def test_filtered_search_in_a_coded_collection_fills_top_k(tmp_path: Path) -> None:
+    """Coded: a filter skips the graph (the centroid stages, restricted to the matches, see them all),
+    and the graph fills in when the probed lists reach fewer matches than the candidates."""
+    from tests.test_collection import CODED, exact_top
+
+    manager = CollectionManager(tmp_path, save_interval_s=3600)
+    try:
+        manager.create("coded", model=None, dim=DIM, tokens=CODED)
+        collection = manager.get("coded")
+        docs = clustered_corpus(600, seed=13)
+        collection.upsert(
+            [
+                DocumentInput(d, vectors=v, metadata={"bucket": n % 10})
+                for n, (d, v) in enumerate(docs.items())
+            ]
+        )
+        collection.flush(timeout_s=120)
+        assert collection.stats().coded == 600
+        where = Condition("bucket", "lt", 3)  # 180 matches: more than the 128 candidates
+        matches = {d: docs[d] for n, d in enumerate(docs) if n % 10 < 3}
+        found = []
+        for query in paraphrases(docs, 10, seed=4):
+            hits = collection.search(query, 10, where=where)
+            assert len(hits) == 10 and all(h.id in matches for h in hits)
+            found.append(len({h.id for h in hits} & set(exact_top(query, matches, 10))) / 10)
+            starved = collection.search(query, 10, where=where, candidates=40, probe=1, centroid_candidates=3)
+            assert len(starved) == 10 and all(h.id in matches for h in starved)
+        assert np.mean(found) >= 0.9, found
+    finally:
+        manager.close()

@@ -147,31 +147,53 @@ class Searcher:
             with engine_metrics.stage("exact"):
                 return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
         coded = snapshot is not None and snapshot.n > 0
-        n_graph = self._graph_budget(snapshot, params, n_candidates) if coded else n_candidates
-        # unset: 2·k (HNSW recall of the FDE top-k was 0.96 at ef=k, 0.98 at 2·k, 100k docs)
-        ef = max(params.ef, n_graph) if params.ef else max(self._config.hnsw.ef_search, 2 * n_graph)
-        check_deadline(deadline, "the graph stage")
-        with engine_metrics.stage("graph"):
-            labels = self.graph_stage(self._fde.encode_query(query), n_graph, ef, allowed)
+        n_graph = self._graph_budget(snapshot, params, n_candidates, allowed) if coded else n_candidates
+        labels = self._graph_labels(query, params, n_graph, allowed, deadline)
         if coded:
             check_deadline(deadline, "the centroid stages")
             with engine_metrics.stage("centroids"):
                 centroid_labels = self.centroid_stages(query, snapshot, params, n_candidates, allowed)
             labels = np.concatenate([labels, centroid_labels])
+            if not n_graph and len(centroid_labels) < n_candidates:
+                # a filter whose matches the probed lists barely reach: the graph fills in
+                share = max(params.top_k, n_candidates // GRAPH_SHARE)
+                labels = np.concatenate([labels, self._graph_labels(query, params, share, allowed, deadline)])
         with engine_metrics.stage("exact"):
             return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
 
-    def _graph_budget(self, snapshot: TokenSnapshot, params: SearchParams, n_candidates: int) -> int:
+    def _graph_labels(
+        self,
+        query: np.ndarray,
+        params: SearchParams,
+        k: int,
+        allowed: set[int] | None,
+        deadline: float | None,
+    ) -> np.ndarray:
+        """The graph stage's k labels (none for k = 0)."""
+        if not k:
+            return np.zeros(0, np.int64)
+        # unset: 2·k (HNSW recall of the FDE top-k was 0.96 at ef=k, 0.98 at 2·k, 100k docs)
+        ef = max(params.ef, k) if params.ef else max(self._config.hnsw.ef_search, 2 * k)
+        check_deadline(deadline, "the graph stage")
+        with engine_metrics.stage("graph"):
+            return self.graph_stage(self._fde.encode_query(query), k, ef, allowed)
+
+    def _graph_budget(
+        self, snapshot: TokenSnapshot, params: SearchParams, n_candidates: int, allowed: set[int] | None
+    ) -> int:
         """How many documents the graph sends to the exact stage in a coded collection: a quarter of
         the candidates when every live document is coded (the centroid stages find the rest), growing
         to an uncoded collection's budget with the share of live documents not coded yet, which only
         the graph can find (a bulk load's documents wait for a retrained codec; before this the graph
-        gave them 32 slots, and a document searched by its own vectors could miss its own top-1)."""
+        gave them 32 slots, and a document searched by its own vectors could miss its own top-1). With a
+        filter and every live document coded: none."""
         share = max(params.top_k, n_candidates // GRAPH_SHARE)
         live = len(self._store.by_label)
         uncoded = max(0, live - int(np.count_nonzero(snapshot.alive[: snapshot.n])))
         if not uncoded:
-            return share
+            # with a filter the centroid stages, restricted to the matching documents, see every one of
+            # them; the graph would walk past the others one Python filter call each (bench/filters.py)
+            return 0 if allowed is not None else share
         full = params.candidates or max(DEFAULT_CANDIDATES_UNCODED, 10 * params.top_k)
         return share + math.ceil(uncoded / live * max(0, full - share))
 
