@@ -225,8 +225,9 @@ class Collection:
     def _prepare(self, docs: Sequence[DocumentInput]) -> list[NewDocument]:
         """Validates every document, then encodes the texts in one batch."""
         seen: dict[str, int] = {}
+        metadata: list[dict[str, meta.MetaValue]] = []
         for i, doc in enumerate(docs):
-            self._validate_document(i, doc)
+            metadata.append(self._validate_document(i, doc))
             if doc.id in seen:
                 raise InvalidArgument(
                     f"documents[{i}].id", f"{doc.id!r} repeats documents[{seen[doc.id]}].id in this batch"
@@ -260,10 +261,11 @@ class Collection:
                     )
             else:
                 vectors, truncated = np.ascontiguousarray(doc.vectors, dtype=np.float32), False
-            prepared.append(NewDocument(doc.id, vectors, doc.text, dict(doc.metadata), truncated))
+            prepared.append(NewDocument(doc.id, vectors, doc.text, metadata[i], truncated))
         return prepared
 
-    def _validate_document(self, i: int, doc: DocumentInput) -> None:
+    def _validate_document(self, i: int, doc: DocumentInput) -> dict[str, meta.MetaValue]:
+        """Checks one document; returns its metadata as stored (lists as tuples)."""
         if not isinstance(doc.id, str) or not doc.id:
             raise InvalidArgument(f"documents[{i}].id", "is required")
         limits = self.limits
@@ -283,7 +285,7 @@ class Collection:
             raise InvalidArgument(f"documents[{i}].text", "must not be empty or only whitespace")
         if doc.vectors is not None:
             self._validate_vectors(doc.vectors, f"documents[{i}].vectors", limits.max_document_tokens)
-        doc.metadata = meta.validate(doc.metadata, f"documents[{i}].metadata", self.limits)
+        return meta.validate(doc.metadata, f"documents[{i}].metadata", self.limits)
 
     def _validate_vectors(self, vectors: np.ndarray, field_name: str, max_tokens: int) -> None:
         if vectors.ndim != 2 or vectors.shape[0] < 1:
@@ -346,10 +348,12 @@ class Collection:
 
     # ------------------------------------------------------------------------------ metadata
 
-    def matching(self, where: meta.Filter, field: str = "where") -> set[int]:
+    def matching(self, where: meta.Filter) -> set[int]:
         """The labels of the live documents matching a filter (evaluated in the catalog, see
-        :mod:`mvr.server.metadata`); INVALID_ARGUMENT naming the path inside ``field``."""
-        return self.store.matching(*meta.compile_filter(where, field, self.store.metadata_kinds))
+        :mod:`mvr.server.metadata`); INVALID_ARGUMENT naming the path inside ``where``."""
+        compiled = self._compiled(None, where)
+        assert compiled is not None
+        return self.store.matching(*compiled)
 
     def _compiled(
         self, filter: dict[str, str] | None, where: meta.Filter | None

@@ -56,20 +56,20 @@ def collection_id_from_name(name: str, field: str) -> str:
 
 def document_name_parts(name: str, field: str) -> tuple[str, str]:
     """``collections/{c}/documents/{d}`` → ``(c, d)``; ``d`` is everything after ``/documents/``."""
-    match = _DOCUMENT_NAME.match(name)
-    if match is None:
-        raise InvalidArgument(
-            field, f"{name!r} is not a document name of the form 'collections/{{c}}/documents/{{id}}'"
-        )
-    return match.group(1), match.group(2)
+    return _child_name_parts(_DOCUMENT_NAME, "document", name, field)
 
 
 def snapshot_name_parts(name: str, field: str) -> tuple[str, str]:
     """``collections/{c}/snapshots/{s}`` → ``(c, s)``; the parts' own syntax is checked by the engine."""
-    match = _SNAPSHOT_NAME.match(name)
+    return _child_name_parts(_SNAPSHOT_NAME, "snapshot", name, field)
+
+
+def _child_name_parts(pattern: re.Pattern[str], kind: str, name: str, field: str) -> tuple[str, str]:
+    """The collection id and child id of a ``collections/{c}/{kind}s/{id}`` resource name."""
+    match = pattern.match(name)
     if match is None:
         raise InvalidArgument(
-            field, f"{name!r} is not a snapshot name of the form 'collections/{{c}}/snapshots/{{id}}'"
+            field, f"{name!r} is not a {kind} name of the form 'collections/{{c}}/{kind}s/{{id}}'"
         )
     return match.group(1), match.group(2)
 

@@ -240,12 +240,17 @@ class CollectionManager:
         log.info("snapshot created", extra={"collection": name, "snapshot": snapshot_id, "bytes": size})
         return info
 
+    def check_restorable(self, name: str) -> None:
+        """INVALID_ARGUMENT, ALREADY_EXISTS or RESOURCE_EXHAUSTED if a collection ``name`` cannot be
+        created now: what a restore checks before it unpacks (and a service before it receives) a file."""
+        self.check_name(name, "collection_id")
+        with self._lock:
+            self._check_room(name)
+
     def restore(self, name: str, source: Path, field: str) -> CollectionConfig:
         """Creates collection ``name`` from the snapshot file ``source``; ``field`` names the source in
         errors. The collection appears whole or not at all, as at creation."""
-        self.check_name(name, "collection_id")
-        with self._lock:
-            self._check_room(name)  # before the work, to fail fast (checked again below)
+        self.check_restorable(name)  # before the work, to fail fast (the room is checked again below)
         # unpacked and checked outside the lock (it copies the whole collection), under its own name
         staging = self.root / f".restoring-{name}-{uuid.uuid4().hex[:8]}"
         try:

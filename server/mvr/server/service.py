@@ -557,9 +557,7 @@ class SnapshotService(sngrpc.SnapshotServiceServicer):
         first = next(request_iterator, None)
         if first is None or not first.collection_id:
             raise InvalidArgument("collection_id", "is required in the stream's first message")
-        manager.check_name(first.collection_id, "collection_id")
-        if first.collection_id in {c.name for c in manager.list()}:  # before any upload: fail fast
-            raise AlreadyExists(f"collection {first.collection_id!r} already exists")
+        manager.check_restorable(first.collection_id)  # before any upload: fail fast
         if first.snapshot:
             return self._restore_kept(first, request_iterator)
         upload = manager.snapshots.upload_path()
