@@ -1,13 +1,16 @@
 """Filtered search beside unfiltered: latency and recall at 1%, 10% and 50% selectivity.
 
 Builds (or reuses, ``--dir``) a topic-clustered collection of ``--docs`` documents (128-d, 30–200
-tokens) whose metadata holds ``bucket`` = i % 100, so that ``{"bucket": {"$lt": s}}`` selects s% of
-them, then, one query at a time on one thread (BLAS, Numba), times per query: the filter's evaluation
-alone (SQLite, :meth:`Collection.matching`), the filtered search (evaluation included) and the
-unfiltered search; and measures recall@10 against exact Chamfer by brute force over the matching
-documents (the unfiltered row: over all documents).
+tokens) whose metadata holds ``bucket`` = i % 100 and ``tags`` = ["t{i % 10}", "even" | "odd"], so
+that ``{"bucket": {"$lt": s}}`` selects s% of them, ``{"tags": "t3"}`` 10% and ``{"tags": "even"}``
+50% (a string in a list: a posting list), then, one query at a time on one thread (BLAS, Numba),
+times per query: the filter's evaluation alone, on the resident columns that search reads
+(:meth:`Collection.allowed`) and in SQLite over the catalog (:meth:`Collection.matching`, what
+delete-by-filter runs) side by side, the filtered search (evaluation included) and the unfiltered
+search; and measures recall@10 against exact Chamfer by brute force over the matching documents (the
+unfiltered row: over all documents).
 
-    python bench/filters.py [--docs 100000] [--queries 50] [--dir /tmp/mvr-filters-100k] \\
+    python bench/filters.py [--docs 100000] [--queries 50] [--dir /tmp/mvr-filters-100k-tags] \\
         [--out bench/results/filters_100k.json]
 """
 
@@ -26,11 +29,23 @@ sys.path[:0] = [str(ROOT / "server"), str(ROOT / "bench")]
 
 from mvr.server.app import limit_blas_threads  # noqa: E402
 from mvr.server.manager import CollectionManager  # noqa: E402
-from mvr.server.metadata import Condition  # noqa: E402
+from mvr.server.metadata import AllOf, Condition, Not  # noqa: E402
 from mvr.server.values import DocumentInput  # noqa: E402
 from synthetic import TopicCorpusSpec, exact_top_k, make_topic_corpus, make_topic_queries  # noqa: E402
 
-SELECTIVITY = (1, 10, 50)  # percent
+# (row name, filter, which documents i match)
+FILTERS = [
+    ("bucket<1 (1%)", Condition("bucket", "lt", 1), lambda i: i % 100 < 1),
+    ("bucket<10 (10%)", Condition("bucket", "lt", 10), lambda i: i % 100 < 10),
+    ("bucket<50 (50%)", Condition("bucket", "lt", 50), lambda i: i % 100 < 50),
+    ("tags=t3 (10%)", Condition("tags", "eq", "t3"), lambda i: i % 10 == 3),
+    ("tags=even (50%)", Condition("tags", "eq", "even"), lambda i: i % 2 == 0),
+    (
+        "bucket<20 and not tags=odd (10%)",
+        AllOf((Condition("bucket", "lt", 20), Not(Condition("tags", "eq", "odd")))),
+        lambda i: i % 100 < 20 and i % 2 == 0,
+    ),
+]
 
 
 def build(directory: Path, corpus, threads: int) -> dict:
@@ -48,7 +63,7 @@ def build(directory: Path, corpus, threads: int) -> dict:
                 DocumentInput(
                     str(i),
                     vectors=corpus.tokens[corpus.offsets[i] : corpus.offsets[i + 1]],
-                    metadata={"bucket": i % 100},
+                    metadata={"bucket": i % 100, "tags": [f"t{i % 10}", "odd" if i % 2 else "even"]},
                 )
                 for i in range(start, stop)
             ]
@@ -91,7 +106,7 @@ def main() -> None:
     )
     parser.add_argument("--docs", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=50)
-    parser.add_argument("--dir", type=Path, default=Path("/tmp/mvr-filters-100k"))
+    parser.add_argument("--dir", type=Path, default=Path("/tmp/mvr-filters-100k-tags"))
     parser.add_argument("--build-threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/filters_100k.json")
     args = parser.parse_args()
@@ -112,18 +127,20 @@ def main() -> None:
     truth = subset_truth(corpus, queries, all_ids)
     times, results = timed(lambda q: collection.search(q, 10), queries)
     rows = {"unfiltered": {**summary(times), "recall_at_10": _recall(results, truth)}}
-    for percent in SELECTIVITY:
-        where = Condition("bucket", "lt", percent)
-        evaluation, _ = timed(lambda q, w=where: collection.matching(w), queries)
+    for name, where, matches in FILTERS:
+        resident, _ = timed(lambda q, w=where: collection.allowed(None, w), queries)
+        sql, _ = timed(lambda q, w=where: collection.matching(w), queries)
         times, results = timed(lambda q, w=where: collection.search(q, 10, where=w), queries)
-        truth = subset_truth(corpus, queries, all_ids[all_ids % 100 < percent])
-        rows[f"{percent}%"] = {
+        selected = all_ids[[matches(int(i)) for i in all_ids]]
+        truth = subset_truth(corpus, queries, selected)
+        rows[name] = {
             **summary(times),
-            "filter_evaluation_p50_ms": summary(evaluation)["p50_ms"],
+            "filter_evaluation_p50_ms": summary(resident)["p50_ms"],
+            "sql_evaluation_p50_ms": summary(sql)["p50_ms"],
             "recall_at_10": _recall(results, truth),
-            "matching_documents": int(np.count_nonzero(all_ids % 100 < percent)),
+            "matching_documents": len(selected),
         }
-        print(percent, rows[f"{percent}%"], flush=True)
+        print(name, rows[name], flush=True)
     manager.close()
     result["searches"] = rows
     print(json.dumps(result, indent=2))

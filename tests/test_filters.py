@@ -1,6 +1,7 @@
-"""Typed metadata and filters: the SQL evaluation agrees with a reference evaluator on random filters,
-filtered search returns the brute-force top_k for one match, 1% and 50% of the documents, bad filters
-name their path, and filters apply to listing and deleting; through gRPC and the Python client too."""
+"""Typed metadata and filters: both evaluations (SQL over the catalog, resident columns) agree with a
+reference evaluator on random filters, filtered search returns the brute-force top_k for one match, 1%
+and 50% of the documents, bad filters name their path, and filters apply to listing and deleting;
+through gRPC and the Python client too."""
 
 from __future__ import annotations
 
@@ -137,9 +138,12 @@ filters = st.recursive(
 
 @settings(max_examples=150, deadline=None)
 @given(node=filters)
-def test_sql_evaluation_agrees_with_the_reference(filtered, node) -> None:
+def test_both_evaluations_agree_with_the_reference(filtered, node) -> None:
     expected = {r.label for r in filtered.store.records.values() if reference(node, dict(r.metadata))}
-    assert filtered.matching(node) == expected
+    assert filtered.matching(node) == expected  # SQL over the catalog
+    allowed = filtered.allowed(None, node)  # the resident columns
+    assert allowed is not None and set(allowed.labels().tolist()) == expected == set(allowed.labels())
+    assert allowed.count == len(expected)
 
 
 # ------------------------------------------------------------------------------------------ search

@@ -50,6 +50,7 @@ from mvr.server.fde import FDE, FDE_FILE
 from mvr.server.index import INDEX_FILE, SIDECAR_FILE, HnswIndex, IndexParams
 from mvr.server.indexer import COMPACT_MIN_DEAD_BYTES, Indexer
 from mvr.server.limits import Limits
+from mvr.server.metadata_index import LabelSet
 from mvr.server.search import PendingBatch, Searcher, SearchParams
 from mvr.server.store import CATALOG, CODES, VECTORS, NewDocument, Record, Store, token_offsets
 from mvr.server.tokens import TokenIndex
@@ -349,27 +350,30 @@ class Collection:
     # ------------------------------------------------------------------------------ metadata
 
     def matching(self, where: meta.Filter) -> set[int]:
-        """The labels of the live documents matching a filter (evaluated in the catalog, see
-        :mod:`mvr.server.metadata`); INVALID_ARGUMENT naming the path inside ``where``."""
-        compiled = self._compiled(None, where)
-        assert compiled is not None
-        return self.store.matching(*compiled)
+        """The labels of the live documents matching a filter, evaluated in the catalog (what
+        delete-by-filter removes); INVALID_ARGUMENT naming the path inside ``where``."""
+        checked = self._checked(None, where)
+        assert checked is not None
+        return self.store.matching(*meta.to_sql(checked))
 
-    def _compiled(
-        self, filter: dict[str, str] | None, where: meta.Filter | None
-    ) -> tuple[str, list[object]] | None:
-        """Both filters as one SQL query (None: every document)."""
+    def allowed(self, filter: dict[str, str] | None, where: meta.Filter | None) -> LabelSet | None:
+        """The live versions both filters select, from the resident columns (what a filtered vector
+        search reads; None: no filter)."""
+        checked = self._checked(filter, where)
+        return None if checked is None else self.store.metadata_index.evaluate(checked)
+
+    def _checked(self, filter: dict[str, str] | None, where: meta.Filter | None) -> meta.Checked | None:
+        """Both filters validated as one (None: every document). Operand types are checked against
+        the kinds the resident columns say each key holds."""
+        kinds_of = self.store.metadata_index.kinds_of
         parts = []
         if filter:  # the exact-match string map: string equality, no type checks (its old semantics)
-            parts.append(
-                meta.compile_filter(meta.equality(filter), "filter", self.store.metadata_kinds, strict=False)
-            )
+            parts.append(meta.check_filter(meta.equality(filter), "filter", kinds_of, strict=False))
         if where is not None:
-            parts.append(meta.compile_filter(where, "where", self.store.metadata_kinds))
+            parts.append(meta.check_filter(where, "where", kinds_of))
         if not parts:
             return None
-        sql = " INTERSECT ".join(f"SELECT label FROM ({part})" for part, _ in parts)
-        return sql, [p for _, params in parts for p in params]
+        return parts[0] if len(parts) == 1 else meta.AllOf(tuple(parts))
 
     # ------------------------------------------------------------------------------ reads
 
@@ -394,7 +398,8 @@ class Collection:
         include_vectors: bool = False,
         where: meta.Filter | None = None,
     ) -> tuple[list[Document], str | None]:
-        compiled = self._compiled(None, where)
+        checked = self._checked(None, where)
+        compiled = None if checked is None else meta.to_sql(checked)
         ids = self.store.ids_after(after_id, page_size + 1, compiled)  # one more: is there a next page?
         page = []
         for doc_id in ids[:page_size]:
@@ -449,11 +454,12 @@ class Collection:
         weight = self._check_mode(mode, semantic_weight, text)
         params = SearchParams(top_k, candidates, ef, probe, centroid_candidates, explain)
         params.check(self.limits)
-        compiled = self._compiled(filter, where)
+        checked = self._checked(filter, where)
+        compiled = None if checked is None or mode == "semantic" else meta.to_sql(checked)
         if mode == "keyword":
             assert text is not None
             return self._keyword_hits(text, top_k, compiled, deadline)
-        allowed = None if compiled is None else self.store.matching(*compiled)
+        allowed = None if checked is None else self.store.metadata_index.evaluate(checked)
         field_name = "query.vectors"
         if isinstance(query, str):
             check_deadline(deadline, "encoding the query")

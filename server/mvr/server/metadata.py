@@ -3,9 +3,12 @@
 Owns what a metadata value may be (string, integer, finite float, boolean, tuple of strings), its
 validation against the server's limits, the rows it becomes in the catalog's ``metadata_values``
 table (one per key, one per entry of a list; ``kind`` s/l/n/b for string, list entry, number, boolean),
-and the compilation of a filter tree into one SQL query over that table that yields the matching
-labels (indexed by key, kind and value: a range or an equality is an index range scan; and / or / not
-are INTERSECT / UNION / EXCEPT). The store runs the query (:meth:`mvr.server.store.Store.matching`).
+the validation of a filter tree (:func:`check_filter`: sizes, operators, operand types, errors naming
+the path inside the filter) and its compilation into one SQL query over that table that yields the
+matching labels (indexed by key, kind and value: a range or an equality is an index range scan; and /
+or / not are INTERSECT / UNION / EXCEPT), which the catalog's own operations run (id-ordered pages,
+delete-by-filter, keyword search). Vector search evaluates the same checked filter on resident
+columns (:mod:`mvr.server.metadata_index`).
 
 Semantics, as in MongoDB's filter language (which Pinecone's and Chroma's follow): a list field
 matches a condition when any entry does; ``$ne`` and ``$nin`` also match documents without the key;
@@ -153,19 +156,42 @@ MAX_FILTER_VALUES = 1024  # operands of one $in / $nin
 _FAMILIES = {"s": ("s", "l"), "n": ("n",), "b": ("b",)}  # what a string / number / boolean operand meets
 
 
+@dataclass(frozen=True)
+class Test:
+    """A validated condition. ``op``: eq (also in), gt, gte, lt, lte or exists; ``operands``: the
+    operand values by family (s: strings, which meet strings and list entries; n: numbers; b:
+    booleans); ``negated``: ne, nin and exists false select the live documents the test does not."""
+
+    key: str
+    op: str
+    operands: tuple[tuple[str, tuple[MetaValue, ...]], ...] = ()
+    negated: bool = False
+
+
+Checked = Test | AllOf | AnyOf | Not  # a filter tree whose leaves are Tests
+
+
+def check_filter(
+    node: Filter, path: str, kinds_of: Callable[[str], set[str]], *, strict: bool = True
+) -> Checked:
+    """The filter validated (its size, its operators, its operands, and, when ``strict``, each
+    operand's type against the kinds ``kinds_of(key)`` says the key holds in the collection), with
+    errors naming the path inside the filter. Both evaluators take the result: SQL over the catalog
+    (:func:`to_sql`) and the resident columns (:class:`mvr.server.metadata_index.MetadataIndex`)."""
+    budget = [MAX_FILTER_CONDITIONS]
+    return _check(node, path, kinds_of, strict, 0, budget)
+
+
 def compile_filter(
     node: Filter, path: str, kinds_of: Callable[[str], set[str]], *, strict: bool = True
 ) -> tuple[str, list[object]]:
-    """SQL selecting the labels of the live documents that match ``node``, and its parameters.
-    ``kinds_of(key)``: the kinds the key holds in the collection (for the type-mismatch check, skipped
-    when not ``strict``). Errors name the path inside the filter."""
-    budget = [MAX_FILTER_CONDITIONS]
-    return _compile(node, path, kinds_of, strict, 0, budget)
+    """SQL selecting the labels of the live documents that match ``node``, and its parameters."""
+    return to_sql(check_filter(node, path, kinds_of, strict=strict))
 
 
-def _compile(
+def _check(
     node: Filter, path: str, kinds_of: Callable[[str], set[str]], strict: bool, depth: int, budget: list[int]
-) -> tuple[str, list[object]]:
+) -> Checked:
     if depth > MAX_FILTER_DEPTH:
         raise InvalidArgument(
             path, f"nests deeper than {MAX_FILTER_DEPTH} levels of all_of / any_of / negation"
@@ -179,20 +205,15 @@ def _compile(
         name = "all_of" if isinstance(node, AllOf) else "any_of"
         if not node.filters:
             raise InvalidArgument(f"{path}.{name}", "needs at least one filter")
-        parts = [
-            _compile(f, f"{path}.{name}.filters[{i}]", kinds_of, strict, depth + 1, budget)
+        checked = tuple(
+            _check(f, f"{path}.{name}.filters[{i}]", kinds_of, strict, depth + 1, budget)
             for i, f in enumerate(node.filters)
-        ]
-        glue = " INTERSECT " if isinstance(node, AllOf) else " UNION "
-        sql = glue.join(f"SELECT label FROM ({part})" for part, _ in parts)
-        return sql, [p for _, params in parts for p in params]
-    inner, params = _compile(node.filter, f"{path}.negation", kinds_of, strict, depth + 1, budget)
-    return f"SELECT label FROM documents EXCEPT SELECT label FROM ({inner})", params
+        )
+        return AllOf(checked) if isinstance(node, AllOf) else AnyOf(checked)
+    return Not(_check(node.filter, f"{path}.negation", kinds_of, strict, depth + 1, budget))
 
 
-def _condition(
-    node: Condition, path: str, kinds_of: Callable[[str], set[str]], strict: bool
-) -> tuple[str, list[object]]:
+def _condition(node: Condition, path: str, kinds_of: Callable[[str], set[str]], strict: bool) -> Test:
     path = f"{path}.condition"
     if not node.key:
         raise InvalidArgument(f"{path}.key", "is required")
@@ -201,8 +222,7 @@ def _condition(
     if node.op == "exists":
         if node.exists is None:
             raise InvalidArgument(f"{path}.exists", "is required by exists (true or false)")
-        has = "SELECT label FROM metadata_values WHERE key = ?"
-        return (has, [node.key]) if node.exists else (f"SELECT label FROM documents EXCEPT {has}", [node.key])
+        return Test(node.key, "exists", negated=not node.exists)
     if node.op in ("in", "nin"):
         if not node.values:
             raise InvalidArgument(f"{path}.values", f"{node.op} needs at least one value")
@@ -216,7 +236,7 @@ def _condition(
             raise InvalidArgument(f"{path}.value", f"is required by {node.op}")
         operands = [(node.value, f"{path}.value")]
     present = kinds_of(node.key) if strict else set()
-    by_family: dict[str, list[object]] = {}
+    by_family: dict[str, list[MetaValue]] = {}
     for value, field in operands:
         kind = _operand_kind(value, field, node.op)
         if present and not present & set(_FAMILIES[kind]):
@@ -225,17 +245,40 @@ def _condition(
                 field,
                 f"is the {_type_name(value)} {value!r}, but {node.key!r} holds {held} in this collection",
             )
-        by_family.setdefault(kind, []).append(int(value) if kind == "b" else value)
-    clauses, params = [], [node.key]
-    for kind, values in by_family.items():
-        kinds = ", ".join(f"'{k}'" for k in _FAMILIES[kind])
-        if node.op in RANGES:
-            clauses.append(f"(kind IN ({kinds}) AND value {RANGES[node.op]} ?)")
-        else:  # eq ne in nin: one IN list per family (an index range scan per value)
-            clauses.append(f"(kind IN ({kinds}) AND value IN ({', '.join('?' * len(values))}))")
-        params += values
-    sql = f"SELECT label FROM metadata_values WHERE key = ? AND ({' OR '.join(clauses)})"
-    if node.op in ("ne", "nin"):
+        by_family.setdefault(kind, []).append(value)
+    op = node.op if node.op in RANGES else "eq"
+    grouped = tuple((kind, tuple(values)) for kind, values in by_family.items())
+    return Test(node.key, op, grouped, negated=node.op in ("ne", "nin"))
+
+
+def to_sql(node: Checked) -> tuple[str, list[object]]:
+    """SQL over the catalog's ``metadata_values`` selecting the labels of the live documents that
+    match a checked filter, and its parameters."""
+    if isinstance(node, Test):
+        return _test_sql(node)
+    if isinstance(node, AllOf | AnyOf):
+        parts = [to_sql(f) for f in node.filters]
+        glue = " INTERSECT " if isinstance(node, AllOf) else " UNION "
+        sql = glue.join(f"SELECT label FROM ({part})" for part, _ in parts)
+        return sql, [p for _, params in parts for p in params]
+    inner, params = to_sql(node.filter)
+    return f"SELECT label FROM documents EXCEPT SELECT label FROM ({inner})", params
+
+
+def _test_sql(test: Test) -> tuple[str, list[object]]:
+    if test.op == "exists":
+        sql, params = "SELECT label FROM metadata_values WHERE key = ?", [test.key]
+    else:
+        clauses, params = [], [test.key]
+        for kind, values in test.operands:
+            kinds = ", ".join(f"'{k}'" for k in _FAMILIES[kind])
+            if test.op in RANGES:
+                clauses.append(f"(kind IN ({kinds}) AND value {RANGES[test.op]} ?)")
+            else:  # eq / in: one IN list per family (an index range scan per value)
+                clauses.append(f"(kind IN ({kinds}) AND value IN ({', '.join('?' * len(values))}))")
+            params += [int(v) if kind == "b" else v for v in values]
+        sql = f"SELECT label FROM metadata_values WHERE key = ? AND ({' OR '.join(clauses)})"
+    if test.negated:
         return f"SELECT label FROM documents EXCEPT {sql}", params
     return sql, params
 

@@ -43,6 +43,7 @@ from mvr.server.errors import check_deadline
 from mvr.server.fde import FDE
 from mvr.server.index import HnswIndex
 from mvr.server.limits import Limits
+from mvr.server.metadata_index import LabelSet
 from mvr.server.rerank import maxsim_tiled
 from mvr.server.store import MappedFile, Record, Store, read_vectors
 from mvr.server.tokens import TokenIndex, TokenSnapshot
@@ -133,7 +134,7 @@ class Searcher:
         self,
         query: np.ndarray,
         params: SearchParams,
-        allowed: set[int] | None,
+        allowed: LabelSet | None,
         deadline: float | None = None,
     ) -> list[Hit]:
         """The cascade; stops with DeadlineExceeded between stages (and between the exact stage's
@@ -142,8 +143,8 @@ class Searcher:
         snapshot = None if token_index is None else token_index.snapshot
         default = DEFAULT_CANDIDATES if snapshot is not None else DEFAULT_CANDIDATES_UNCODED
         n_candidates = params.candidates or max(default, 10 * params.top_k)
-        if allowed is not None and len(allowed) <= n_candidates:
-            labels = np.fromiter(allowed, dtype=np.int64, count=len(allowed))  # few matches: score them all
+        if allowed is not None and allowed.count <= n_candidates:
+            labels = allowed.labels()  # few matches: score them all
             with engine_metrics.stage("exact"):
                 return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
         coded = snapshot is not None and snapshot.n > 0
@@ -166,7 +167,7 @@ class Searcher:
         query: np.ndarray,
         params: SearchParams,
         k: int,
-        allowed: set[int] | None,
+        allowed: LabelSet | None,
         deadline: float | None,
     ) -> np.ndarray:
         """The graph stage's k labels (none for k = 0)."""
@@ -179,7 +180,7 @@ class Searcher:
             return self.graph_stage(self._fde.encode_query(query), k, ef, allowed)
 
     def _graph_budget(
-        self, snapshot: TokenSnapshot, params: SearchParams, n_candidates: int, allowed: set[int] | None
+        self, snapshot: TokenSnapshot, params: SearchParams, n_candidates: int, allowed: LabelSet | None
     ) -> int:
         """How many documents the graph sends to the exact stage in a coded collection: a quarter of
         the candidates when every live document is coded (the centroid stages find the rest), growing
@@ -199,7 +200,7 @@ class Searcher:
 
     # ------------------------------------------------------------------------------ stages
 
-    def graph_stage(self, query_fde: np.ndarray, k: int, ef: int, allowed: set[int] | None) -> np.ndarray:
+    def graph_stage(self, query_fde: np.ndarray, k: int, ef: int, allowed: LabelSet | None) -> np.ndarray:
         """Top-k labels by FDE inner product: HNSW over indexed documents, exact over pending ones."""
         graph_labels, graph_scores = self._index().search(
             query_fde, k, ef, None if allowed is None else allowed.__contains__
@@ -207,9 +208,7 @@ class Searcher:
         labels, scores = [graph_labels], [graph_scores]
         for batch in self._pending():  # the list is replaced, never mutated: a consistent snapshot
             batch_scores = batch.fdes @ query_fde
-            keep = (
-                np.ones(len(batch.labels), bool) if allowed is None else np.isin(batch.labels, list(allowed))
-            )
+            keep = np.ones(len(batch.labels), bool) if allowed is None else allowed.has(batch.labels)
             labels.append(batch.labels[keep])
             scores.append(batch_scores[keep])
         all_labels, all_scores = np.concatenate(labels), np.concatenate(scores)
@@ -223,16 +222,14 @@ class Searcher:
         snapshot: TokenSnapshot,
         params: SearchParams,
         n_candidates: int,
-        allowed: set[int] | None,
+        allowed: LabelSet | None,
     ) -> np.ndarray:
         """Probe + centroid interaction: the labels of the ``n_candidates`` best coded documents."""
         n_centroids = snapshot.codec.n_centroids
         scores = centroid_scores(snapshot.codec.centroids, query)
         alive = snapshot.alive[: snapshot.n]
         if allowed is not None:
-            alive = alive & np.isin(snapshot.labels, np.fromiter(allowed, np.int64, len(allowed))).astype(
-                np.uint8
-            )
+            alive = alive & allowed.has(snapshot.labels[: snapshot.n]).astype(np.uint8)
         probed, _ = probe_lists(
             scores,
             probe_table(scores, len(query), params.probe or default_probe(n_centroids)),

@@ -52,6 +52,7 @@ from mvr.server import metadata as meta
 from mvr.server.codec import Codec
 from mvr.server.errors import FailedPrecondition
 from mvr.server.metadata import MetaValue
+from mvr.server.metadata_index import MetadataIndex
 
 CATALOG = "catalog.sqlite"
 VECTORS = "vectors.bin"
@@ -86,11 +87,6 @@ CREATE INDEX IF NOT EXISTS metadata_by_label ON metadata_values (label);
 # Unicode word splitting: "deleting" finds "delete". A collection written before it existed gets it
 # filled once at open (state key text_indexed).
 _WORD = re.compile(r"\w+")
-_KINDS = "slnb"
-_KINDS_OF_KEY = " UNION ALL ".join(
-    f"SELECT '{kind}' WHERE EXISTS (SELECT 1 FROM metadata_values WHERE key = ? AND kind = '{kind}')"
-    for kind in _KINDS
-)
 MAX_KEYWORD_TERMS = 64
 CODES = "codes.bin"
 REWRITE_SUFFIX = ".rewrite"  # codes.bin.rewrite: the code file of a retrained codec, until committed
@@ -301,6 +297,8 @@ class Store:
         self.codec_trained_tokens = self._state("codec_trained_tokens", 0)
         self.records: dict[str, Record] = {}
         self.by_label: dict[int, Record] = {}
+        # the live versions' metadata as resident columns, what filtered searches evaluate
+        self.metadata_index = MetadataIndex()
         self.live_tokens = 0  # tokens of the live documents
         self._load_records()
 
@@ -419,11 +417,6 @@ class Store:
         """The labels a compiled filter (:func:`mvr.server.metadata.compile_filter`) selects."""
         return {row[0] for row in self._read(sql, params)}
 
-    def metadata_kinds(self, key: str) -> set[str]:
-        """The kinds of value ``key`` holds in the collection (s, l, n, b): one index probe per kind
-        (SELECT DISTINCT kind reads every entry of the key, once per filtered search: bench/filters.py)."""
-        return {row[0] for row in self._read(_KINDS_OF_KEY, (key,) * len(_KINDS))}
-
     def keyword_search(
         self, text: str, limit: int, where: tuple[str, Sequence[object]] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -467,6 +460,7 @@ class Store:
             self.records[doc_id] = record
             self.by_label[label] = record
             self.live_tokens += n_tokens
+        self.metadata_index.add((r.label, r.metadata) for r in self.by_label.values())
 
     # ------------------------------------------------------------------------------ codes
 
@@ -655,6 +649,9 @@ class Store:
             )
             for label, d, offset in zip(labels, docs, offsets, strict=True)
         ]
+        # filterable before they are searchable, and searchable until they are not filterable: a
+        # filtered search never selects a version its candidates cannot hold (exact_stage skips those)
+        self.metadata_index.add((r.label, r.metadata) for r in records)
         for record in records:
             self.records[record.id] = record
             self.by_label[record.label] = record
@@ -663,6 +660,7 @@ class Store:
             if record is not None:
                 self.by_label.pop(record.label, None)
                 self.live_tokens -= record.n_tokens
+        self.metadata_index.remove((r.label, r.metadata) for r in replaced if r is not None)
         return records, replaced
 
     def delete(self, ids: Iterable[str]) -> list[Record | None]:
@@ -686,6 +684,7 @@ class Store:
                 self.records.pop(record.id, None)
                 self.by_label.pop(record.label, None)
                 self.live_tokens -= record.n_tokens
+            self.metadata_index.remove((r.label, r.metadata) for r in present)
         return removed
 
     def _drop_labels(self, labels: list[int]) -> None:
