@@ -53,6 +53,19 @@ def test_the_corpus_splits_the_docs_into_titled_passages(tmp_path: Path) -> None
     assert "rpc DeleteDocuments" in delete["text"]
 
 
+def test_every_benchmark_question_points_at_sections_that_exist(tmp_path: Path) -> None:
+    """bench/hybrid.py's labels name sections by heading: a renamed heading must not orphan one."""
+    copy = bare_copy(tmp_path)
+    out = tmp_path / "passages.jsonl"
+    subprocess.run([sys.executable, str(copy / "scripts/sample_corpus.py"), "--out", str(out)], check=True)
+    sources = {json.loads(line)["source"] for line in out.read_text().splitlines()}
+    questions = json.loads((REPO / "bench/docs_questions.json").read_text())["questions"]
+    assert len(questions) >= 20
+    for question in questions:
+        missing = [label for label in question["relevant"] if label not in sources]
+        assert question["relevant"] and not missing, (question["q"], missing)
+
+
 @pytest.mark.slow
 def test_quick_start_questions_find_their_passages_on_a_bare_clone(tmp_path: Path) -> None:
     copy = bare_copy(tmp_path)

@@ -199,6 +199,17 @@ def test_bad_filters_name_their_path(filtered) -> None:
         assert raised.value.field == field
 
 
+def test_the_exact_match_map_names_itself(filtered) -> None:
+    query = unit(np.random.default_rng(0), 3)
+    for mapping, message in [({"": "x"}, "empty key"), ({f"k{i}": "x" for i in range(65)}, "65 keys")]:
+        with pytest.raises(InvalidArgument, match=message) as raised:
+            filtered.search(query, 5, filter=mapping)
+        assert raised.value.field == "filter"
+    assert [
+        h.id for h in filtered.search(query, 5, filter={"parity": "odd", "bucket": "7"})
+    ] == []  # strings only
+
+
 def test_operands_are_checked_as_values_are_and_filters_are_bounded(filtered) -> None:
     from mvr.server.metadata import MAX_FILTER_CONDITIONS, MAX_FILTER_DEPTH, MAX_FILTER_VALUES
 

@@ -59,8 +59,14 @@ class Not:
 Filter = Condition | AllOf | AnyOf | Not
 
 
-def equality(mapping: Mapping[str, str]) -> Filter:
-    """The filter of the exact-match string map (SearchRequest.filter): every key has that string."""
+def equality(mapping: Mapping[str, str], field: str = "filter") -> Filter:
+    """The filter of the exact-match string map (SearchRequest.filter): every key has that string.
+    INVALID_ARGUMENT naming ``field`` (the map, not a path inside a tree it never was) for an empty key
+    or more keys than a filter's conditions."""
+    if "" in mapping:
+        raise InvalidArgument(field, "has an empty key")
+    if len(mapping) > MAX_FILTER_CONDITIONS:
+        raise InvalidArgument(field, f"has {len(mapping)} keys; the limit is {MAX_FILTER_CONDITIONS}")
     return AllOf(tuple(Condition(key, "eq", value) for key, value in sorted(mapping.items())))
 
 
