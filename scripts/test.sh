@@ -6,7 +6,7 @@
 # are missing; otherwise tests/test_go_client.py and tests/test_ts_client.py skip and name them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh dev
+bash scripts/install.sh dev ray
 venv="${MVR_VENV:-.venv}"
 debian_packages=(
   golang-go protobuf-compiler golang-google-protobuf-dev protoc-gen-go-grpc golang-google-grpc-dev

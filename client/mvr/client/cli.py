@@ -218,8 +218,15 @@ def parse_line(raw: bytes, line_number: int, end_offset: int, text_field: str, i
         )
     doc_id = record.pop(id_field, None)
     doc_id = str(line_number) if doc_id is None else str(doc_id)
-    metadata = {k: v if _typed(v) else json.dumps(v) for k, v in record.items()}
-    return IngestLine(end_offset, line_number, Document(doc_id, text=text, metadata=metadata))
+    return IngestLine(
+        end_offset, line_number, Document(doc_id, text=text, metadata=metadata_of_record(record))
+    )
+
+
+def metadata_of_record(record: dict) -> dict:
+    """A record's fields other than the text and the id, as metadata: strings, numbers, booleans and
+    lists of strings with their JSON types; null, objects and other lists JSON-encoded into a string."""
+    return {k: v if _typed(v) else json.dumps(v) for k, v in record.items()}
 
 
 def read_lines(path: Path, start_offset: int, text_field: str, id_field: str) -> Iterator[IngestLine]:
@@ -599,7 +606,71 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("--as", dest="as_name", required=True, help="the new collection's id")
     snapshot.set_defaults(run=_snapshot)
+    _cluster_parser(sub)
     return parser
+
+
+def _cluster_parser(sub: argparse._SubParsersAction) -> None:
+    cluster = sub.add_parser("cluster", help="past one machine, on Ray (the `ray` extra)")
+    actions = cluster.add_subparsers(dest="action", required=True)
+    ingest = actions.add_parser(
+        "ingest", help="encode JSONL / Parquet files on Ray Data into N shard collections"
+    )
+    ingest.add_argument("files", nargs="+", help="JSONL (.jsonl, .json, .ndjson) or Parquet (.parquet) files")
+    ingest.add_argument("--collection", required=True)
+    ingest.add_argument("--shards", type=int, required=True, help="shard count (fixed once written)")
+    ingest.add_argument("--out", required=True, help="the shards directory (cluster.json + shard-*-of-*)")
+    ingest.add_argument("--model", default="default", help="encoder: 'default', a directory or a hub name")
+    ingest.add_argument("--text-field", default="text")
+    ingest.add_argument("--id-field", default="id", help="required in every record: it decides the shard")
+    ingest.add_argument("--actors", type=int, default=1, help="encoding actors (each loads the model once)")
+    ingest.add_argument("--batch-size", type=int, default=64, help="records per encoding call")
+    ingest.add_argument("--threads-per-actor", type=int, default=1, help="torch threads (and CPUs) per actor")
+    ingest.add_argument(
+        "--address", default=None, help="a running Ray cluster to join (default: start a local one)"
+    )
+    ingest.set_defaults(run=_cluster_ingest)
+
+
+def _cluster_ingest(args: argparse.Namespace) -> int:
+    try:
+        import ray
+        from mvr.cluster.ingest import ingest
+        from mvr.cluster.sharding import ManifestMismatch
+        from mvr.server.errors import InvalidArgument
+    except ImportError as error:
+        raise SystemExit(
+            f"error: `mvr cluster` needs Ray ({error.name} is missing): bash scripts/install.sh ray, "
+            "or pip install 'mvr[server,ray]'"
+        ) from None
+    if args.address:
+        ray.init(address=args.address)
+    else:
+        ray.init(include_dashboard=False)
+    try:
+        report = ingest(
+            [Path(f) for f in args.files],
+            Path(args.out),
+            args.collection,
+            args.shards,
+            model=args.model,
+            text_field=args.text_field,
+            id_field=args.id_field,
+            actors=args.actors,
+            batch_size=args.batch_size,
+            threads_per_actor=args.threads_per_actor,
+        )
+    except (ValueError, ManifestMismatch, InvalidArgument) as error:
+        raise SystemExit(f"error: {error}") from None
+    finally:
+        ray.shutdown()
+    print(
+        f"written {report.written}, unchanged {report.unchanged}, refused {report.invalid} "
+        f"in {report.seconds:.1f} s; documents per shard: {report.documents_per_shard}"
+    )
+    for reason in report.errors:
+        print(f"  refused: {reason}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

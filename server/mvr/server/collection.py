@@ -261,7 +261,7 @@ class Collection:
                         f"documents[{i}].text", f"encodes to {len(vectors)} tokens; the limit is {limit}"
                     )
             else:
-                vectors, truncated = np.ascontiguousarray(doc.vectors, dtype=np.float32), False
+                vectors, truncated = np.ascontiguousarray(doc.vectors, dtype=np.float32), doc.truncated
             prepared.append(NewDocument(doc.id, vectors, doc.text, metadata[i], truncated))
         return prepared
 

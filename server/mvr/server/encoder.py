@@ -125,6 +125,11 @@ def resolve_model(model: str) -> Path | str:
     return model
 
 
+def model_directory(model: str) -> Path:
+    """Where ``model`` ("default", a directory, or a cached hub name) lies; FAILED_PRECONDITION if nowhere."""
+    return _local_dir(resolve_model(model))
+
+
 def _local_dir(reference: Path | str) -> Path:
     if isinstance(reference, Path):
         return reference
@@ -253,7 +258,7 @@ class Encoder:
             torch.set_num_threads(threads)
         if model == DEFAULT_MODEL:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        directory = _local_dir(resolve_model(model))
+        directory = model_directory(model)
         model_format, transformer_dir = _detect(directory)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(transformer_dir))

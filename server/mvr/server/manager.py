@@ -219,7 +219,8 @@ class CollectionManager:
 
     # ------------------------------------------------------------------------------ snapshots
 
-    def check_name(self, name: str, field: str) -> None:
+    @staticmethod
+    def check_name(name: str, field: str) -> None:
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise InvalidArgument(
                 field, f"{name!r} must be 1-63 characters of [a-z0-9_-], starting with a letter or digit"

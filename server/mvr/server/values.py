@@ -17,6 +17,7 @@ class DocumentInput:
     vectors: np.ndarray | None = None
     text: str | None = None
     metadata: dict[str, MetaValue] = field(default_factory=dict)
+    truncated: bool = False  # vectors of a text its encoder cut to the model's length (bulk ingest)
 
 
 @dataclass
