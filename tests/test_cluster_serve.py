@@ -1,0 +1,130 @@
+"""Sharded serving on Ray Serve (issue 16, part 2) on a local Ray: a corpus ingested into 3 shards and
+served through the router answers the Python client exactly as a brute-force search over every
+document does (small shards: every document is a candidate), with filters, for text and vector
+queries; upserts, gets, deletes and pages go to the right shards and errors keep their codes and name
+the caller's fields; a killed shard replica is restarted by Serve and no acknowledged write is lost."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import free_port
+from tests.test_cluster_ingest import SHARDS, local_ray, sentence  # noqa: F401 (a fixture)
+
+pytestmark = pytest.mark.ray
+
+
+def chamfer(query: np.ndarray, document: np.ndarray) -> float:
+    return float((query @ document.T).max(axis=1).sum())
+
+
+@pytest.fixture(scope="module")
+def cluster(local_ray, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):  # noqa: F811
+    from mvr.client import Client
+    from mvr.cluster.ingest import ingest
+    from mvr.cluster.serving import start
+    from ray import serve
+
+    directory = tmp_path_factory.mktemp("cluster")
+    rng = np.random.default_rng(5)
+    corpus = directory / "corpus.jsonl"
+    corpus.write_text(
+        "".join(
+            json.dumps({"id": f"d{i:03d}", "text": sentence(rng, 6 + i % 15), "year": 2000 + i % 10}) + "\n"
+            for i in range(90)
+        )
+    )
+    shards = directory / "shards"
+    ingest([corpus], shards, "docs", SHARDS, model=str(tiny_model_dir), actors=1, batch_size=32)
+    port = free_port()
+    start(shards, port)
+    client = Client(f"127.0.0.1:{port}", timeout=60)
+    client.wait_until_serving(120)
+    yield client
+    client.close()
+    serve.shutdown()
+
+
+def every_document(client) -> dict[str, np.ndarray]:
+    return {d.id: d.vectors for d in client.list_documents("docs", page_size=7, include_vectors=True)}
+
+
+def test_search_through_the_router_is_the_exact_search(cluster) -> None:
+    documents = every_document(cluster)
+    assert len(documents) == 90 and list(documents) == sorted(documents)  # pages merged in id order
+    info = cluster.get_collection("docs")
+    assert info.stats is not None and info.stats.documents == 90  # the shards' stats summed
+    rng = np.random.default_rng(1)
+    for text in [sentence(rng, 5) for _ in range(4)]:
+        hits = cluster.search("docs", text, top_k=10, candidates=1000)
+        (query,) = cluster.encode([text], collection="docs")  # Encode: answered by a shard
+        truth = sorted(documents, key=lambda d: (-chamfer(query, documents[d]), d))[:10]
+        assert [h.id for h in hits] == truth
+    for doc_id in ["d007", "d050", "d089"]:  # a document's own vectors: itself first, exact scores
+        vectors = documents[doc_id]
+        hits = cluster.search("docs", vectors, top_k=5, candidates=1000)
+        truth = sorted(documents, key=lambda d: (-chamfer(vectors, documents[d]), d))[:5]
+        assert [h.id for h in hits] == truth
+        np.testing.assert_allclose(
+            [h.score for h in hits], [chamfer(vectors, documents[d]) for d in truth], rtol=1e-4
+        )
+        recent = cluster.search("docs", vectors, top_k=5, candidates=1000, filter={"year": {"$gte": 2005}})
+        matching = [d for d in documents if int(d[1:]) % 10 >= 5]
+        truth = sorted(matching, key=lambda d: (-chamfer(vectors, documents[d]), d))[:5]
+        assert [h.id for h in recent] == truth
+
+
+def test_writes_go_to_their_shard_and_errors_keep_their_codes(cluster) -> None:
+    from mvr.client import Document, InvalidArgumentError, NotFoundError
+
+    rng = np.random.default_rng(2)
+    docs = [Document(f"new-{i}", text=sentence(rng, 8), metadata={"year": 1990}) for i in range(6)]
+    results = cluster.upsert("docs", docs)
+    assert [r.id for r in results] == [d.id for d in docs] and all(r.created for r in results)
+    for doc in docs:
+        assert cluster.get("docs", doc.id).text == doc.text
+        hits = cluster.search("docs", doc.text, top_k=1, candidates=1000, filter={"year": 1990})
+        assert hits[0].id == doc.id
+    with pytest.raises(InvalidArgumentError) as refused:  # the bad one is the caller's documents[4]
+        cluster.upsert("docs", [*docs[:4], Document("", text="no id"), docs[5]])
+    assert "documents[4]" in str(refused.value), refused.value
+    deleted = cluster.delete("docs", ["new-0", "new-1", "missing"])
+    assert sorted(deleted.deleted) == ["new-0", "new-1"] and deleted.not_found == ["missing"]
+    with pytest.raises(NotFoundError):
+        cluster.get("docs", "new-0")
+    by_filter = cluster.delete("docs", where={"year": 1990})
+    assert by_filter.count == 4
+    assert cluster.get_collection("docs").stats.documents == 90
+
+
+def test_a_killed_shard_replica_comes_back_with_every_acknowledged_write(cluster) -> None:
+    import ray
+    from mvr.client import Document
+
+    rng = np.random.default_rng(3)
+    docs = [Document(f"kept-{i}", text=sentence(rng, 7)) for i in range(9)]
+    cluster.upsert("docs", docs)
+    replicas = [
+        actor
+        for actor in ray.util.list_named_actors(all_namespaces=True)
+        if "shard-1" in actor["name"] and "SERVE_REPLICA" in actor["name"]
+    ]
+    assert len(replicas) == 1, replicas
+    ray.kill(ray.get_actor(replicas[0]["name"], namespace=replicas[0]["namespace"]), no_restart=True)
+    deadline = time.monotonic() + 120
+    while True:  # UNAVAILABLE naming the shard until Serve has started a new replica
+        try:
+            found = {d.id for d in cluster.list_documents("docs", page_size=50)}
+            break
+        except Exception as error:
+            assert "shard 1 of 3" in str(error) or "UNAVAILABLE" in str(error), error
+            assert time.monotonic() < deadline, "the shard did not come back"
+            time.sleep(1)
+    assert {d.id for d in docs} <= found and len(found) == 99
+    restarted = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "shard-1" in a["name"]]
+    assert restarted and replicas[0]["name"] not in restarted  # a new replica, not the killed one
