@@ -19,6 +19,10 @@ from tests.test_cluster_ingest import SHARDS, local_ray, sentence  # noqa: F401 
 pytestmark = pytest.mark.ray
 
 
+_rng = np.random.default_rng(5)
+RECORDS = [{"id": f"d{i:04d}", "text": sentence(_rng, 6 + i % 15), "year": 2000 + i % 10} for i in range(900)]
+
+
 def chamfer(query: np.ndarray, document: np.ndarray) -> float:
     return float((query @ document.T).max(axis=1).sum())
 
@@ -31,14 +35,8 @@ def cluster(local_ray, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFa
     from ray import serve
 
     directory = tmp_path_factory.mktemp("cluster")
-    rng = np.random.default_rng(5)
     corpus = directory / "corpus.jsonl"
-    corpus.write_text(
-        "".join(
-            json.dumps({"id": f"d{i:03d}", "text": sentence(rng, 6 + i % 15), "year": 2000 + i % 10}) + "\n"
-            for i in range(90)
-        )
-    )
+    corpus.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
     shards = directory / "shards"
     ingest([corpus], shards, "docs", SHARDS, model=str(tiny_model_dir), actors=1, batch_size=32)
     port = free_port()
@@ -50,22 +48,62 @@ def cluster(local_ray, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFa
     serve.shutdown()
 
 
+def test_recall_at_the_defaults_is_at_least_one_collections(
+    cluster, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    """Each shard searches its third with the whole candidate budget: recall@10 against exact search
+    is at least that of the same corpus in one collection, for text and vector queries, with filters."""
+    from mvr.cluster.ingest import load_encoder_once
+    from mvr.server.manager import CollectionManager
+    from mvr.server.metadata import Condition
+    from mvr.server.values import DocumentInput
+
+    documents = every_document(cluster)
+    manager = CollectionManager(tmp_path, encoder_loader=load_encoder_once(1))
+    try:
+        manager.create("one", model=str(tiny_model_dir), dim=None)
+        single = manager.get("one")
+        single.upsert([DocumentInput(r["id"], text=r["text"], metadata={"year": r["year"]}) for r in RECORDS])
+        single.flush()
+        rng = np.random.default_rng(11)
+        recall: dict[str, list[float]] = {"cluster": [], "one collection": []}
+        for i, record in enumerate(RECORDS[::45]):
+            words = record["text"].split()
+            words[rng.integers(len(words))] = "cat"  # a paraphrase: one word changed
+            text = " ".join(words)
+            vectors = cluster.encode([text], collection="docs")[0]
+            query = vectors if i % 3 else text  # a third of the queries as text, the rest as vectors
+            recent = i % 2 == 1  # half of them filtered to half of the corpus
+            allowed = [d for d in documents if not recent or int(d[1:]) % 10 < 5]
+            truth = set(sorted(allowed, key=lambda d: (-chamfer(vectors, documents[d]), d))[:10])
+            found = cluster.search(
+                "docs", query, top_k=10, filter={"year": {"$lt": 2005}} if recent else None
+            )
+            ones = single.search(query, 10, where=Condition("year", "lt", 2005) if recent else None)
+            recall["cluster"].append(len({h.id for h in found} & truth) / 10)
+            recall["one collection"].append(len({h.id for h in ones} & truth) / 10)
+        means = {name: float(np.mean(values)) for name, values in recall.items()}
+        assert means["cluster"] >= means["one collection"] - 0.01, means
+    finally:
+        manager.close()
+
+
 def every_document(client) -> dict[str, np.ndarray]:
     return {d.id: d.vectors for d in client.list_documents("docs", page_size=7, include_vectors=True)}
 
 
 def test_search_through_the_router_is_the_exact_search(cluster) -> None:
     documents = every_document(cluster)
-    assert len(documents) == 90 and list(documents) == sorted(documents)  # pages merged in id order
+    assert len(documents) == 900 and list(documents) == sorted(documents)  # pages merged in id order
     info = cluster.get_collection("docs")
-    assert info.stats is not None and info.stats.documents == 90  # the shards' stats summed
+    assert info.stats is not None and info.stats.documents == 900  # the shards' stats summed
     rng = np.random.default_rng(1)
     for text in [sentence(rng, 5) for _ in range(4)]:
         hits = cluster.search("docs", text, top_k=10, candidates=1000)
         (query,) = cluster.encode([text], collection="docs")  # Encode: answered by a shard
         truth = sorted(documents, key=lambda d: (-chamfer(query, documents[d]), d))[:10]
         assert [h.id for h in hits] == truth
-    for doc_id in ["d007", "d050", "d089"]:  # a document's own vectors: itself first, exact scores
+    for doc_id in ["d0007", "d0450", "d0899"]:  # a document's own vectors: itself first, exact scores
         vectors = documents[doc_id]
         hits = cluster.search("docs", vectors, top_k=5, candidates=1000)
         truth = sorted(documents, key=lambda d: (-chamfer(vectors, documents[d]), d))[:5]
@@ -99,7 +137,7 @@ def test_writes_go_to_their_shard_and_errors_keep_their_codes(cluster) -> None:
         cluster.get("docs", "new-0")
     by_filter = cluster.delete("docs", where={"year": 1990})
     assert by_filter.count == 4
-    assert cluster.get_collection("docs").stats.documents == 90
+    assert cluster.get_collection("docs").stats.documents == 900
 
 
 def test_a_killed_shard_replica_comes_back_with_every_acknowledged_write(cluster) -> None:
@@ -125,6 +163,44 @@ def test_a_killed_shard_replica_comes_back_with_every_acknowledged_write(cluster
             assert "shard 1 of 3" in str(error) or "UNAVAILABLE" in str(error), error
             assert time.monotonic() < deadline, "the shard did not come back"
             time.sleep(1)
-    assert {d.id for d in docs} <= found and len(found) == 99
+    assert {d.id for d in docs} <= found and len(found) == 909
     restarted = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "shard-1" in a["name"]]
     assert restarted and replicas[0]["name"] not in restarted  # a new replica, not the killed one
+
+
+def test_mvr_cluster_serve_until_stopped(local_ray, tiny_model_dir: Path, tmp_path: Path) -> None:  # noqa: F811
+    import signal
+    import subprocess
+    import sys
+
+    from mvr.client import Client
+    from mvr.cluster.ingest import ingest
+
+    rng = np.random.default_rng(7)
+    texts = {f"s{i}": sentence(rng, 9) for i in range(10)}
+    corpus = tmp_path / "small.jsonl"
+    corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in texts.items()))
+    ingest([corpus], tmp_path / "shards", "small", 2, model=str(tiny_model_dir))
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "mvr.client.cli",
+        "cluster",
+        "serve",
+        "--shards-dir",
+        str(tmp_path / "shards"),
+    ]
+    process = subprocess.Popen(
+        [*command, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        with Client(f"127.0.0.1:{port}", timeout=60) as client:
+            client.wait_until_serving(180)
+            assert {d.id for d in client.list_documents("small")} == {f"s{i}" for i in range(10)}
+            assert client.search("small", texts["s3"], top_k=1)[0].id == "s3"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=120)
+    assert process.returncode == 0, output[-3000:]
+    assert "serving collection 'small' from 2 shards" in output

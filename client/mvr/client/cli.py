@@ -630,23 +630,67 @@ def _cluster_parser(sub: argparse._SubParsersAction) -> None:
         "--address", default=None, help="a running Ray cluster to join (default: start a local one)"
     )
     ingest.set_defaults(run=_cluster_ingest)
+    serve = actions.add_parser(
+        "serve", help="serve a shards directory on Ray Serve behind the mvr.v1 gRPC API, until stopped"
+    )
+    serve.add_argument("--shards-dir", required=True, help="what mvr cluster ingest wrote")
+    serve.add_argument("--port", type=int, default=50051, help="the gRPC ingress's port")
+    serve.add_argument(
+        "--address", default=None, help="a running Ray cluster to join (default: start a local one)"
+    )
+    serve.set_defaults(run=_cluster_serve)
 
 
-def _cluster_ingest(args: argparse.Namespace) -> int:
+def _ray(address: str | None):
+    """Ray, joined to ``address`` or started locally; SystemExit naming the extra if it is missing."""
     try:
         import ray
-        from mvr.cluster.ingest import ingest
-        from mvr.cluster.sharding import ManifestMismatch
-        from mvr.server.errors import InvalidArgument
     except ImportError as error:
         raise SystemExit(
             f"error: `mvr cluster` needs Ray ({error.name} is missing): bash scripts/install.sh ray, "
             "or pip install 'mvr[server,ray]'"
         ) from None
-    if args.address:
-        ray.init(address=args.address)
+    if address:
+        ray.init(address=address)
     else:
         ray.init(include_dashboard=False)
+    return ray
+
+
+def _cluster_serve(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    ray = _ray(args.address)
+    from mvr.cluster.serving import start
+    from mvr.cluster.sharding import ManifestMismatch
+    from ray import serve
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        layout = start(Path(args.shards_dir), args.port)
+    except ManifestMismatch as error:
+        ray.shutdown()
+        raise SystemExit(f"error: {error}") from None
+    print(
+        f"serving collection {layout.collection!r} from {layout.shards} shards on port {args.port} "
+        "(mvr.v1 over gRPC; Ctrl-C stops)",
+        flush=True,
+    )
+    stop.wait()
+    serve.shutdown()
+    ray.shutdown()
+    return 0
+
+
+def _cluster_ingest(args: argparse.Namespace) -> int:
+    ray = _ray(args.address)
+    from mvr.cluster.ingest import ingest
+    from mvr.cluster.sharding import ManifestMismatch
+    from mvr.server.errors import InvalidArgument
+
     try:
         report = ingest(
             [Path(f) for f in args.files],
