@@ -63,12 +63,12 @@ def timed_searches(client: Client, collection: str, queries: list[str]) -> dict:
 
 
 def single_node_ingest(records: list[dict], threads: int) -> dict:
-    from mvr.cluster.ingest import load_encoder_once
+    from mvr.server.encoder import EncoderCache
     from mvr.server.manager import CollectionManager
     from mvr.server.values import DocumentInput
 
     with tempfile.TemporaryDirectory() as directory:
-        manager = CollectionManager(Path(directory), encoder_loader=load_encoder_once(threads))
+        manager = CollectionManager(Path(directory), encoder_loader=EncoderCache(threads))
         manager.create("one", model="default", dim=None)
         collection = manager.get("one")
         started = time.perf_counter()

@@ -82,9 +82,9 @@ def metadata_of(record: dict) -> dict:
 
 
 def test_ingest_shards_every_document_once(local_ray, tiny_model_dir: Path, tmp_path: Path) -> None:
-    from mvr.cluster.ingest import ingest, load_encoder_once
+    from mvr.cluster.ingest import ingest
     from mvr.cluster.sharding import ManifestMismatch, read_layout, shard_of
-    from mvr.server.encoder import Encoder
+    from mvr.server.encoder import Encoder, EncoderCache
     from mvr.server.manager import CollectionManager
 
     files, expected = write_corpus(tmp_path)
@@ -101,7 +101,7 @@ def test_ingest_shards_every_document_once(local_ray, tiny_model_dir: Path, tmp_
     encoder = Encoder.load(model)
     seen: set[str] = set()
     for shard in range(SHARDS):
-        manager = CollectionManager(layout.shard_dir(out, shard), encoder_loader=load_encoder_once(1))
+        manager = CollectionManager(layout.shard_dir(out, shard), encoder_loader=EncoderCache(1))
         try:
             collection = manager.get("docs")
             ids = set(collection.store.records)

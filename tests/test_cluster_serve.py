@@ -53,13 +53,13 @@ def test_recall_at_the_defaults_is_at_least_one_collections(
 ) -> None:
     """Each shard searches its third with the whole candidate budget: recall@10 against exact search
     is at least that of the same corpus in one collection, for text and vector queries, with filters."""
-    from mvr.cluster.ingest import load_encoder_once
+    from mvr.server.encoder import EncoderCache
     from mvr.server.manager import CollectionManager
     from mvr.server.metadata import Condition
     from mvr.server.values import DocumentInput
 
     documents = every_document(cluster)
-    manager = CollectionManager(tmp_path, encoder_loader=load_encoder_once(1))
+    manager = CollectionManager(tmp_path, encoder_loader=EncoderCache(1))
     try:
         manager.create("one", model=str(tiny_model_dir), dim=None)
         single = manager.get("one")
@@ -101,20 +101,22 @@ def test_search_through_the_router_is_the_exact_search(cluster) -> None:
     for text in [sentence(rng, 5) for _ in range(4)]:
         hits = cluster.search("docs", text, top_k=10, candidates=1000)
         (query,) = cluster.encode([text], collection="docs")  # Encode: answered by a shard
-        truth = sorted(documents, key=lambda d: (-chamfer(query, documents[d]), d))[:10]
-        assert [h.id for h in hits] == truth
+        best = sorted((chamfer(query, vectors) for vectors in documents.values()), reverse=True)[:10]
+        # the exact top 10 (up to float32 rounding between near-equal documents): the hits' own exact
+        # scores are the 10 best, in order
+        np.testing.assert_allclose([chamfer(query, documents[h.id]) for h in hits], best, rtol=1e-5)
+        np.testing.assert_allclose([h.score for h in hits], best, rtol=1e-4)
     for doc_id in ["d0007", "d0450", "d0899"]:  # a document's own vectors: itself first, exact scores
         vectors = documents[doc_id]
         hits = cluster.search("docs", vectors, top_k=5, candidates=1000)
-        truth = sorted(documents, key=lambda d: (-chamfer(vectors, documents[d]), d))[:5]
-        assert [h.id for h in hits] == truth
-        np.testing.assert_allclose(
-            [h.score for h in hits], [chamfer(vectors, documents[d]) for d in truth], rtol=1e-4
-        )
+        best = sorted((chamfer(vectors, v) for v in documents.values()), reverse=True)[:5]
+        np.testing.assert_allclose([chamfer(vectors, documents[h.id]) for h in hits], best, rtol=1e-5)
+        np.testing.assert_allclose([h.score for h in hits], best, rtol=1e-4)
         recent = cluster.search("docs", vectors, top_k=5, candidates=1000, filter={"year": {"$gte": 2005}})
         matching = [d for d in documents if int(d[1:]) % 10 >= 5]
-        truth = sorted(matching, key=lambda d: (-chamfer(vectors, documents[d]), d))[:5]
-        assert [h.id for h in recent] == truth
+        assert {h.id for h in recent} <= set(matching)
+        best = sorted((chamfer(vectors, documents[d]) for d in matching), reverse=True)[:5]
+        np.testing.assert_allclose([chamfer(vectors, documents[h.id]) for h in recent], best, rtol=1e-5)
 
 
 def test_writes_go_to_their_shard_and_errors_keep_their_codes(cluster) -> None:

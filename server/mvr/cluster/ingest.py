@@ -24,7 +24,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,30 +83,14 @@ def stored_form(metadata: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in metadata.items()}
 
 
-def load_encoder_once(threads: int) -> Callable:
-    """An encoder loader for a CollectionManager: each (model, lengths) loaded once."""
-    from mvr.server.encoder import Encoder
-
-    loaded: dict = {}
-
-    def load(model: str, query_maxlen: int | None = None, doc_maxlen: int | None = None) -> Encoder:
-        key = (model, query_maxlen, doc_maxlen)
-        if key not in loaded:
-            loaded[key] = Encoder.load(
-                model, threads=threads, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen
-            )
-        return loaded[key]
-
-    return load
-
-
 class ShardWriter:
     """The writer of one shard (a Ray actor): opens or creates the shard's collection and upserts."""
 
     def __init__(self, directory: str, layout: Layout) -> None:
+        from mvr.server.encoder import EncoderCache
         from mvr.server.manager import CollectionManager
 
-        loader = load_encoder_once(threads=1) if layout.model else None
+        loader = EncoderCache(threads=1) if layout.model else None
         self._manager = CollectionManager(Path(directory), encoder_loader=loader)
         if layout.collection not in {c.name for c in self._manager.list()}:
             self._manager.create(layout.collection, model=layout.model, dim=layout.dim)

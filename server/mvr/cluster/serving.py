@@ -83,11 +83,11 @@ class ShardReplica:
     """One shard's engine (a Ray Serve deployment's replica)."""
 
     def __init__(self, directory: str, model: str | None) -> None:
-        from mvr.cluster.ingest import load_encoder_once
+        from mvr.server.encoder import EncoderCache
         from mvr.server.manager import CollectionManager
         from mvr.server.service import CollectionService, DocumentService, Engine, SearchService
 
-        loader = load_encoder_once(threads=1)
+        loader = EncoderCache(threads=1)
         self._manager = CollectionManager(Path(directory), encoder_loader=loader)
         engine = Engine()
         engine.ready(self._manager, loader(model) if model else None)

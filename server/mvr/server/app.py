@@ -171,26 +171,11 @@ class Server:
 
     def load(self) -> None:
         """Loads the default model and every collection, then reports SERVING."""
-        from mvr.server.encoder import Encoder
+        from mvr.server.encoder import EncoderCache
         from mvr.server.manager import CollectionManager
 
         started = time.perf_counter()
-        encoders: dict[tuple[str, int | None, int | None], Encoder] = {}
-        lock = threading.Lock()
-
-        def load_encoder(
-            model: str, query_maxlen: int | None = None, doc_maxlen: int | None = None
-        ) -> Encoder:
-            """Each (model, lengths) is loaded once and shared by every collection that uses it."""
-            key = (model, query_maxlen, doc_maxlen)
-            with lock:
-                if key not in encoders:
-                    log.info("loading model", extra={"model": model})
-                    encoder = Encoder.load(model, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen)
-                    encoders[key] = encoder
-                    # a collection asks again with the lengths filled in: the same encoder
-                    encoders[(model, encoder.spec.query_maxlen, encoder.spec.doc_maxlen)] = encoder
-                return encoders[key]
+        load_encoder = EncoderCache()
 
         default_encoder = None if self.config.model == "none" else load_encoder(self.config.model)
         self.config.data_dir.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import string
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +38,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from mvr.server.errors import FailedPrecondition, InvalidArgument
+
+log = logging.getLogger("mvr.server")
 
 DEFAULT_MODEL = "default"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -123,6 +127,29 @@ def resolve_model(model: str) -> Path | str:
     if model.startswith(("/", ".", "~")):
         raise FailedPrecondition(f"model directory {model!r} does not exist")
     return model
+
+
+class EncoderCache:
+    """Loads each (model, query_maxlen, doc_maxlen) once and shares it with every collection that uses
+    it (a collection created with the lengths unset asks again with them filled in: the same encoder).
+    A CollectionManager's encoder loader; thread-safe."""
+
+    def __init__(self, threads: int | None = None) -> None:
+        self._threads = threads
+        self._encoders: dict[tuple[str, int | None, int | None], Encoder] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, model: str, query_maxlen: int | None = None, doc_maxlen: int | None = None) -> Encoder:
+        key = (model, query_maxlen, doc_maxlen)
+        with self._lock:
+            if key not in self._encoders:
+                log.info("loading model", extra={"model": model})
+                encoder = Encoder.load(
+                    model, threads=self._threads, query_maxlen=query_maxlen, doc_maxlen=doc_maxlen
+                )
+                self._encoders[key] = encoder
+                self._encoders[(model, encoder.spec.query_maxlen, encoder.spec.doc_maxlen)] = encoder
+            return self._encoders[key]
 
 
 def model_directory(model: str) -> Path:
