@@ -147,6 +147,12 @@ class Searcher:
             labels = allowed.labels()  # few matches: score them all
             with engine_metrics.stage("exact"):
                 return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
+        if allowed is None and len(self._store.by_label) <= n_candidates:
+            # no more documents than candidates: all of them, exactly (the graph may not reach every
+            # one: hnswlib refuses a k it cannot fill, and halving k dropped half of a small shard)
+            labels = np.array(list(self._store.by_label), dtype=np.int64)  # list(): one atomic copy
+            with engine_metrics.stage("exact"):
+                return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
         coded = snapshot is not None and snapshot.n > 0
         n_graph = self._graph_budget(snapshot, params, n_candidates, allowed) if coded else n_candidates
         labels = self._graph_labels(query, params, n_graph, allowed, deadline)
