@@ -125,15 +125,22 @@ conditions = st.one_of(
         st.booleans(),
     ),
 )
-filters = st.recursive(
-    conditions,
-    lambda inner: st.one_of(
-        st.builds(lambda fs: AllOf(tuple(fs)), st.lists(inner, min_size=1, max_size=3)),
-        st.builds(lambda fs: AnyOf(tuple(fs)), st.lists(inner, min_size=1, max_size=3)),
-        st.builds(Not, inner),
-    ),
-    max_leaves=6,
-)
+
+
+def filter_trees(leaves: st.SearchStrategy, max_leaves: int) -> st.SearchStrategy:
+    """Random filters: ``leaves`` combined by all_of, any_of and negation."""
+
+    def combined(inner: st.SearchStrategy) -> st.SearchStrategy:
+        return st.one_of(
+            st.builds(lambda fs: AllOf(tuple(fs)), st.lists(inner, min_size=1, max_size=3)),
+            st.builds(lambda fs: AnyOf(tuple(fs)), st.lists(inner, min_size=1, max_size=3)),
+            st.builds(Not, inner),
+        )
+
+    return st.recursive(leaves, combined, max_leaves=max_leaves)
+
+
+filters = filter_trees(conditions, max_leaves=6)
 
 
 @settings(max_examples=150, deadline=None)

@@ -13,12 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from mvr.server import metadata as meta
 from mvr.server.manager import CollectionManager
-from mvr.server.metadata import AllOf, AnyOf, Condition, Not
+from mvr.server.metadata import Condition
 from mvr.server.metadata_index import LabelSet, MetadataIndex
 from mvr.server.values import DocumentInput
 
 from tests.test_collection import DIM, unit
-from tests.test_filters import reference
+from tests.test_filters import filter_trees, reference
 
 BIG = 2**53
 NUMBERS = [0, 1, -1, 7, BIG, BIG + 1, BIG - 1, 2**63 - 1, -(2**63), 0.5, 1.0, -0.0, 7.0, 7.25]
@@ -86,15 +86,7 @@ conditions = st.one_of(
         st.booleans(),
     ),
 )
-filters = st.recursive(
-    conditions,
-    lambda inner: st.one_of(
-        st.builds(lambda fs: AllOf(tuple(fs)), st.lists(inner, min_size=1, max_size=3)),
-        st.builds(lambda fs: AnyOf(tuple(fs)), st.lists(inner, min_size=1, max_size=3)),
-        st.builds(Not, inner),
-    ),
-    max_leaves=5,
-)
+filters = filter_trees(conditions, max_leaves=5)
 
 
 def evaluations(collection, node) -> tuple[set[int], set[int], set[int]]:

@@ -412,7 +412,7 @@ def merge_search(answers: list, top_k: int):
     from mvr.v1 import search_service_pb2 as spb
 
     hits = sorted((h for a in answers for h in a.hits), key=lambda h: (-h.score, h.id))[:top_k]
-    return spb.SearchResponse(hits=hits)
+    return spb.SearchResponse(hits=hits, query_token_count=answers[0].query_token_count if answers else 0)
 
 
 def merge_collection(answers: list, response_class):
