@@ -156,10 +156,17 @@ class Router:
     # ------------------------------------------------------------------------------ plumbing
 
     async def _call(self, shard: int, service: str, method: str, request, timeout_s: float | None):
+        from ray.exceptions import RayTaskError
+
+        name = self._layout.shard_dir(Path("."), shard).name
         try:
             answer = await self._shards[shard].call.remote(service, method, request, timeout_s)
+        except RayTaskError as error:  # the replica answered, with an exception outside the servicers
+            log.error("shard %s failed %s: %s", shard, method, error)
+            raise ClusterError(
+                "INTERNAL", f"shard {shard} ({name}) failed {method}; see the cluster's logs", shard=shard
+            ) from error
         except Exception as error:  # the replica died, is restarting, or never started
-            name = self._layout.shard_dir(Path("."), shard).name
             raise ClusterError(
                 "UNAVAILABLE",
                 f"shard {shard} of {self._layout.shards} ({name}) did not answer {method}: "
