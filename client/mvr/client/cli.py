@@ -201,32 +201,32 @@ def _typed(value: Any) -> bool:
 
 def parse_line(raw: bytes, line_number: int, end_offset: int, text_field: str, id_field: str) -> IngestLine:
     """A JSONL line → a Document: the text field is the text, the id field the id (else the line
-    number), every other field metadata with its JSON type (strings, numbers, booleans, lists of
-    strings; null, objects and other lists JSON-encoded into a string)."""
+    number), every other field metadata with its JSON type (see :func:`split_record`)."""
     from mvr.client import Document
 
+    fields = split_record(raw, text_field, id_field)
+    if isinstance(fields, str):
+        return IngestLine(end_offset, line_number, None, fields)
+    text, doc_id, metadata = fields
+    doc_id = str(line_number) if doc_id is None else str(doc_id)
+    return IngestLine(end_offset, line_number, Document(doc_id, text=text, metadata=metadata))
+
+
+def split_record(raw: bytes | str, text_field: str, id_field: str) -> tuple[str, Any, dict] | str:
+    """A JSON record → (its text, its id or None, its metadata), or why it is refused (not JSON, not an
+    object, no text). Metadata: every other field, strings, numbers, booleans and lists of strings with
+    their JSON types; null, objects and other lists JSON-encoded into a string."""
     try:
         record = json.loads(raw)
     except json.JSONDecodeError as error:
-        return IngestLine(end_offset, line_number, None, f"not JSON: {error}")
+        return f"not JSON: {error}"
     if not isinstance(record, dict):
-        return IngestLine(end_offset, line_number, None, "not a JSON object")
+        return "not a JSON object"
     text = record.pop(text_field, None)
     if not isinstance(text, str) or not text.strip():
-        return IngestLine(
-            end_offset, line_number, None, f"field {text_field!r} missing, empty or not a string"
-        )
+        return f"field {text_field!r} missing, empty or not a string"
     doc_id = record.pop(id_field, None)
-    doc_id = str(line_number) if doc_id is None else str(doc_id)
-    return IngestLine(
-        end_offset, line_number, Document(doc_id, text=text, metadata=metadata_of_record(record))
-    )
-
-
-def metadata_of_record(record: dict) -> dict:
-    """A record's fields other than the text and the id, as metadata: strings, numbers, booleans and
-    lists of strings with their JSON types; null, objects and other lists JSON-encoded into a string."""
-    return {k: v if _typed(v) else json.dumps(v) for k, v in record.items()}
+    return text, doc_id, {k: v if _typed(v) else json.dumps(v) for k, v in record.items()}
 
 
 def read_lines(path: Path, start_offset: int, text_field: str, id_field: str) -> Iterator[IngestLine]:

@@ -61,21 +61,15 @@ class ParsedDocument:
 
 def parse_record(raw: str, text_field: str, id_field: str) -> ParsedDocument | str:
     """A JSON record → its document, or why it is refused (``mvr ingest``'s rules, the id required)."""
-    from mvr.client.cli import metadata_of_record
+    from mvr.client.cli import split_record
 
-    try:
-        record = json.loads(raw)
-    except json.JSONDecodeError as error:
-        return f"not JSON: {error}: {raw[:80]!r}"
-    if not isinstance(record, dict):
-        return f"not a JSON object: {raw[:80]!r}"
-    text = record.pop(text_field, None)
-    doc_id = record.pop(id_field, None)
-    if not isinstance(text, str) or not text.strip():
-        return f"field {text_field!r} missing, empty or not a string (id {doc_id!r})"
+    fields = split_record(raw, text_field, id_field)
+    if isinstance(fields, str):
+        return f"{fields}: {raw[:80]!r}"
+    text, doc_id, metadata = fields
     if doc_id is None or (isinstance(doc_id, str) and not doc_id):
         return f"field {id_field!r} missing: cluster ingest needs ids (they decide the shard): {raw[:80]!r}"
-    return ParsedDocument(str(doc_id), text, metadata_of_record(record))
+    return ParsedDocument(str(doc_id), text, metadata)
 
 
 def stored_form(metadata: dict) -> dict:

@@ -188,13 +188,6 @@ def check_filter(
     return _check(node, path, kinds_of, strict, 0, budget)
 
 
-def compile_filter(
-    node: Filter, path: str, kinds_of: Callable[[str], set[str]], *, strict: bool = True
-) -> tuple[str, list[object]]:
-    """SQL selecting the labels of the live documents that match ``node``, and its parameters."""
-    return to_sql(check_filter(node, path, kinds_of, strict=strict))
-
-
 def _check(
     node: Filter, path: str, kinds_of: Callable[[str], set[str]], strict: bool, depth: int, budget: list[int]
 ) -> Checked:

@@ -143,16 +143,10 @@ class Searcher:
         snapshot = None if token_index is None else token_index.snapshot
         default = DEFAULT_CANDIDATES if snapshot is not None else DEFAULT_CANDIDATES_UNCODED
         n_candidates = params.candidates or max(default, 10 * params.top_k)
-        if allowed is not None and allowed.count <= n_candidates:
-            labels = allowed.labels()  # few matches: score them all
+        everything = self._all_if_few(allowed, n_candidates)
+        if everything is not None:
             with engine_metrics.stage("exact"):
-                return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
-        if allowed is None and len(self._store.by_label) <= n_candidates:
-            # no more documents than candidates: all of them, exactly (the graph may not reach every
-            # one: hnswlib refuses a k it cannot fill, and halving k dropped half of a small shard)
-            labels = np.array(list(self._store.by_label), dtype=np.int64)  # list(): one atomic copy
-            with engine_metrics.stage("exact"):
-                return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
+                return self.exact_stage(query, everything, params.top_k, params.explain, deadline)
         coded = snapshot is not None and snapshot.n > 0
         n_graph = self._graph_budget(snapshot, params, n_candidates, allowed) if coded else n_candidates
         labels = self._graph_labels(query, params, n_graph, allowed, deadline)
@@ -167,6 +161,16 @@ class Searcher:
                 labels = np.concatenate([labels, self._graph_labels(query, params, share, allowed, deadline)])
         with engine_metrics.stage("exact"):
             return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
+
+    def _all_if_few(self, allowed: LabelSet | None, n_candidates: int) -> np.ndarray | None:
+        """Every selectable document (the filter's matches, else every live one) when they are no more
+        than the candidates: scored all, exactly. The graph may not reach every one: hnswlib refuses a
+        k it cannot fill, and halving k dropped half of a small shard."""
+        if allowed is not None:
+            return allowed.labels() if allowed.count <= n_candidates else None
+        if len(self._store.by_label) <= n_candidates:
+            return np.array(list(self._store.by_label), dtype=np.int64)  # list(): one atomic copy
+        return None
 
     def _graph_labels(
         self,

@@ -414,7 +414,7 @@ class Store:
             raise FailedPrecondition("the collection is closed") from error
 
     def matching(self, sql: str, params: Sequence[object]) -> set[int]:
-        """The labels a compiled filter (:func:`mvr.server.metadata.compile_filter`) selects."""
+        """The labels a compiled filter (:func:`mvr.server.metadata.to_sql`) selects."""
         return {row[0] for row in self._read(sql, params)}
 
     def keyword_search(
