@@ -142,6 +142,65 @@ def test_writes_go_to_their_shard_and_errors_keep_their_codes(cluster) -> None:
     assert cluster.get_collection("docs").stats.documents == 900
 
 
+def test_a_refused_document_leaves_nothing_of_its_batch_on_any_shard(cluster) -> None:
+    """Every shard's share is validated and encoded before any shard stores its own: one bad document
+    (here in one share, the rest spread over the other shards) and no document of the batch exists."""
+    from mvr.client import Document, FailedPreconditionError, InvalidArgumentError
+    from mvr.cluster.sharding import shard_of
+
+    rng = np.random.default_rng(4)
+    docs = [Document(f"atomic-{i}", text=sentence(rng, 8)) for i in range(12)]
+    assert len({shard_of(d.id, SHARDS) for d in docs}) == SHARDS  # the batch spans every shard
+    wrong_dim = np.ones((3, 7), np.float32)  # the collection's vectors have another dimension
+    for bad, refusal, field in [
+        (Document("", text="no id"), InvalidArgumentError, "documents[9].id"),
+        (Document("atomic-bad", vectors=wrong_dim), FailedPreconditionError, "documents[9]"),
+    ]:
+        with pytest.raises(refusal) as refused:
+            cluster.upsert("docs", [*docs[:9], bad, *docs[9:]])
+        assert field in str(refused.value), refused.value
+        assert not {d.id for d in cluster.list_documents("docs", page_size=1000)} & {
+            d.id for d in [*docs, bad]
+        }
+    assert cluster.get_collection("docs").stats.documents == 900
+
+
+def test_upsert_stream_and_mvr_ingest_against_the_cluster(cluster, tmp_path: Path) -> None:
+    """StreamUpsertDocuments through the router: batches acknowledged in order, a batch with a bad
+    document answered ok=false with nothing of it stored while the stream goes on; an unknown
+    collection ends the stream with NOT_FOUND; and `mvr ingest` works against the cluster's address."""
+    from mvr.client import Document, NotFoundError
+    from mvr.client import cli as client_cli
+
+    rng = np.random.default_rng(6)
+    batches = [[Document(f"streamed-{b}-{i}", text=sentence(rng, 7)) for i in range(5)] for b in range(3)]
+    batches[1][3] = Document("", text="no id")
+    acks = list(cluster.upsert_stream("docs", batches))
+    assert [(a.batch_index, a.ok) for a in acks] == [(0, True), (1, False), (2, True)]
+    assert [s.code for s in acks[1].statuses] == ["ABORTED", "ABORTED", "ABORTED", "INVALID", "ABORTED"]
+    assert "documents[3].id" in acks[1].statuses[3].message
+    assert all(s.code == "CREATED" for s in [*acks[0].statuses, *acks[2].statuses])
+    stored = {d.id for d in cluster.list_documents("docs", page_size=1000) if d.id.startswith("streamed-")}
+    assert stored == {d.id for b in (0, 2) for d in batches[b]}
+    with pytest.raises(NotFoundError):
+        list(cluster.upsert_stream("nope", batches[:1]))
+
+    corpus = tmp_path / "more.jsonl"
+    texts = {f"cli-{i}": sentence(rng, 9) for i in range(40)}
+    corpus.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in texts.items()))
+    command = ["ingest", str(corpus), "--collection", "docs", "--text-field", "text", "--batch-size", "16"]
+    assert (
+        client_cli.main(
+            [*command, "--quiet", "--checkpoint", str(tmp_path / "ckpt"), "--target", cluster.target]
+        )
+        == 0
+    )
+    for doc_id in ["cli-0", "cli-17", "cli-39"]:
+        assert cluster.search("docs", texts[doc_id], top_k=1, candidates=1000)[0].id == doc_id
+    cluster.delete("docs", [*stored, *texts])
+    assert cluster.get_collection("docs").stats.documents == 900
+
+
 def test_a_killed_shard_replica_comes_back_with_every_acknowledged_write(cluster) -> None:
     import ray
     from mvr.client import Document, UnavailableError

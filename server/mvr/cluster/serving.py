@@ -12,10 +12,18 @@ Two kinds of deployment:
   shard's own BM25 / fusion, merged as they are), routes upserts, gets and deletes by the id's shard
   (:func:`mvr.cluster.sharding.shard_of`), and merges pages of ids in order.
 
+A batch of upserts (UpsertDocuments, each message of StreamUpsertDocuments) is split by shard and
+written in two phases: every shard first validates and encodes its share, keeping it under a ticket
+(:meth:`ShardReplica.prepare_upsert`); only when every share was accepted does each shard store its
+own (:meth:`ShardReplica.commit_upsert`). A refused document therefore leaves nothing of the batch
+stored, as on one server; what two phases cannot cover is a shard failing between the phases (then
+UNAVAILABLE names it: the other shards may have stored their shares, and re-sending the batch is safe,
+an upsert replaces by id).
+
 Errors keep their codes: a shard's INVALID_ARGUMENT, NOT_FOUND ... come back as they are (a field
 ``documents[j]`` of a shard's share renamed to the caller's index); a shard that does not answer is
-UNAVAILABLE naming the shard. Snapshots and the upsert stream are not served by a cluster yet
-(UNIMPLEMENTED, saying what to use instead).
+UNAVAILABLE naming the shard. Snapshots are not served by a cluster yet (UNIMPLEMENTED, saying what
+to use instead).
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +53,7 @@ DEFAULT_TOP_K = 10
 _DOCUMENT_INDEX = re.compile(r"documents\[(\d+)\]")
 _STATUS_DETAILS = "grpc-status-details-bin"
 _PER_SHARD = "mvr serve --data-dir on each shard's directory"
+PREPARED_TTL_S = 600.0  # a prepared share no commit came for (its router died) is dropped after this
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,7 @@ class Failure:
     code: str  # grpc.StatusCode name
     details: str
     status_details: bytes | None = None  # google.rpc.Status with details, as gRPC sends it
+    in_batch: bool = False  # a refused document of an upsert batch (not the call itself)
 
 
 class _Aborted(Exception):
@@ -89,13 +101,15 @@ class ShardReplica:
 
         loader = EncoderCache(threads=1)
         self._manager = CollectionManager(Path(directory), encoder_loader=loader)
-        engine = Engine()
+        self._engine = engine = Engine()
         engine.ready(self._manager, loader(model) if model else None)
         self._services = {
             "collection": CollectionService(engine),
             "document": DocumentService(engine),
             "search": SearchService(engine),
         }
+        self._prepared: dict[str, tuple[float, object, object]] = {}  # ticket: (when, collection, batch)
+        self._prepared_lock = threading.Lock()
 
     def call(self, service: str, method: str, request, timeout_s: float | None):
         """The servicer's answer to ``request``, or the :class:`Failure` it aborted with."""
@@ -104,20 +118,119 @@ class ShardReplica:
         except _Aborted as aborted:
             return aborted.failure
 
+    def prepare_upsert(self, request, timeout_s: float | None):
+        """Phase one of a batch's upsert: this shard's share (an UpsertDocumentsRequest) validated and
+        encoded, nothing stored; a ticket for :meth:`commit_upsert`, or the :class:`Failure` (with
+        ``in_batch`` when a document was refused rather than the call)."""
+        from mvr.server import convert
+        from mvr.server.errors import FailedPrecondition, InvalidArgument, MvrError
+        from mvr.server.service import check_count, deadline_of
+
+        context = _ShardContext(timeout_s)
+        self._drop_expired()
+        try:
+            collection = self._engine.collection(request.parent, "parent")
+            check_count(len(request.documents), "documents", self._engine.limits.max_batch_documents)
+            try:
+                docs = [
+                    convert.document_input_from_proto(d, f"documents[{i}]")
+                    for i, d in enumerate(request.documents)
+                ]
+                batch = collection.prepare_upsert(docs, deadline_of(context))
+            except (InvalidArgument, FailedPrecondition) as refused:
+                return _failure(refused, context, in_batch=True)
+        except MvrError as error:
+            return _failure(error, context)
+        ticket = uuid.uuid4().hex
+        with self._prepared_lock:
+            self._prepared[ticket] = (time.monotonic(), collection, batch)
+        return ticket
+
+    def commit_upsert(self, ticket: str, timeout_s: float | None):
+        """Phase two: stores the share prepared under ``ticket`` durably; an UpsertDocumentsResponse,
+        or the :class:`Failure` (UNAVAILABLE when this replica no longer holds the ticket: it was
+        restarted or the ticket expired, so nothing of the share was stored here)."""
+        from mvr.server import convert
+        from mvr.server.errors import MvrError, Unavailable
+        from mvr.server.service import deadline_of
+        from mvr.v1 import document_service_pb2 as dpb
+
+        context = _ShardContext(timeout_s)
+        with self._prepared_lock:
+            prepared = self._prepared.pop(ticket, None)
+        try:
+            if prepared is None:
+                raise Unavailable(
+                    "this shard lost its prepared share of the batch (restarted, or no commit within "
+                    f"{PREPARED_TTL_S:.0f} s): nothing of it was stored here"
+                )
+            _, collection, batch = prepared
+            results = collection.commit_upsert(batch, deadline_of(context))
+        except MvrError as error:
+            return _failure(error, context)
+        return dpb.UpsertDocumentsResponse(statuses=convert.upsert_statuses(results))
+
+    def encode_query(self, collection_name: str, text: str):
+        """``text`` encoded as a query by the collection's encoder (float32 rows), exactly as a text
+        Search encodes it, or the :class:`Failure` of the refusal."""
+        from mvr.server.errors import MvrError
+
+        try:
+            return self._engine.collection(collection_name, "collection").encode_query(text)
+        except MvrError as error:
+            return _failure(error, _ShardContext(None))
+
+    def discard(self, ticket: str) -> None:
+        """Forgets a prepared share (another shard refused the batch)."""
+        with self._prepared_lock:
+            self._prepared.pop(ticket, None)
+
+    def _drop_expired(self) -> None:
+        oldest = time.monotonic() - PREPARED_TTL_S
+        with self._prepared_lock:
+            for ticket in [t for t, (when, _, _) in self._prepared.items() if when < oldest]:
+                del self._prepared[ticket]
+
     def __del__(self) -> None:
         manager = getattr(self, "_manager", None)
         if manager is not None:
             manager.close()
 
 
+def _failure(error, context: _ShardContext, in_batch: bool = False) -> Failure:
+    """The status mvr serve would answer ``error`` (an engine error) with, as a :class:`Failure`."""
+    from mvr.server.service import abort_with
+
+    try:
+        abort_with(context, error)
+    except _Aborted as aborted:
+        failure = aborted.failure
+        return Failure(failure.code, failure.details, failure.status_details, in_batch)
+    raise AssertionError("unreachable: abort_with raises")
+
+
 class ClusterError(Exception):
     """A call the router answers with an error status (``shard``: the shard that answered it)."""
 
     def __init__(
-        self, code: str, details: str, status_details: bytes | None = None, shard: int | None = None
+        self,
+        code: str,
+        details: str,
+        status_details: bytes | None = None,
+        shard: int | None = None,
+        in_batch: bool = False,
     ) -> None:
         super().__init__(details)
         self.code, self.details, self.status_details, self.shard = code, details, status_details, shard
+        self.in_batch = in_batch  # a refused document of an upsert batch
+
+    def __reduce__(self):  # Ray pickles it when it ends a stream (the default would lose the code)
+        return ClusterError, (self.code, self.details, self.status_details, self.shard, self.in_batch)
+
+    def document_index(self) -> int | None:
+        """The i of the first ``documents[i]`` the message names (None: it names none)."""
+        match = _DOCUMENT_INDEX.search(self.details)
+        return None if match is None else int(match.group(1))
 
     def renumbered(self, positions: list[int]) -> ClusterError:
         """This error with ``documents[j]`` of a shard's share named by the caller's index
@@ -144,7 +257,7 @@ class ClusterError(Exception):
                         violation.description = rename(violation.description)
                     detail.Pack(bad)
             details = status.SerializeToString()
-        return ClusterError(self.code, rename(self.details), details, self.shard)
+        return ClusterError(self.code, rename(self.details), details, self.shard, self.in_batch)
 
 
 class Router:
@@ -156,25 +269,30 @@ class Router:
     # ------------------------------------------------------------------------------ plumbing
 
     async def _call(self, shard: int, service: str, method: str, request, timeout_s: float | None):
+        """Shard ``shard``'s servicer's answer to ``request`` (a :class:`ClusterError` if it refused)."""
+        return await self._ask(shard, method, "call", service, method, request, timeout_s)
+
+    async def _ask(self, shard: int, what: str, replica_method: str, *args):
+        """``replica_method(*args)`` on shard ``shard``'s replica (``what``: the call, for errors)."""
         from ray.exceptions import RayTaskError
 
         name = self._layout.shard_dir(Path("."), shard).name
         try:
-            answer = await self._shards[shard].call.remote(service, method, request, timeout_s)
+            answer = await getattr(self._shards[shard], replica_method).remote(*args)
         except RayTaskError as error:  # the replica answered, with an exception outside the servicers
-            log.error("shard %s failed %s: %s", shard, method, error)
+            log.error("shard %s failed %s: %s", shard, what, error)
             raise ClusterError(
-                "INTERNAL", f"shard {shard} ({name}) failed {method}; see the cluster's logs", shard=shard
+                "INTERNAL", f"shard {shard} ({name}) failed {what}; see the cluster's logs", shard=shard
             ) from error
         except Exception as error:  # the replica died, is restarting, or never started
             raise ClusterError(
                 "UNAVAILABLE",
-                f"shard {shard} of {self._layout.shards} ({name}) did not answer {method}: "
+                f"shard {shard} of {self._layout.shards} ({name}) did not answer {what}: "
                 f"{type(error).__name__}; retry shortly",
                 shard=shard,
             ) from error
         if isinstance(answer, Failure):
-            raise ClusterError(answer.code, answer.details, answer.status_details, shard)
+            raise ClusterError(answer.code, answer.details, answer.status_details, shard, answer.in_batch)
         return answer
 
     async def _all(self, service: str, method: str, requests, timeout_s: float | None) -> list:
@@ -200,13 +318,18 @@ class Router:
         try:
             return await run()
         except ClusterError as error:
-            import grpc
-
-            grpc_context.set_code(getattr(grpc.StatusCode, error.code))
-            grpc_context.set_details(error.details)
-            if error.status_details is not None:
-                grpc_context.set_trailing_metadata([(_STATUS_DETAILS, error.status_details)])
+            self._fail(grpc_context, error)
             return empty
+
+    @staticmethod
+    def _fail(grpc_context, error: ClusterError) -> None:
+        """Sets ``error`` as the call's status."""
+        import grpc
+
+        grpc_context.set_code(getattr(grpc.StatusCode, error.code))
+        grpc_context.set_details(error.details)
+        if error.status_details is not None:
+            grpc_context.set_trailing_metadata([(_STATUS_DETAILS, error.status_details)])
 
     # ------------------------------------------------------------------------------ search
 
@@ -214,7 +337,8 @@ class Router:
         from mvr.v1 import search_service_pb2 as spb
 
         async def run():
-            answers = await self._all("search", "Search", request, self._timeout(grpc_context))
+            shared = await self._encoded_once(request)
+            answers = await self._all("search", "Search", shared, self._timeout(grpc_context))
             return merge_search(answers, request.top_k or DEFAULT_TOP_K)
 
         return await self._answer(grpc_context, run, spb.SearchResponse())
@@ -223,7 +347,10 @@ class Router:
         from mvr.v1 import search_service_pb2 as spb
 
         async def run():
-            answers = await self._all("search", "BatchSearch", request, self._timeout(grpc_context))
+            shared = spb.BatchSearchRequest(
+                searches=await asyncio.gather(*(self._encoded_once(search) for search in request.searches))
+            )
+            answers = await self._all("search", "BatchSearch", shared, self._timeout(grpc_context))
             return spb.BatchSearchResponse(
                 results=[
                     merge_search([a.results[i] for a in answers], search.top_k or DEFAULT_TOP_K)
@@ -232,6 +359,31 @@ class Router:
             )
 
         return await self._answer(grpc_context, run, spb.BatchSearchResponse())
+
+    async def _encoded_once(self, request):
+        """A semantic search by text with its query encoded once, by one shard (chosen by the text's
+        hash, spreading the encodings), and sent to every shard as vectors: the shards score the same
+        vectors they would have encoded each. Any other search, or a text the shard refuses to encode,
+        goes as it came (the shards then answer the refusal naming the request's own fields, as one
+        server does)."""
+        from mvr.server import convert
+        from mvr.v1 import search_service_pb2 as spb
+        from mvr.v1 import types_pb2 as tpb
+
+        semantic = request.mode in (spb.SEARCH_MODE_UNSPECIFIED, spb.SEARCH_MODE_SEMANTIC)
+        if not semantic or request.query.WhichOneof("kind") != "text" or not request.query.text.strip():
+            return request
+        text = request.query.text
+        try:
+            vectors = await self._ask(
+                shard_of(text, self._layout.shards), "Search", "encode_query", request.collection, text
+            )
+        except ClusterError:
+            return request
+        shared = spb.SearchRequest()
+        shared.CopyFrom(request)
+        shared.query.vectors.CopyFrom(convert.vectors_to_proto(vectors, tpb.DTYPE_FLOAT32))
+        return shared
 
     async def Encode(self, request, grpc_context=None):
         from mvr.v1 import search_service_pb2 as spb
@@ -247,30 +399,81 @@ class Router:
         from mvr.v1 import document_service_pb2 as dpb
 
         async def run():
-            positions = self._by_shard([d.id for d in request.documents])
-            shares = {
-                s: dpb.UpsertDocumentsRequest(
-                    parent=request.parent, documents=[request.documents[i] for i in members]
-                )
-                for s, members in positions.items()
-            }
-            answers = await self._renumbered(positions, "UpsertDocuments", shares, grpc_context)
-            statuses = [None] * len(request.documents)
-            for (_, members), answer in zip(positions.items(), answers, strict=True):
-                for i, status in zip(members, answer.statuses, strict=True):
-                    statuses[i] = status
+            statuses = await self._upsert(request.parent, request.documents, self._timeout(grpc_context))
             return dpb.UpsertDocumentsResponse(statuses=statuses)
 
         return await self._answer(grpc_context, run, dpb.UpsertDocumentsResponse())
 
-    async def _renumbered(self, positions: dict[int, list[int]], method: str, shares: dict, grpc_context):
-        """The shards' answers; an error naming ``documents[j]`` of a share names the caller's index."""
-        try:
-            return await self._all("document", method, shares, self._timeout(grpc_context))
-        except ClusterError as error:
-            if error.shard is None or error.shard not in positions:
-                raise
-            raise error.renumbered(positions[error.shard]) from error
+    async def _upsert(self, parent: str, documents, timeout_s: float | None) -> list:
+        """Stores one batch over its shards in two phases (module docstring); the DocumentStatuses in
+        the caller's order. A refusal is the :class:`ClusterError` of the caller's first refused
+        document (its ``documents[i]`` renamed to the caller's index)."""
+        from mvr.server.errors import MvrError
+        from mvr.server.limits import Limits
+        from mvr.server.service import check_count
+        from mvr.v1 import document_service_pb2 as dpb
+
+        try:  # the whole batch against the limit each shard checks its share against
+            check_count(len(documents), "documents", Limits().max_batch_documents)
+        except MvrError as error:
+            failure = _failure(error, _ShardContext(None))
+            raise ClusterError(failure.code, failure.details, failure.status_details) from error
+        positions = self._by_shard([d.id for d in documents])
+        shares = {
+            s: dpb.UpsertDocumentsRequest(parent=parent, documents=[documents[i] for i in members])
+            for s, members in positions.items()
+        }
+        tickets = await asyncio.gather(
+            *(self._ask(s, "UpsertDocuments", "prepare_upsert", r, timeout_s) for s, r in shares.items()),
+            return_exceptions=True,
+        )
+        refusals = [t for t in tickets if isinstance(t, BaseException)]
+        if refusals:
+            for shard, ticket in zip(shares, tickets, strict=True):
+                if isinstance(ticket, str):
+                    self._shards[shard].discard.remote(ticket)
+            raise _first_refusal(refusals, positions)
+        answers = await asyncio.gather(
+            *(
+                self._ask(s, "UpsertDocuments", "commit_upsert", t, timeout_s)
+                for s, t in zip(shares, tickets, strict=True)
+            )
+        )
+        statuses = [None] * len(documents)
+        for members, answer in zip(positions.values(), answers, strict=True):
+            for i, status in zip(members, answer.statuses, strict=True):
+                statuses[i] = status
+        return statuses
+
+    async def StreamUpsertDocuments(self, request_stream, grpc_context=None):
+        """Each message is one batch, stored as :meth:`UpsertDocuments` stores one and acknowledged in
+        order; a refused document answers its batch ok=false (nothing of it stored) and the stream
+        goes on; an error about the stream itself (no or another parent, an unknown collection, a shard
+        that does not answer) ends it with that status, as ``mvr serve`` does."""
+        from mvr.server import convert
+        from mvr.v1 import document_service_pb2 as dpb
+
+        parent = None
+        index = 0
+        async for request in request_stream:
+            ids = [d.id for d in request.documents]
+            try:
+                if parent is None:
+                    parent = request.parent
+                elif request.parent and request.parent != parent:
+                    raise ClusterError(
+                        "INVALID_ARGUMENT",
+                        f"parent: {request.parent!r} differs from the stream's collection {parent!r}",
+                    )
+                statuses = await self._upsert(parent, request.documents, None)
+                yield dpb.StreamUpsertDocumentsResponse(batch_index=index, ok=True, statuses=statuses)
+            except ClusterError as error:
+                if not error.in_batch:
+                    self._fail(grpc_context, error)
+                    raise
+                statuses = convert.failed_batch_statuses(ids, error.document_index(), error.details)
+                yield dpb.StreamUpsertDocumentsResponse(batch_index=index, ok=False, statuses=statuses)
+            index += 1
 
     def _by_shard(self, ids: list[str]) -> dict[int, list[int]]:
         positions: dict[int, list[int]] = {}
@@ -332,13 +535,6 @@ class Router:
             return dpb.ListDocumentsResponse(documents=page, next_page_token=token)
 
         return await self._answer(grpc_context, run, dpb.ListDocumentsResponse())
-
-    async def StreamUpsertDocuments(self, request, grpc_context=None):
-        from mvr.v1 import document_service_pb2 as dpb
-
-        return self._unimplemented(
-            grpc_context, "StreamUpsertDocuments", "UpsertDocuments", dpb.StreamUpsertDocumentsResponse()
-        )
 
     # ------------------------------------------------------------------------------ collections
 
@@ -412,6 +608,22 @@ class Router:
         from mvr.v1 import snapshot_service_pb2 as snpb
 
         return self._unimplemented(grpc_context, "DeleteSnapshot", _PER_SHARD, snpb.DeleteSnapshotResponse())
+
+
+def _first_refusal(refusals: list[BaseException], positions: dict[int, list[int]]) -> BaseException:
+    """Of the shards' refusals of one batch, the one the caller sees: an error about the call itself
+    (unknown collection, a shard down) before one about a document, then the caller's first refused
+    document; ``documents[j]`` of a share renamed to the caller's index."""
+    errors = [r for r in refusals if isinstance(r, ClusterError)]
+    if len(errors) < len(refusals):  # not a refusal: a bug in the router, raised as it is
+        return next(r for r in refusals if not isinstance(r, ClusterError))
+    renamed = [e.renumbered(positions[e.shard]) if e.shard in positions else e for e in errors]
+
+    def order(error: ClusterError) -> tuple[bool, int]:
+        index = error.document_index()
+        return (error.in_batch, -1 if index is None else index)
+
+    return min(renamed, key=order)
 
 
 def merge_search(answers: list, top_k: int):

@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,14 @@ _GRAPH = (INDEX_FILE, SIDECAR_FILE)
 _SAVED = (CATALOG, *_GRAPH)  # what a snapshot writes to its scratch directory first
 SEARCH_MODES = ("semantic", "keyword", "hybrid")
 RETRY_BACKLOG_S = 1.0  # the indexer inserts thousands of documents a second (bench/ingest.py)
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A batch of documents validated and encoded, with their FDEs, not stored yet."""
+
+    documents: list[NewDocument]
+    fdes: np.ndarray  # float32 (len(documents), fde dim)
 
 
 class Collection:
@@ -181,6 +189,11 @@ class Collection:
         """Stores ``docs`` durably (one atomic batch) and queues them for the indexer. Past ``deadline``
         (``time.monotonic()``) nothing is stored: the check comes before encoding and again before
         the write, never during it."""
+        return self.commit_upsert(self.prepare_upsert(docs, deadline), deadline)
+
+    def prepare_upsert(self, docs: Sequence[DocumentInput], deadline: float | None = None) -> PreparedBatch:
+        """The first half of :meth:`upsert`: every document validated, texts encoded, FDEs computed;
+        nothing stored. A cluster's router prepares every shard's share before committing any."""
         if not docs:
             raise InvalidArgument("documents", "must not be empty")
         check_deadline(deadline, "encoding the documents")
@@ -188,17 +201,20 @@ class Collection:
         prepared = self._prepare(docs)
         tokens = np.concatenate([d.vectors for d in prepared])
         offsets = np.concatenate([[0], np.cumsum([len(d.vectors) for d in prepared])]).astype(np.int64)
-        fdes = self.fde.encode_documents(tokens, offsets)
+        return PreparedBatch(prepared, self.fde.encode_documents(tokens, offsets))
+
+    def commit_upsert(self, batch: PreparedBatch, deadline: float | None = None) -> list[UpsertResult]:
+        """The second half of :meth:`upsert`: stores a prepared batch durably, atomically."""
         check_deadline(deadline, "storing the documents")
         with self.write_lock:
             self._check_open()
-            self._check_backlog(len(docs))
-            records, replaced = self.store.upsert(prepared)
+            self._check_backlog(len(batch.documents))
+            records, replaced = self.store.upsert(batch.documents)
             self._retire([old.label for old in replaced if old is not None])
             with self.pending_changed:
                 self.pending = [
                     *self.pending,
-                    PendingBatch(np.array([r.label for r in records], np.int64), fdes),
+                    PendingBatch(np.array([r.label for r in records], np.int64), batch.fdes),
                 ]
                 self.pending_changed.notify_all()
         return [
