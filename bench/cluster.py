@@ -10,12 +10,13 @@ repetition), on the embedded default model (all-MiniLM-L6-v2).
   time; documents/s over the whole call (reading, encoding, routing, durable writes, and the final
   flush: graph built, codec trained). Beside it, one process: ``Collection.upsert`` of the same texts in
   batches of 64 with the encoder on ``--single-threads`` torch threads, then flush.
-* Search: ``--queries`` passage titles as text queries, one at a time through the Python client, against
-  the router (``mvr.cluster.serving.start`` on the first ingest's shards) and against ``mvr serve`` on a
-  one-collection copy of the same corpus; p50 / p99 latency and queries/s.
+* Search: ``--queries`` passage titles as text queries through the Python client, against the router
+  (``mvr.cluster.serving.start`` on the first ingest's shards) with each query encoding (once, by one
+  shard; per shard), and against ``mvr serve`` on a one-collection copy of the same corpus; one at a
+  time (p50 / p99 latency, queries/s) and ``--concurrency`` at a time (queries/s).
 
     python bench/cluster.py [--copies 10] [--shards 2] [--actors 1 2] [--queries 100] \\
-        [--out bench/results/cluster.json]
+        [--concurrency 4] [--out bench/results/cluster.json]
 """
 
 from __future__ import annotations
@@ -62,6 +63,18 @@ def timed_searches(client: Client, collection: str, queries: list[str]) -> dict:
     }
 
 
+def concurrent_searches(client: Client, collection: str, queries: list[str], concurrency: int) -> dict:
+    """Queries/s with ``concurrency`` searches in flight (threads sharing the client's channel): what
+    the CPU each query costs allows, where the sequential figure is latency."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda q: client.search(collection, q, top_k=10), queries))
+    seconds = time.perf_counter() - started
+    return {"concurrency": concurrency, "qps_concurrent": round(len(queries) / seconds, 1)}
+
+
 def single_node_ingest(records: list[dict], threads: int) -> dict:
     from mvr.server.encoder import EncoderCache
     from mvr.server.manager import CollectionManager
@@ -90,6 +103,7 @@ def main() -> None:
     parser.add_argument("--actors", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--single-threads", type=int, default=2)
     parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=4, help="searches in flight for the QPS row")
     parser.add_argument("--out", type=Path, default=ROOT / "bench/results/cluster.json")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -129,13 +143,17 @@ def main() -> None:
             print("cluster ingest", rows[-1], flush=True)
         result["cluster_ingest"] = rows
 
-        port = free_port()
-        start(work / f"shards-{args.actors[0]}", port)
-        with Client(f"127.0.0.1:{port}", timeout=120) as client:
-            client.wait_until_serving(300)
-            result["search_router"] = timed_searches(client, "docs", queries)
-        print("router", result["search_router"], flush=True)
-        serve.shutdown()
+        for encoding in ("once", "per-shard"):  # side by side, on the same shards
+            port = free_port()
+            start(work / f"shards-{args.actors[0]}", port, query_encoding=encoding)
+            with Client(f"127.0.0.1:{port}", timeout=120) as client:
+                client.wait_until_serving(300)
+                result[f"search_router_encoding_{encoding}"] = {
+                    **timed_searches(client, "docs", queries),
+                    **concurrent_searches(client, "docs", queries, args.concurrency),
+                }
+            print("router, query encoding", encoding, result[f"search_router_encoding_{encoding}"])
+            serve.shutdown()
         ray.shutdown()
 
         with server_process("--model", "default") as (target, _), Client(target, timeout=300) as client:
@@ -144,7 +162,10 @@ def main() -> None:
             client.upsert("docs", [Document(r["id"], text=r["text"]) for r in records])
             while (stats := client.get_collection("docs").stats) and stats.indexed_documents < len(records):
                 time.sleep(1)  # searched once indexed, as the shards are
-            result["search_single_node"] = timed_searches(client, "docs", queries)
+            result["search_single_node"] = {
+                **timed_searches(client, "docs", queries),
+                **concurrent_searches(client, "docs", queries, args.concurrency),
+            }
         print("single node", result["search_single_node"], flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -253,6 +253,8 @@ def test_mvr_cluster_serve_until_stopped(local_ray, tiny_model_dir: Path, tmp_pa
         "serve",
         "--shards-dir",
         str(tmp_path / "shards"),
+        "--query-encoding",  # each shard encodes the text (the fixture's cluster encodes it once)
+        "per-shard",
     ]
     process = subprocess.Popen(
         [*command, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

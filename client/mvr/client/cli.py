@@ -636,6 +636,13 @@ def _cluster_parser(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--shards-dir", required=True, help="what mvr cluster ingest wrote")
     serve.add_argument("--port", type=int, default=50051, help="the gRPC ingress's port")
     serve.add_argument(
+        "--query-encoding",
+        choices=["once", "per-shard"],
+        default="once",
+        help="a text query encoded once, by one shard, and sent to all as vectors (default), or by "
+        "every shard itself (no extra hop; worth it only when each shard has idle cores)",
+    )
+    serve.add_argument(
         "--address", default=None, help="a running Ray cluster to join (default: start a local one)"
     )
     serve.set_defaults(run=_cluster_serve)
@@ -670,7 +677,7 @@ def _cluster_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        layout = start(Path(args.shards_dir), args.port)
+        layout = start(Path(args.shards_dir), args.port, args.query_encoding)
     except ManifestMismatch as error:
         ray.shutdown()
         raise SystemExit(f"error: {error}") from None

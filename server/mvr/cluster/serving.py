@@ -53,6 +53,10 @@ DEFAULT_TOP_K = 10
 _DOCUMENT_INDEX = re.compile(r"documents\[(\d+)\]")
 _STATUS_DETAILS = "grpc-status-details-bin"
 _PER_SHARD = "mvr serve --data-dir on each shard's directory"
+# How a semantic text query is encoded: "once" by one shard and sent to all as vectors (one encoding's
+# CPU per query, one more hop), or "per-shard", each shard encoding the text itself (no extra hop; N
+# encodings: cheaper in latency only when the shards have idle cores of their own)
+QUERY_ENCODINGS = ("once", "per-shard")
 PREPARED_TTL_S = 600.0  # a prepared share no commit came for (its router died) is dropped after this
 
 
@@ -263,8 +267,11 @@ class ClusterError(Exception):
 class Router:
     """The gRPC ingress: every mvr.v1 method by name (Ray Serve's gRPC proxy calls them so)."""
 
-    def __init__(self, layout: Layout, shards: list) -> None:
+    def __init__(self, layout: Layout, shards: list, query_encoding: str = "once") -> None:
+        if query_encoding not in QUERY_ENCODINGS:
+            raise ValueError(f"query_encoding must be one of {QUERY_ENCODINGS}, got {query_encoding!r}")
         self._layout, self._shards = layout, shards
+        self._encode_once = query_encoding == "once"
 
     # ------------------------------------------------------------------------------ plumbing
 
@@ -371,7 +378,8 @@ class Router:
         from mvr.v1 import types_pb2 as tpb
 
         semantic = request.mode in (spb.SEARCH_MODE_UNSPECIFIED, spb.SEARCH_MODE_SEMANTIC)
-        if not semantic or request.query.WhichOneof("kind") != "text" or not request.query.text.strip():
+        by_text = request.query.WhichOneof("kind") == "text" and request.query.text.strip()
+        if not (self._encode_once and semantic and by_text):
             return request
         text = request.query.text
         try:
@@ -649,9 +657,9 @@ def merge_collection(answers: list, response_class):
     return merged
 
 
-def start(shards_dir: Path, port: int) -> Layout:
+def start(shards_dir: Path, port: int, query_encoding: str = "once") -> Layout:
     """Starts the deployments on the running Ray cluster (``ray.init`` first) and Serve's gRPC
-    ingress on ``port``; returns the layout served."""
+    ingress on ``port``; returns the layout served. ``query_encoding``: see QUERY_ENCODINGS."""
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
@@ -666,5 +674,5 @@ def start(shards_dir: Path, port: int) -> Layout:
         for s in range(layout.shards)
     ]
     router = serve.deployment(Router, name="router", ray_actor_options={"num_cpus": 0})
-    serve.run(router.bind(layout, shards), name=APP, route_prefix="/")
+    serve.run(router.bind(layout, shards, query_encoding), name=APP, route_prefix="/")
     return layout
