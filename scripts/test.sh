@@ -29,4 +29,16 @@ if command -v npm >/dev/null; then
 fi
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
-HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest -q "$@"
+# The suite runs in a network namespace of its own whose only interface is loopback, where unshare can
+# make one: every server a test starts (mvr's, Node's, Ray's — Ray 2.60 binds every interface by
+# design) is then reachable from nowhere but this machine's loopback.
+pytest=(env HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest -q "$@")
+if [ "$(id -u)" = 0 ]; then isolate=(unshare --net); else isolate=(unshare --net --map-root-user); fi
+if command -v ip >/dev/null && "${isolate[@]}" true 2>/dev/null; then
+  echo "running the tests in a network namespace with loopback only (${isolate[*]})"
+  "${isolate[@]}" bash -c 'ip link set lo up && exec "$@"' isolated "${pytest[@]}"
+else
+  echo "NOTE: unshare cannot make a network namespace here: the tests run on this machine's network," \
+    "where Ray's test cluster listens on every interface"
+  "${pytest[@]}"
+fi
