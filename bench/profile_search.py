@@ -280,8 +280,10 @@ def main() -> None:
     print(footprint, flush=True)
     if collection.tokens is None or collection.tokens.snapshot is None:
         raise SystemExit("the collection has no codes: not enough tokens to train a codec")
-    args.probe = args.probe or default_probe(stats.centroids)
-    args.centroid_candidates = args.centroid_candidates or default_centroid_candidates(stats.centroids)
+    args.centroid_candidates = args.centroid_candidates or default_centroid_candidates(
+        stats.centroids, args.candidates
+    )
+    args.probe = args.probe or default_probe(stats.centroids, args.centroid_candidates)
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # searches on one core
     for query in queries[:10]:  # warm up: JIT caches, page cache
         profile_query(collection, query, args, dict.fromkeys([*STAGES, UNTILED, *PARTS], 0.0), 0)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mvr.server import rerank
+from mvr.server import search as search_module
 from mvr.server.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -506,6 +507,46 @@ def test_candidate_tokens_mix_sources_across_tiles(manager: CollectionManager, m
     scored = rerank.maxsim_tiled(query, tokens.counts, tokens.read)
     expected = [chamfer(query, whole[tokens.rows[n] : tokens.rows[n + 1]]) for n in range(len(mixed))]
     np.testing.assert_allclose(scored.scores, expected, atol=1e-5)
+
+
+def test_default_centroid_depth_grows_with_the_candidates() -> None:
+    """`candidates` alone is the recall knob: past the base, the probe keeps 4 documents per candidate
+    and walks lists in proportion to the square root of what it keeps; at the defaults nothing moves."""
+    for centroids, probe, kept in [(64, 2, 1000), (4096, 2, 1000), (8192, 4, 2000), (16384, 8, 4000)]:
+        for n_candidates in (10, 128, 250):
+            assert search_module.default_centroid_candidates(centroids, n_candidates) == kept
+            assert search_module.default_probe(centroids, kept) == probe
+    assert search_module.default_centroid_candidates(8192, 2048) == 8192
+    assert search_module.default_probe(8192, 8192) == 8  # 4 * sqrt(8192 / 2000), rounded
+    assert search_module.default_probe(8192, 4096) == 6
+    assert search_module.default_probe(4096, 2048) == 3
+    depths = [search_module.default_centroid_candidates(8192, c) for c in range(10, 10_000, 97)]
+    probes = [search_module.default_probe(8192, k) for k in depths]
+    assert depths == sorted(depths) and probes == sorted(probes)
+
+
+def test_searches_pass_the_resolved_depth_to_the_probe(manager: CollectionManager, monkeypatch) -> None:
+    c = build_coded(manager, clustered_corpus(300, seed=14))
+    seen: list[tuple[int, int]] = []
+    real_table, real_lists = search_module.probe_table, search_module.probe_lists
+
+    def table(scores, n_query, n_probe):
+        seen.append((n_probe, -1))
+        return real_table(scores, n_query, n_probe)
+
+    def lists(*args):
+        seen[-1] = (seen[-1][0], args[-1])
+        return real_lists(*args)
+
+    monkeypatch.setattr(search_module, "probe_table", table)
+    monkeypatch.setattr(search_module, "probe_lists", lists)
+    monkeypatch.setattr(search_module, "DEFAULT_CENTROID_CANDIDATES", 20)  # so that 50 candidates pass it
+    query = unit(np.random.default_rng(15), 6)
+    c.search(query, 10, candidates=50)
+    c.search(query, 10, candidates=50, centroid_candidates=80)
+    c.search(query, 10, candidates=50, probe=3, centroid_candidates=30)
+    c.search(query, 5, candidates=5)
+    assert seen == [(6, 200), (4, 80), (3, 30), (2, 20)]  # 2·√10 → 6; 2·√4; as asked; the base
 
 
 def test_writes_during_training_and_backfill_are_all_coded(manager: CollectionManager) -> None:

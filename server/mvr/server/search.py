@@ -61,6 +61,12 @@ DEFAULT_CENTROID_CANDIDATES = 1000
 # (bench/profile_search.py, 100k documents, 8,192 centroids: 2 probes and 1,000 kept → recall@10
 # 0.922; 4 and 2,000 → 0.955, for 3–5 ms more a query).
 DEFAULTS_AT_CENTROIDS = 4096
+# More candidates deepen the stages before the exact one too, so that `candidates` alone is the recall
+# knob: centroid interaction keeps at least this many documents per candidate, and the probe walks
+# more lists in proportion to the square root of what it keeps. bench/vs_peers.py at 100k documents
+# (8,192 centroids): C=2048 with the defaults' 4 probes and 2,000 kept reached recall@10 0.9895; with
+# 8 probes and 8,000 kept, 0.9935 for ~10% more time.
+KEPT_PER_CANDIDATE = 4
 
 
 def _per_centroids(n_centroids: int) -> int:
@@ -68,12 +74,16 @@ def _per_centroids(n_centroids: int) -> int:
     return max(1, n_centroids // DEFAULTS_AT_CENTROIDS)
 
 
-def default_probe(n_centroids: int) -> int:
-    return DEFAULT_PROBE * _per_centroids(n_centroids)
+def default_centroid_candidates(n_centroids: int, n_candidates: int) -> int:
+    """Documents the probe keeps for centroid interaction when the search does not say."""
+    return max(DEFAULT_CENTROID_CANDIDATES * _per_centroids(n_centroids), KEPT_PER_CANDIDATE * n_candidates)
 
 
-def default_centroid_candidates(n_centroids: int) -> int:
-    return DEFAULT_CENTROID_CANDIDATES * _per_centroids(n_centroids)
+def default_probe(n_centroids: int, kept: int) -> int:
+    """Inverted lists each query token walks when the search does not say, for ``kept`` documents."""
+    base = DEFAULT_PROBE * _per_centroids(n_centroids)
+    depth = kept / (DEFAULT_CENTROID_CANDIDATES * _per_centroids(n_centroids))
+    return max(base, round(base * math.sqrt(depth)))
 
 
 GRAPH_SHARE = 4  # coded collections: the graph sends candidates / GRAPH_SHARE documents to the exact stage
@@ -240,14 +250,15 @@ class Searcher:
         alive = snapshot.alive[: snapshot.n]
         if allowed is not None:
             alive = alive & allowed.has(snapshot.labels[: snapshot.n]).astype(np.uint8)
+        kept = params.centroid_candidates or default_centroid_candidates(n_centroids, n_candidates)
         probed, _ = probe_lists(
             scores,
-            probe_table(scores, len(query), params.probe or default_probe(n_centroids)),
+            probe_table(scores, len(query), params.probe or default_probe(n_centroids, kept)),
             snapshot.list_offsets,
             snapshot.list_slots,
             snapshot.n_listed,
             alive,
-            params.centroid_candidates or default_centroid_candidates(n_centroids),
+            kept,
         )
         tail = np.arange(snapshot.n_listed, snapshot.n, dtype=np.int64)
         slots = np.concatenate([probed, tail[alive[tail] > 0]])

@@ -166,7 +166,9 @@ export interface SearchRequest {
   /**
    * Optional. Candidates scored by exact MaxSim (top_k..10000), and the number the HNSW graph
    * returns; 0 means max(128, 10 * top_k) in a coded collection, max(300, 10 * top_k) otherwise.
-   * The main recall knob: more candidates, better recall, slower search.
+   * The recall knob: more candidates, better recall, slower search. In a coded collection it also
+   * deepens the centroid stages when `probe` and `centroid_candidates` are unset (see them): at 100k
+   * documents 2048 candidates reach recall@10 0.99 against exact MaxSim (BENCHMARKS.md).
    */
   candidates: number;
   /**
@@ -184,13 +186,15 @@ export interface SearchRequest {
   explain: boolean;
   /**
    * Optional, coded collections only. Centroids whose inverted lists each query token walks
-   * (1..64); 0 means 2 for every 4096 centroids of the collection's codec (2 up to 4096, 4 at 8192).
+   * (1..64); 0 means 2 for every 4096 centroids of the collection's codec (2 up to 4096, 4 at 8192),
+   * times the square root of centroid_candidates over its base (below) when that is larger, rounded.
    */
   probe: number;
   /**
    * Optional, coded collections only. Documents found in the inverted lists that are kept for
    * centroid interaction, the cheap approximate scoring that picks the `candidates` (1..100000);
-   * 0 means 1000 for every 4096 centroids of the collection's codec (1000 up to 4096, 2000 at 8192).
+   * 0 means the larger of 1000 for every 4096 centroids of the collection's codec (its base: 1000 up
+   * to 4096, 2000 at 8192) and 4 * candidates.
    */
   centroidCandidates: number;
   /**
