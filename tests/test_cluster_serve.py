@@ -7,6 +7,7 @@ the caller's fields; a killed shard replica is restarted by Serve and no acknowl
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -15,6 +16,8 @@ import pytest
 
 from tests.conftest import free_port
 from tests.test_cluster_ingest import SHARDS, local_ray, sentence  # noqa: F401 (a fixture)
+from tests.test_go_client import GO_DIR, go_toolchain  # noqa: F401 (a fixture)
+from tests.test_ts_client import TS_DIR, node  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.ray
 
@@ -199,6 +202,30 @@ def test_upsert_stream_and_mvr_ingest_against_the_cluster(cluster, tmp_path: Pat
         assert cluster.search("docs", texts[doc_id], top_k=1, candidates=1000)[0].id == doc_id
     cluster.delete("docs", [*stored, *texts])
     assert cluster.get_collection("docs").stats.documents == 900
+
+
+def test_the_typescript_example_passes_every_step_against_the_cluster(cluster, node: str) -> None:  # noqa: F811
+    """The generated TypeScript client (ts-proto, grpc-js), unchanged, against the router's address:
+    create, an atomic batch, a stream, a filtered search, reads with vectors, pages, deletes, errors
+    with their codes and BadRequest details, and the collection deleted again."""
+    tsc = subprocess.run(
+        [str(TS_DIR / "node_modules/.bin/tsc"), "-p", str(TS_DIR)], capture_output=True, text=True
+    )
+    assert tsc.returncode == 0, tsc.stdout + tsc.stderr
+    result = subprocess.run(
+        [node, str(TS_DIR / "dist/example.js"), cluster.target], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "all checks passed" in result.stdout and result.stdout.count("ok    ") >= 12, result.stdout
+
+
+def test_the_go_example_passes_every_step_against_the_cluster(cluster, go_toolchain) -> None:  # noqa: F811
+    """The generated Go client (protoc-gen-go, grpc-go), unchanged, against the router's address."""
+    result = subprocess.run(
+        ["bash", str(GO_DIR / "run.sh"), cluster.target], capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert "all checks passed" in result.stdout and result.stdout.count("ok    ") >= 14, result.stdout
 
 
 def test_a_killed_shard_replica_comes_back_with_every_acknowledged_write(cluster) -> None:
