@@ -130,14 +130,23 @@ class HnswIndex:
     def _search_fewer(
         self, query: np.ndarray, k: int, allowed: Callable[[int], bool] | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        while k > 1:
-            k //= 2
+        """The most results the search can return when it cannot return k: hnswlib answers exactly k
+        or raises, and at a fixed ef its search finds the same set whatever k is, so whether a k can
+        be filled is monotone in k; bisected (log2 k more searches, on this path only). Halving k, as
+        before, could drop up to half of what the search had found."""
+        found = np.zeros(0, np.int64), np.zeros(0, np.float32)
+        fillable, unfillable = 0, k
+        while unfillable - fillable > 1:
+            middle = (fillable + unfillable) // 2
             try:
-                labels, distances = self._index.knn_query(query[None, :], k=k, num_threads=1, filter=allowed)
-                return labels[0].astype(np.int64), (1.0 - distances[0]).astype(np.float32)
+                labels, distances = self._index.knn_query(
+                    query[None, :], k=middle, num_threads=1, filter=allowed
+                )
             except RuntimeError:
+                unfillable = middle
                 continue
-        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+            fillable, found = middle, (labels[0].astype(np.int64), (1.0 - distances[0]).astype(np.float32))
+        return found
 
     # ------------------------------------------------------------------------------ updates
 
