@@ -282,6 +282,8 @@ def test_mvr_cluster_serve_until_stopped(local_ray, tiny_model_dir: Path, tmp_pa
         str(tmp_path / "shards"),
         "--query-encoding",  # each shard encodes the text (the fixture's cluster encodes it once)
         "per-shard",
+        "--request-timeout-s",
+        "120",
     ]
     process = subprocess.Popen(
         [*command, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -296,3 +298,21 @@ def test_mvr_cluster_serve_until_stopped(local_ray, tiny_model_dir: Path, tmp_pa
         output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output[-3000:]
     assert "serving collection 'small' from 2 shards" in output
+
+
+def test_the_shards_get_the_callers_time_or_else_the_clusters_request_timeout() -> None:
+    """Ray Serve's gRPC context has no time_remaining: the shards then get the cluster's request
+    timeout (the bound Serve's proxy enforces), or none when there is none."""
+    from mvr.cluster.serving import Router
+    from mvr.cluster.sharding import Layout
+
+    class WithDeadline:
+        def time_remaining(self) -> float:
+            return 2.5
+
+    layout = Layout("docs", 2, None, 8)
+    assert Router(layout, [], request_timeout_s=30.0)._timeout(object()) == 30.0
+    assert Router(layout, [], request_timeout_s=30.0)._timeout(WithDeadline()) == 2.5
+    assert Router(layout, [])._timeout(object()) is None
+    with pytest.raises(ValueError, match="query_encoding"):
+        Router(layout, [], query_encoding="twice")

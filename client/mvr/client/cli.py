@@ -643,6 +643,13 @@ def _cluster_parser(sub: argparse._SubParsersAction) -> None:
         "every shard itself (no extra hop; worth it only when each shard has idle cores)",
     )
     serve.add_argument(
+        "--request-timeout-s",
+        type=float,
+        default=None,
+        help="bound every call, streams included (DEADLINE_EXCEEDED past it; the shards stop a search "
+        "there): Ray Serve does not pass the client's deadline on. Default: none",
+    )
+    serve.add_argument(
         "--address", default=None, help="a running Ray cluster to join (default: start a local one)"
     )
     serve.set_defaults(run=_cluster_serve)
@@ -677,7 +684,7 @@ def _cluster_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        layout = start(Path(args.shards_dir), args.port, args.query_encoding)
+        layout = start(Path(args.shards_dir), args.port, args.query_encoding, args.request_timeout_s)
     except ManifestMismatch as error:
         ray.shutdown()
         raise SystemExit(f"error: {error}") from None

@@ -267,11 +267,18 @@ class ClusterError(Exception):
 class Router:
     """The gRPC ingress: every mvr.v1 method by name (Ray Serve's gRPC proxy calls them so)."""
 
-    def __init__(self, layout: Layout, shards: list, query_encoding: str = "once") -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        shards: list,
+        query_encoding: str = "once",
+        request_timeout_s: float | None = None,
+    ) -> None:
         if query_encoding not in QUERY_ENCODINGS:
             raise ValueError(f"query_encoding must be one of {QUERY_ENCODINGS}, got {query_encoding!r}")
         self._layout, self._shards = layout, shards
         self._encode_once = query_encoding == "once"
+        self._request_timeout_s = request_timeout_s
 
     # ------------------------------------------------------------------------------ plumbing
 
@@ -311,13 +318,13 @@ class Router:
         )
         return answers
 
-    @staticmethod
-    def _timeout(grpc_context) -> float | None:
-        """The caller's remaining time, where the context knows it. Ray Serve's gRPC context does not
-        carry the deadline (its proxy bounds a call by gRPCOptions.request_timeout_s instead), so the
-        shards see none and a search past the client's deadline runs to its end unseen."""
+    def _timeout(self, grpc_context) -> float | None:
+        """The time the shards get for a call: the caller's remaining time where the context knows it;
+        Ray Serve's gRPC context does not carry the client's deadline, so otherwise the cluster's
+        request timeout (``mvr cluster serve --request-timeout-s``, which Serve's proxy also enforces),
+        or none: a search past the client's deadline then runs to its end unseen."""
         remaining = getattr(grpc_context, "time_remaining", None)
-        return None if remaining is None else remaining()
+        return self._request_timeout_s if remaining is None else remaining()
 
     async def _answer(self, grpc_context, run, empty):
         """Runs ``run()``; an error becomes the call's status (and an empty response, which the proxy
@@ -443,7 +450,8 @@ class Router:
             raise _first_refusal(refusals, positions)
         answers = await asyncio.gather(
             *(
-                self._ask(s, "UpsertDocuments", "commit_upsert", t, timeout_s)
+                self._ask(s, "UpsertDocuments", "commit_upsert", t, None)  # every share is ready:
+                # no shard may refuse its commit for time while another stores its own
                 for s, t in zip(shares, tickets, strict=True)
             )
         )
@@ -657,15 +665,21 @@ def merge_collection(answers: list, response_class):
     return merged
 
 
-def start(shards_dir: Path, port: int, query_encoding: str = "once") -> Layout:
+def start(
+    shards_dir: Path, port: int, query_encoding: str = "once", request_timeout_s: float | None = None
+) -> Layout:
     """Starts the deployments on the running Ray cluster (``ray.init`` first) and Serve's gRPC
-    ingress on ``port``; returns the layout served. ``query_encoding``: see QUERY_ENCODINGS."""
+    ingress on ``port``; returns the layout served. ``query_encoding``: see QUERY_ENCODINGS;
+    ``request_timeout_s``: every call's bound (Serve's proxy answers DEADLINE_EXCEEDED past it, and
+    the shards stop a search there), streams included; none by default."""
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
     layout = read_layout(shards_dir)
     serve.start(
-        grpc_options=gRPCOptions(port=port, grpc_servicer_functions=SERVICERS),
+        grpc_options=gRPCOptions(
+            port=port, grpc_servicer_functions=SERVICERS, request_timeout_s=request_timeout_s
+        ),
         http_options=HTTPOptions(host="127.0.0.1", port=0),
     )
     replica = serve.deployment(ShardReplica, num_replicas=1, ray_actor_options={"num_cpus": 0})
@@ -674,5 +688,5 @@ def start(shards_dir: Path, port: int, query_encoding: str = "once") -> Layout:
         for s in range(layout.shards)
     ]
     router = serve.deployment(Router, name="router", ray_actor_options={"num_cpus": 0})
-    serve.run(router.bind(layout, shards, query_encoding), name=APP, route_prefix="/")
+    serve.run(router.bind(layout, shards, query_encoding, request_timeout_s), name=APP, route_prefix="/")
     return layout
