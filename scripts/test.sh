@@ -29,16 +29,21 @@ if command -v npm >/dev/null; then
 fi
 "$venv/bin/ruff" check .
 "$venv/bin/ruff" format --check .
-# The suite runs in a network namespace of its own whose only interface is loopback, where unshare can
-# make one: every server a test starts (mvr's, Node's, Ray's — Ray 2.60 binds every interface by
-# design) is then reachable from nowhere but this machine's loopback.
-pytest=(env HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest -q "$@")
+pytest=(env HF_HUB_OFFLINE=1 "$venv/bin/python" -m pytest -q)
+if [ $# -gt 0 ]; then  # pytest arguments: one run, as given
+  exec "${pytest[@]}" "$@"
+fi
+# The whole suite: the Ray tests run in a network namespace of their own whose only interface is
+# loopback, where unshare can make one, so that their Ray cluster (Ray 2.60 binds every interface by
+# design) is reachable from nowhere but this machine's loopback; the others run outside it (one
+# installs the light client from PyPI).
+"${pytest[@]}" -m "not ray"
 if [ "$(id -u)" = 0 ]; then isolate=(unshare --net); else isolate=(unshare --net --map-root-user); fi
 if command -v ip >/dev/null && "${isolate[@]}" true 2>/dev/null; then
-  echo "running the tests in a network namespace with loopback only (${isolate[*]})"
-  "${isolate[@]}" bash -c 'ip link set lo up && exec "$@"' isolated "${pytest[@]}"
+  echo "running the Ray tests in a network namespace with loopback only (${isolate[*]})"
+  "${isolate[@]}" bash -c 'ip link set lo up && exec "$@"' isolated "${pytest[@]}" -m ray
 else
-  echo "NOTE: unshare cannot make a network namespace here: the tests run on this machine's network," \
-    "where Ray's test cluster listens on every interface"
-  "${pytest[@]}"
+  echo "NOTE: unshare cannot make a network namespace here: the Ray tests run on this machine's" \
+    "network, where their Ray cluster listens on every interface"
+  "${pytest[@]}" -m ray
 fi
