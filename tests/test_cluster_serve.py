@@ -263,8 +263,9 @@ def test_mvr_cluster_serve_until_stopped(local_ray, tiny_model_dir: Path, tmp_pa
     import subprocess
     import sys
 
-    from mvr.client import Client
+    from mvr.client import Client, Document
     from mvr.cluster.ingest import ingest
+    from mvr.server.encoder import EncoderCache
 
     rng = np.random.default_rng(7)
     texts = {f"s{i}": sentence(rng, 9) for i in range(10)}
@@ -284,20 +285,58 @@ def test_mvr_cluster_serve_until_stopped(local_ray, tiny_model_dir: Path, tmp_pa
         "per-shard",
         "--request-timeout-s",
         "120",
+        "--replicas",  # two copies of each shard: every write to both, reads in turn
+        "2",
     ]
     process = subprocess.Popen(
         [*command, "--port", str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    added = {f"n{i}": sentence(rng, 8) for i in range(6)}
     try:
         with Client(f"127.0.0.1:{port}", timeout=60) as client:
             client.wait_until_serving(180)
             assert {d.id for d in client.list_documents("small")} == {f"s{i}" for i in range(10)}
-            assert client.search("small", texts["s3"], top_k=1)[0].id == "s3"
+            for _ in range(4):  # reads alternate between the copies: each must answer alike
+                assert client.search("small", texts["s3"], top_k=1)[0].id == "s3"
+            client.upsert("small", [Document(i, text=t) for i, t in added.items()])
+            client.delete("small", ["s0", "n0"])
+            for _ in range(4):
+                kept = (set(texts) | set(added)) - {"s0", "n0"}
+                assert {d.id for d in client.list_documents("small")} == kept
+                assert client.search("small", added["n4"], top_k=1)[0].id == "n4"
     finally:
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=120)
     assert process.returncode == 0, output[-3000:]
-    assert "serving collection 'small' from 2 shards" in output
+    assert "serving collection 'small' from 2 shards, 2 replica(s) each" in output
+
+    from mvr.cluster.serving import replica_dir
+    from mvr.cluster.sharding import read_layout
+    from mvr.server.manager import CollectionManager
+    from mvr.server.values import DocumentInput
+
+    shards = tmp_path / "shards"
+    layout = read_layout(shards)
+    for shard in range(2):  # both copies hold exactly the same documents, vectors and all
+        held = []
+        for replica in range(2):
+            manager = CollectionManager(
+                replica_dir(shards, layout, shard, replica), encoder_loader=EncoderCache(1)
+            )
+            store = manager.get("small").store
+            held.append({i: r.vectors().tobytes() for i, r in store.records.items()})
+            manager.close()
+        assert held[0] == held[1] and held[0], shard
+    # a copy that missed a write (here: one written to the shard's directory alone) is refused
+    manager = CollectionManager(layout.shard_dir(shards, 0), encoder_loader=EncoderCache(1))
+    manager.get("small").upsert([DocumentInput("behind-its-copy", text=sentence(rng, 5))])
+    manager.close()
+    refused = subprocess.run(
+        [*command, "--port", str(free_port())], capture_output=True, text=True, timeout=300
+    )
+    assert refused.returncode != 0 and "the copies of shard 0 differ" in refused.stderr, refused.stderr[
+        -3000:
+    ]
 
 
 def test_the_shards_get_the_callers_time_or_else_the_clusters_request_timeout() -> None:
@@ -316,3 +355,15 @@ def test_the_shards_get_the_callers_time_or_else_the_clusters_request_timeout() 
     assert Router(layout, [])._timeout(object()) is None
     with pytest.raises(ValueError, match="query_encoding"):
         Router(layout, [], query_encoding="twice")
+
+
+def test_reads_take_a_shards_replicas_in_turn() -> None:
+    from mvr.cluster.serving import Router
+    from mvr.cluster.sharding import Layout
+
+    router = Router(Layout("docs", 2, None, 8), [["a0", "a1", "a2"], ["b0"]])
+    assert [router._next_replica(0) for _ in range(5)] == [0, 1, 2, 0, 1]
+    assert [router._next_replica(1) for _ in range(2)] == [0, 0]
+    assert (
+        router._name(0, 1) == "shard-000-of-002, replica 1 of 3" and router._name(1, 0) == "shard-001-of-002"
+    )

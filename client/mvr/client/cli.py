@@ -643,6 +643,13 @@ def _cluster_parser(sub: argparse._SubParsersAction) -> None:
         "every shard itself (no extra hop; worth it only when each shard has idle cores)",
     )
     serve.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="copies of each shard: reads spread over them, every write goes to all; a missing copy is "
+        "copied from the shard's directory at start (so start while no ingest writes there)",
+    )
+    serve.add_argument(
         "--request-timeout-s",
         type=float,
         default=None,
@@ -676,7 +683,7 @@ def _cluster_serve(args: argparse.Namespace) -> int:
     import threading
 
     ray = _ray(args.address)
-    from mvr.cluster.serving import start
+    from mvr.cluster.serving import ReplicasDiffer, start
     from mvr.cluster.sharding import ManifestMismatch
     from ray import serve
 
@@ -684,13 +691,15 @@ def _cluster_serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
-        layout = start(Path(args.shards_dir), args.port, args.query_encoding, args.request_timeout_s)
-    except ManifestMismatch as error:
+        layout = start(
+            Path(args.shards_dir), args.port, args.query_encoding, args.request_timeout_s, args.replicas
+        )
+    except (ManifestMismatch, ReplicasDiffer, ValueError) as error:
         ray.shutdown()
         raise SystemExit(f"error: {error}") from None
     print(
-        f"serving collection {layout.collection!r} from {layout.shards} shards on port {args.port} "
-        "(mvr.v1 over gRPC; Ctrl-C stops)",
+        f"serving collection {layout.collection!r} from {layout.shards} shards, {args.replicas} "
+        f"replica(s) each, on port {args.port} (mvr.v1 over gRPC; Ctrl-C stops)",
         flush=True,
     )
     stop.wait()

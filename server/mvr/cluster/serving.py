@@ -2,10 +2,12 @@
 
 Two kinds of deployment:
 
-* :class:`ShardReplica`, one deployment per shard: opens the shard's data directory with the engine
+* :class:`ShardReplica`, one deployment per copy of a shard: opens a data directory with the engine
   ``mvr serve`` uses and answers mvr.v1 calls with ``mvr serve``'s own servicers (the same validation,
-  the same errors), through :meth:`ShardReplica.call`. One replica per shard: a shard's files have one
-  writer (read replicas would need a read-only engine mode, not built).
+  the same errors), through :meth:`ShardReplica.call`. A shard has ``replicas`` copies, each the only
+  writer of its own directory (copied from the shard's at the first start): the router sends every
+  write to all of them and each read to one, in turn. Copies that applied the same writes agree on
+  :meth:`ShardReplica.fingerprint`, which :func:`start` checks before serving.
 * :class:`Router`, the ingress: Ray Serve's gRPC proxy hands it every mvr.v1 call by method name. It
   fans a Search out to every shard with the caller's remaining deadline and merges the shards' top_k by
   score (semantic scores are exact MaxSim, so the merge is exact; keyword and hybrid scores are each
@@ -57,6 +59,7 @@ _PER_SHARD = "mvr serve --data-dir on each shard's directory"
 # CPU per query, one more hop), or "per-shard", each shard encoding the text itself (no extra hop; N
 # encodings: cheaper in latency only when the shards have idle cores of their own)
 QUERY_ENCODINGS = ("once", "per-shard")
+MAX_REPLICAS = 16
 PREPARED_TTL_S = 600.0  # a prepared share no commit came for (its router died) is dropped after this
 
 
@@ -184,6 +187,12 @@ class ShardReplica:
         except MvrError as error:
             return _failure(error, _ShardContext(None))
 
+    def fingerprint(self) -> dict[str, tuple[int, int]]:
+        """Per collection: (live documents, next label). Labels are handed out in write order, so two
+        copies of a shard that applied the same writes give the same pair."""
+        collections = (self._manager.get(config.name) for config in self._manager.list())
+        return {c.config.name: (len(c.store.by_label), c.store.next_label) for c in collections}
+
     def discard(self, ticket: str) -> None:
         """Forgets a prepared share (another shard refused the batch)."""
         with self._prepared_lock:
@@ -276,25 +285,59 @@ class Router:
     ) -> None:
         if query_encoding not in QUERY_ENCODINGS:
             raise ValueError(f"query_encoding must be one of {QUERY_ENCODINGS}, got {query_encoding!r}")
-        self._layout, self._shards = layout, shards
+        self._layout = layout
+        self._shards = shards  # per shard, its replicas' handles
+        self._turns = [0] * len(shards)  # the replica the next read of each shard goes to
         self._encode_once = query_encoding == "once"
         self._request_timeout_s = request_timeout_s
 
     # ------------------------------------------------------------------------------ plumbing
 
-    async def _call(self, shard: int, service: str, method: str, request, timeout_s: float | None):
-        """Shard ``shard``'s servicer's answer to ``request`` (a :class:`ClusterError` if it refused)."""
+    async def _call(
+        self,
+        shard: int,
+        service: str,
+        method: str,
+        request,
+        timeout_s: float | None,
+        everywhere: bool = False,
+    ):
+        """Shard ``shard``'s servicer's answer to ``request`` (a :class:`ClusterError` if it refused):
+        a read from one replica, a write ``everywhere`` (every replica applies it; the first one's
+        answer)."""
+        if everywhere:
+            answers = await self._everywhere(shard, method, "call", service, method, request, timeout_s)
+            return answers[0]
         return await self._ask(shard, method, "call", service, method, request, timeout_s)
 
-    async def _ask(self, shard: int, what: str, replica_method: str, *args):
-        """``replica_method(*args)`` on shard ``shard``'s replica (``what``: the call, for errors)."""
+    def _next_replica(self, shard: int) -> int:
+        replica = self._turns[shard]
+        self._turns[shard] = (replica + 1) % len(self._shards[shard])
+        return replica
+
+    async def _everywhere(self, shard: int, what: str, replica_method: str, *args) -> list:
+        """``replica_method(*args)`` on every replica of the shard; the answers in replica order."""
+        replicas = range(len(self._shards[shard]))
+        return await asyncio.gather(
+            *(self._ask(shard, what, replica_method, *args, replica=r) for r in replicas)
+        )
+
+    def _name(self, shard: int, replica: int) -> str:
+        name = self._layout.shard_dir(Path("."), shard).name
+        copies = len(self._shards[shard])
+        return name if copies == 1 else f"{name}, replica {replica} of {copies}"
+
+    async def _ask(self, shard: int, what: str, replica_method: str, *args, replica: int | None = None):
+        """``replica_method(*args)`` on one replica of shard ``shard`` (``replica``, else the next in
+        turn); ``what``: the call, for errors."""
         from ray.exceptions import RayTaskError
 
-        name = self._layout.shard_dir(Path("."), shard).name
+        replica = self._next_replica(shard) if replica is None else replica
+        name = self._name(shard, replica)
         try:
-            answer = await getattr(self._shards[shard], replica_method).remote(*args)
+            answer = await getattr(self._shards[shard][replica], replica_method).remote(*args)
         except RayTaskError as error:  # the replica answered, with an exception outside the servicers
-            log.error("shard %s failed %s: %s", shard, what, error)
+            log.error("shard %s (%s) failed %s: %s", shard, name, what, error)
             raise ClusterError(
                 "INTERNAL", f"shard {shard} ({name}) failed {what}; see the cluster's logs", shard=shard
             ) from error
@@ -309,12 +352,14 @@ class Router:
             raise ClusterError(answer.code, answer.details, answer.status_details, shard, answer.in_batch)
         return answer
 
-    async def _all(self, service: str, method: str, requests, timeout_s: float | None) -> list:
+    async def _all(
+        self, service: str, method: str, requests, timeout_s: float | None, everywhere: bool = False
+    ) -> list:
         """One call per shard (``requests``: one request for all, or a {shard: request} map)."""
         every = range(self._layout.shards)
         targets = requests if isinstance(requests, dict) else {s: requests for s in every}
         answers = await asyncio.gather(
-            *(self._call(s, service, method, r, timeout_s) for s, r in targets.items())
+            *(self._call(s, service, method, r, timeout_s, everywhere) for s, r in targets.items())
         )
         return answers
 
@@ -438,23 +483,29 @@ class Router:
             s: dpb.UpsertDocumentsRequest(parent=parent, documents=[documents[i] for i in members])
             for s, members in positions.items()
         }
+        copies = [(s, r) for s in shares for r in range(len(self._shards[s]))]
         tickets = await asyncio.gather(
-            *(self._ask(s, "UpsertDocuments", "prepare_upsert", r, timeout_s) for s, r in shares.items()),
+            *(
+                self._ask(s, "UpsertDocuments", "prepare_upsert", shares[s], timeout_s, replica=r)
+                for s, r in copies
+            ),
             return_exceptions=True,
         )
         refusals = [t for t in tickets if isinstance(t, BaseException)]
         if refusals:
-            for shard, ticket in zip(shares, tickets, strict=True):
+            for (shard, replica), ticket in zip(copies, tickets, strict=True):
                 if isinstance(ticket, str):
-                    self._shards[shard].discard.remote(ticket)
+                    self._shards[shard][replica].discard.remote(ticket)
             raise _first_refusal(refusals, positions)
-        answers = await asyncio.gather(
+        committed = await asyncio.gather(
             *(
-                self._ask(s, "UpsertDocuments", "commit_upsert", t, None)  # every share is ready:
-                # no shard may refuse its commit for time while another stores its own
-                for s, t in zip(shares, tickets, strict=True)
+                # every share is ready: no copy may refuse its commit for time while another stores its own
+                self._ask(s, "UpsertDocuments", "commit_upsert", t, None, replica=r)
+                for (s, r), t in zip(copies, tickets, strict=True)
             )
         )
+        first = {s: answer for (s, r), answer in zip(copies, committed, strict=True) if r == 0}
+        answers = [first[s] for s in positions]
         statuses = [None] * len(documents)
         for members, answer in zip(positions.values(), answers, strict=True):
             for i, status in zip(members, answer.statuses, strict=True):
@@ -527,7 +578,9 @@ class Router:
                     shares[s] = share
             else:  # a filter alone: every shard
                 shares = dict.fromkeys(range(self._layout.shards), request)
-            answers = await self._all("document", "DeleteDocuments", shares, self._timeout(grpc_context))
+            answers = await self._all(
+                "document", "DeleteDocuments", shares, self._timeout(grpc_context), everywhere=True
+            )
             deleted = {i for a in answers for i in a.deleted_ids}
             return dpb.DeleteDocumentsResponse(
                 deleted_ids=[i for i in request.ids if i in deleted],
@@ -558,7 +611,9 @@ class Router:
         from mvr.v1 import collection_service_pb2 as cpb
 
         async def run():
-            answers = await self._all("collection", "CreateCollection", request, self._timeout(grpc_context))
+            answers = await self._all(
+                "collection", "CreateCollection", request, self._timeout(grpc_context), everywhere=True
+            )
             return merge_collection(answers, cpb.CreateCollectionResponse)
 
         return await self._answer(grpc_context, run, cpb.CreateCollectionResponse())
@@ -584,7 +639,9 @@ class Router:
         from mvr.v1 import collection_service_pb2 as cpb
 
         async def run():
-            await self._all("collection", "DeleteCollection", request, self._timeout(grpc_context))
+            await self._all(
+                "collection", "DeleteCollection", request, self._timeout(grpc_context), everywhere=True
+            )
             return cpb.DeleteCollectionResponse()
 
         return await self._answer(grpc_context, run, cpb.DeleteCollectionResponse())
@@ -592,12 +649,13 @@ class Router:
     # ------------------------------------------------------------------------------ the rest
 
     async def Check(self, request, grpc_context=None):
-        """grpc.health.v1: SERVING once every shard answers."""
+        """grpc.health.v1: SERVING once every replica of every shard answers."""
         from grpc_health.v1 import health_pb2
         from mvr.v1 import collection_service_pb2 as cpb
 
         try:
-            await self._all("collection", "ListCollections", cpb.ListCollectionsRequest(page_size=1), 5.0)
+            probe = cpb.ListCollectionsRequest(page_size=1)
+            await self._all("collection", "ListCollections", probe, 5.0, everywhere=True)  # writes need all
         except ClusterError:
             return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.NOT_SERVING)
         return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
@@ -665,28 +723,80 @@ def merge_collection(answers: list, response_class):
     return merged
 
 
+def replica_dir(shards_dir: Path, layout: Layout, shard: int, replica: int) -> Path:
+    """Where replica ``replica`` of a shard keeps its copy (replica 0: the shard's own directory)."""
+    own = layout.shard_dir(shards_dir, shard)
+    return own if replica == 0 else Path(shards_dir) / "replicas" / f"{own.name}.{replica}"
+
+
+class ReplicasDiffer(Exception):
+    """Copies of a shard that did not apply the same writes; serving them would answer by chance."""
+
+
 def start(
-    shards_dir: Path, port: int, query_encoding: str = "once", request_timeout_s: float | None = None
+    shards_dir: Path,
+    port: int,
+    query_encoding: str = "once",
+    request_timeout_s: float | None = None,
+    replicas: int = 1,
 ) -> Layout:
     """Starts the deployments on the running Ray cluster (``ray.init`` first) and Serve's gRPC
     ingress on ``port``; returns the layout served. ``query_encoding``: see QUERY_ENCODINGS;
     ``request_timeout_s``: every call's bound (Serve's proxy answers DEADLINE_EXCEEDED past it, and
-    the shards stop a search there), streams included; none by default."""
+    the shards stop a search there), streams included; none by default. ``replicas``: copies of each
+    shard (reads spread over them, writes go to all); a copy that does not exist yet is copied from
+    the shard's directory first, so start it while nothing writes there (no ingest running).
+    :class:`ReplicasDiffer` (Serve shut down again) when the copies of a shard disagree."""
+    import shutil
+
     from ray import serve
     from ray.serve.config import HTTPOptions, gRPCOptions
 
+    if not 1 <= replicas <= MAX_REPLICAS:
+        raise ValueError(f"replicas must be 1 to {MAX_REPLICAS}, got {replicas}")
     layout = read_layout(shards_dir)
+    for s in range(layout.shards):
+        for r in range(1, replicas):
+            copy = replica_dir(shards_dir, layout, s, r)
+            if not copy.exists():
+                log.info("copying %s to %s", layout.shard_dir(shards_dir, s), copy)
+                partial = copy.with_name(copy.name + ".copying")
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(layout.shard_dir(shards_dir, s), partial)
+                partial.rename(copy)  # a crash mid-copy leaves only the .copying directory
     serve.start(
         grpc_options=gRPCOptions(
             port=port, grpc_servicer_functions=SERVICERS, request_timeout_s=request_timeout_s
         ),
         http_options=HTTPOptions(host="127.0.0.1", port=0),
     )
-    replica = serve.deployment(ShardReplica, num_replicas=1, ray_actor_options={"num_cpus": 0})
+    deployment = serve.deployment(ShardReplica, num_replicas=1, ray_actor_options={"num_cpus": 0})
     shards = [
-        replica.options(name=f"shard-{s}").bind(str(layout.shard_dir(shards_dir, s)), layout.model)
+        [
+            deployment.options(name=f"shard-{s}" if r == 0 else f"shard-{s}-replica-{r}").bind(
+                str(replica_dir(shards_dir, layout, s, r)), layout.model
+            )
+            for r in range(replicas)
+        ]
         for s in range(layout.shards)
     ]
     router = serve.deployment(Router, name="router", ray_actor_options={"num_cpus": 0})
     serve.run(router.bind(layout, shards, query_encoding, request_timeout_s), name=APP, route_prefix="/")
+    if replicas > 1:
+        _check_replicas_agree(layout, shards_dir, replicas)
     return layout
+
+
+def _check_replicas_agree(layout: Layout, shards_dir: Path, replicas: int) -> None:
+    from ray import serve
+
+    for s in range(layout.shards):
+        names = [f"shard-{s}" if r == 0 else f"shard-{s}-replica-{r}" for r in range(replicas)]
+        prints = [serve.get_deployment_handle(n, app_name=APP).fingerprint.remote().result() for n in names]
+        if any(p != prints[0] for p in prints[1:]):
+            serve.shutdown()
+            found = "; ".join(f"{replica_dir(shards_dir, layout, s, r)}: {p}" for r, p in enumerate(prints))
+            raise ReplicasDiffer(
+                f"the copies of shard {s} differ ((live documents, next label) per collection: {found}); "
+                "delete the stale copies under replicas/ to copy them afresh from the shard's directory"
+            )
