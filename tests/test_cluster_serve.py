@@ -340,19 +340,39 @@ def test_mvr_cluster_serve_until_stopped(local_ray, tiny_model_dir: Path, tmp_pa
 
 
 def test_the_shards_get_the_callers_time_or_else_the_clusters_request_timeout() -> None:
-    """Ray Serve's gRPC context has no time_remaining: the shards then get the cluster's request
-    timeout (the bound Serve's proxy enforces), or none when there is none."""
-    from mvr.cluster.serving import Router
+    """Ray Serve's gRPC context has no time_remaining: the shards then get the smaller of the timeout
+    the client sent as metadata and the cluster's request timeout (the bound Serve's proxy enforces),
+    or none when there is neither; a malformed header is INVALID_ARGUMENT naming it."""
+    from mvr.client._convert import TIMEOUT_HEADER, call_metadata
+    from mvr.cluster import serving
+
+    assert serving.TIMEOUT_HEADER == TIMEOUT_HEADER  # the client sends what the router reads
+    from mvr.cluster.serving import ClusterError, Router
     from mvr.cluster.sharding import Layout
 
     class WithDeadline:
         def time_remaining(self) -> float:
             return 2.5
 
+    class Sent:  # what Ray Serve's context offers: the client's metadata, no deadline
+        def __init__(self, *metadata: tuple[str, str]) -> None:
+            self.metadata = metadata
+
+        def invocation_metadata(self):
+            return self.metadata
+
     layout = Layout("docs", 2, None, 8)
-    assert Router(layout, [], request_timeout_s=30.0)._timeout(object()) == 30.0
+    assert Router(layout, [], request_timeout_s=30.0)._timeout(Sent()) == 30.0
     assert Router(layout, [], request_timeout_s=30.0)._timeout(WithDeadline()) == 2.5
-    assert Router(layout, [])._timeout(object()) is None
+    assert Router(layout, [])._timeout(Sent(("authorization", "Bearer x"))) is None
+    # the Python client sends its timeout as metadata; the smaller bound wins
+    sent = Sent(*call_metadata((), 4.25))
+    assert Router(layout, [])._timeout(sent) == 4.25
+    assert Router(layout, [], request_timeout_s=3.0)._timeout(sent) == 3.0
+    for bad in ("soon", "0", "-5", "1.5"):
+        with pytest.raises(ClusterError, match="mvr-timeout-ms") as refused:
+            Router(layout, [])._timeout(Sent((TIMEOUT_HEADER, bad)))
+        assert refused.value.code == "INVALID_ARGUMENT"
     with pytest.raises(ValueError, match="query_encoding"):
         Router(layout, [], query_encoding="twice")
 

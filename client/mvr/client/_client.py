@@ -82,7 +82,8 @@ class Client:
 
     def _call(self, method: Any, request: Any, timeout: float | None) -> Any:
         try:
-            return method(request, timeout=timeout or self.timeout, metadata=self._metadata)
+            timeout = timeout or self.timeout
+            return method(request, timeout=timeout, metadata=convert.call_metadata(self._metadata, timeout))
         except grpc.RpcError as error:
             raise from_rpc_error(error) from error
 

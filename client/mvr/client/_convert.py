@@ -120,6 +120,15 @@ def auth_metadata(api_key: str | None) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
 
+# The call's timeout, also sent as metadata: a server behind a proxy that does not pass gRPC's own
+# deadline on (an mvr cluster on Ray Serve) reads it here and gives its shards that much time.
+TIMEOUT_HEADER = "mvr-timeout-ms"
+
+
+def call_metadata(metadata: tuple[tuple[str, str], ...], timeout: float) -> tuple[tuple[str, str], ...]:
+    return (*metadata, (TIMEOUT_HEADER, str(max(1, round(timeout * 1000)))))
+
+
 _WIRE = {tpb.DTYPE_FLOAT32: np.dtype("<f4"), tpb.DTYPE_FLOAT16: np.dtype("<f2")}
 _STORAGE = {"float32": tpb.DTYPE_FLOAT32, "float16": tpb.DTYPE_FLOAT16}
 _KINDS = {"query": spb.ENCODE_KIND_QUERY, "document": spb.ENCODE_KIND_DOCUMENT}

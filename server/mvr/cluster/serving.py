@@ -59,6 +59,9 @@ _PER_SHARD = "mvr serve --data-dir on each shard's directory"
 # CPU per query, one more hop), or "per-shard", each shard encoding the text itself (no extra hop; N
 # encodings: cheaper in latency only when the shards have idle cores of their own)
 QUERY_ENCODINGS = ("once", "per-shard")
+# The call's timeout in milliseconds, as mvr's Python client sends it beside gRPC's own deadline (which
+# Ray Serve's proxy does not pass on): mvr.client._convert.TIMEOUT_HEADER
+TIMEOUT_HEADER = "mvr-timeout-ms"
 MAX_REPLICAS = 16
 PREPARED_TTL_S = 600.0  # a prepared share no commit came for (its router died) is dropped after this
 
@@ -364,12 +367,16 @@ class Router:
         return answers
 
     def _timeout(self, grpc_context) -> float | None:
-        """The time the shards get for a call: the caller's remaining time where the context knows it;
-        Ray Serve's gRPC context does not carry the client's deadline, so otherwise the cluster's
-        request timeout (``mvr cluster serve --request-timeout-s``, which Serve's proxy also enforces),
-        or none: a search past the client's deadline then runs to its end unseen."""
+        """The time the shards get for a call: the caller's remaining time where the context knows it.
+        Ray Serve's gRPC context does not carry the client's deadline, so otherwise the smaller of the
+        timeout the client sent as ``mvr-timeout-ms`` metadata (mvr's Python client and CLI send it)
+        and the cluster's request timeout (``mvr cluster serve --request-timeout-s``, which Serve's
+        proxy also enforces), or none: a search past the client's deadline then runs to its end."""
         remaining = getattr(grpc_context, "time_remaining", None)
-        return self._request_timeout_s if remaining is None else remaining()
+        if remaining is not None:
+            return remaining()
+        bounds = [t for t in (_sent_timeout(grpc_context), self._request_timeout_s) if t is not None]
+        return min(bounds) if bounds else None
 
     async def _answer(self, grpc_context, run, empty):
         """Runs ``run()``; an error becomes the call's status (and an empty response, which the proxy
@@ -682,6 +689,20 @@ class Router:
         from mvr.v1 import snapshot_service_pb2 as snpb
 
         return self._unimplemented(grpc_context, "DeleteSnapshot", _PER_SHARD, snpb.DeleteSnapshotResponse())
+
+
+def _sent_timeout(grpc_context) -> float | None:
+    """The call's timeout the client sent as TIMEOUT_HEADER metadata, in seconds (None: not sent)."""
+    metadata = dict(grpc_context.invocation_metadata()) if grpc_context is not None else {}
+    sent = metadata.get(TIMEOUT_HEADER)
+    if sent is None:
+        return None
+    if not sent.isdigit() or int(sent) == 0:
+        raise ClusterError(
+            "INVALID_ARGUMENT",
+            f"metadata {TIMEOUT_HEADER}: must be a positive integer of milliseconds, got {sent!r}",
+        )
+    return int(sent) / 1000
 
 
 def _first_refusal(refusals: list[BaseException], positions: dict[int, list[int]]) -> BaseException:
