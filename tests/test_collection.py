@@ -654,7 +654,14 @@ def test_a_full_indexing_backlog_refuses_upserts_with_a_retry_delay(tmp_path: Pa
         c.upsert([DocumentInput(i, vectors=v) for i, v in docs[3:6]])
     assert raised.value.retry_after_s == 1.0
     assert c.stats().documents == 3
+    prepared = c.prepare_upsert([DocumentInput(*docs[5])])  # admitted at 3 of 5
     c.upsert([DocumentInput(i, vectors=v) for i, v in docs[3:5]])  # 5: at the limit
+    with pytest.raises(ResourceExhausted):  # committed later, as a batch of its own, it is refused
+        c.commit_upsert(prepared)
+    # ... but a cluster's commit of a share prepared while there was room is not (the other shards'
+    # shares of its batch may be stored already)
+    assert [r.id for r in c.commit_upsert(prepared, admitted=True)] == [docs[5][0]]
+    assert c.stats().documents == 6
     release.set()
     c.flush(timeout_s=60)
     c.upsert([DocumentInput(i, vectors=v) for i, v in docs[5:]])

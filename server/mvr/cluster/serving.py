@@ -175,7 +175,7 @@ class ShardReplica:
                     f"{PREPARED_TTL_S:.0f} s): nothing of it was stored here"
                 )
             _, collection, batch = prepared
-            results = collection.commit_upsert(batch, deadline_of(context))
+            results = collection.commit_upsert(batch, deadline_of(context), admitted=True)
         except MvrError as error:
             return _failure(error, context)
         return dpb.UpsertDocumentsResponse(statuses=convert.upsert_statuses(results))

@@ -203,12 +203,18 @@ class Collection:
         offsets = np.concatenate([[0], np.cumsum([len(d.vectors) for d in prepared])]).astype(np.int64)
         return PreparedBatch(prepared, self.fde.encode_documents(tokens, offsets))
 
-    def commit_upsert(self, batch: PreparedBatch, deadline: float | None = None) -> list[UpsertResult]:
-        """The second half of :meth:`upsert`: stores a prepared batch durably, atomically."""
+    def commit_upsert(
+        self, batch: PreparedBatch, deadline: float | None = None, *, admitted: bool = False
+    ) -> list[UpsertResult]:
+        """The second half of :meth:`upsert`: stores a prepared batch durably, atomically. ``admitted``:
+        the batch passed the backlog check when it was prepared and must not be refused for load now
+        (a cluster commits every shard's share once all were prepared; one refusing would leave the
+        others stored alone)."""
         check_deadline(deadline, "storing the documents")
         with self.write_lock:
             self._check_open()
-            self._check_backlog(len(batch.documents))
+            if not admitted:
+                self._check_backlog(len(batch.documents))
             records, replaced = self.store.upsert(batch.documents)
             self._retire([old.label for old in replaced if old is not None])
             with self.pending_changed:
