@@ -2,7 +2,10 @@
 served through the router answers the Python client exactly as a brute-force search over every
 document does (small shards: every document is a candidate), with filters, for text and vector
 queries; upserts, gets, deletes and pages go to the right shards and errors keep their codes and name
-the caller's fields; a killed shard replica is restarted by Serve and no acknowledged write is lost."""
+the caller's fields; a batch with a refused document leaves nothing on any shard (two phases), also in
+a stream, and `mvr ingest` and the generated Go and TypeScript clients work against the cluster's
+address; a killed shard replica is restarted by Serve and no acknowledged write is lost; copies of a
+shard (--replicas) all take every write, and copies that differ are refused at start."""
 
 from __future__ import annotations
 
