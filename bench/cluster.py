@@ -75,6 +75,14 @@ def concurrent_searches(client: Client, collection: str, queries: list[str], con
     return {"concurrency": concurrency, "qps_concurrent": round(len(queries) / seconds, 1)}
 
 
+def searches(client: Client, queries: list[str], concurrency: int) -> dict:
+    """Both measures of text search over the "docs" collection: one at a time, and concurrently."""
+    return {
+        **timed_searches(client, "docs", queries),
+        **concurrent_searches(client, "docs", queries, concurrency),
+    }
+
+
 def single_node_ingest(records: list[dict], threads: int) -> dict:
     from mvr.server.encoder import EncoderCache
     from mvr.server.manager import CollectionManager
@@ -148,10 +156,7 @@ def main() -> None:
             start(work / f"shards-{args.actors[0]}", port, query_encoding=encoding)
             with Client(f"127.0.0.1:{port}", timeout=120) as client:
                 client.wait_until_serving(300)
-                result[f"search_router_encoding_{encoding}"] = {
-                    **timed_searches(client, "docs", queries),
-                    **concurrent_searches(client, "docs", queries, args.concurrency),
-                }
+                result[f"search_router_encoding_{encoding}"] = searches(client, queries, args.concurrency)
             print("router, query encoding", encoding, result[f"search_router_encoding_{encoding}"])
             serve.shutdown()
         ray.shutdown()
@@ -162,10 +167,7 @@ def main() -> None:
             client.upsert("docs", [Document(r["id"], text=r["text"]) for r in records])
             while (stats := client.get_collection("docs").stats) and stats.indexed_documents < len(records):
                 time.sleep(1)  # searched once indexed, as the shards are
-            result["search_single_node"] = {
-                **timed_searches(client, "docs", queries),
-                **concurrent_searches(client, "docs", queries, args.concurrency),
-            }
+            result["search_single_node"] = searches(client, queries, args.concurrency)
         print("single node", result["search_single_node"], flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -22,21 +22,19 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from mvr.cluster.sharding import Layout, check_layout, check_shards, shards_of, write_layout
+from mvr.cluster.sharding import Layout, check_layout, check_shards, group_by_shard, write_layout
 
 log = logging.getLogger("mvr.cluster")
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
 RECORD = "record"  # the one column between reading and encoding: a JSON object as text
-_DOCUMENT_FIELD = re.compile(r"documents\[(\d+)\]")
 MAX_REPORTED_ERRORS = 20
 
 
@@ -111,7 +109,7 @@ class ShardWriter:
         """Stores (id, text, metadata, vectors, truncated) durably, waiting out a full indexing backlog.
         A document the collection refuses (its own checks: id, metadata limits, no tokens) is left out
         and returned as (id, reason); the others are stored."""
-        from mvr.server.errors import InvalidArgument, ResourceExhausted
+        from mvr.server.errors import InvalidArgument, ResourceExhausted, document_index
         from mvr.server.values import DocumentInput
 
         batch = [
@@ -128,10 +126,10 @@ class ShardWriter:
                     raise
                 time.sleep(error.retry_after_s)
             except InvalidArgument as error:
-                match = _DOCUMENT_FIELD.match(error.field or "")
-                if match is None:
+                culprit = document_index(error)
+                if culprit is None:
                     raise
-                bad = batch.pop(int(match.group(1)))
+                bad = batch.pop(culprit)
                 refused.append((bad.id, str(error)))
         return refused
 
@@ -161,11 +159,10 @@ class EncodeAndRoute:
         error = np.array([p if isinstance(p, str) else "" for p in parsed], dtype=object)
         valid = [i for i, p in enumerate(parsed) if isinstance(p, ParsedDocument)]
         documents: list[ParsedDocument] = [parsed[i] for i in valid]  # type: ignore[misc]
-        groups: dict[int, list[int]] = {}  # shard → positions in the batch
-        for i, shard in zip(
-            valid, shards_of([d.id for d in documents], self._layout.shards).tolist(), strict=True
-        ):
-            groups.setdefault(shard, []).append(i)
+        groups = {  # shard → positions in the batch
+            shard: [valid[j] for j in members]
+            for shard, members in group_by_shard([d.id for d in documents], self._layout.shards).items()
+        }
         checks = {
             shard: self._writers[shard].unchanged.remote(
                 *zip(*((parsed[i].id, parsed[i].text, parsed[i].metadata) for i in members), strict=True)

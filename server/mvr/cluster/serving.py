@@ -39,7 +39,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from mvr.cluster.sharding import Layout, read_layout, shard_of
+from mvr.cluster.sharding import Layout, group_by_shard, read_layout, shard_of
 
 log = logging.getLogger("mvr.cluster")
 
@@ -97,9 +97,6 @@ class _ShardContext:
         metadata = dict(status.trailing_metadata or ())
         raise _Aborted(Failure(status.code.name, status.details, metadata.get(_STATUS_DETAILS)))
 
-    def add_callback(self, callback) -> bool:
-        return False
-
 
 class ShardReplica:
     """One shard's engine (a Ray Serve deployment's replica)."""
@@ -142,10 +139,7 @@ class ShardReplica:
             collection = self._engine.collection(request.parent, "parent")
             check_count(len(request.documents), "documents", self._engine.limits.max_batch_documents)
             try:
-                docs = [
-                    convert.document_input_from_proto(d, f"documents[{i}]")
-                    for i, d in enumerate(request.documents)
-                ]
+                docs = convert.document_inputs_from_proto(request.documents)
                 batch = collection.prepare_upsert(docs, deadline_of(context))
             except (InvalidArgument, FailedPrecondition) as refused:
                 return _failure(refused, context, in_batch=True)
@@ -550,10 +544,7 @@ class Router:
             index += 1
 
     def _by_shard(self, ids: list[str]) -> dict[int, list[int]]:
-        positions: dict[int, list[int]] = {}
-        for i, doc_id in enumerate(ids):
-            positions.setdefault(shard_of(doc_id, self._layout.shards), []).append(i)
-        return positions
+        return group_by_shard(ids, self._layout.shards)
 
     async def GetDocument(self, request, grpc_context=None):
         from mvr.server.convert import document_name_parts

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -52,6 +53,14 @@ def shard_of(doc_id: str, shards: int) -> int:
 def shards_of(ids: list[str], shards: int) -> np.ndarray:
     """:func:`shard_of` for each id (int64)."""
     return np.fromiter((shard_of(i, shards) for i in ids), np.int64, len(ids))
+
+
+def group_by_shard(ids: Sequence[str], shards: int) -> dict[int, list[int]]:
+    """Positions in ``ids`` by their shard (shards in order of first appearance, positions ascending)."""
+    groups: dict[int, list[int]] = {}
+    for position, shard in enumerate(shards_of(list(ids), shards).tolist()):
+        groups.setdefault(shard, []).append(position)
+    return groups
 
 
 def check_shards(shards: int) -> None:

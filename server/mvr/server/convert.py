@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -353,6 +353,11 @@ def collection_to_proto(
 
 # ---------------------------------------------------------------------------------------------------
 # documents
+
+
+def document_inputs_from_proto(messages: Sequence[dpb.Document]) -> list[DocumentInput]:
+    """A batch's documents, each refused by its field ``documents[i]...``."""
+    return [document_input_from_proto(d, f"documents[{i}]") for i, d in enumerate(messages)]
 
 
 def document_input_from_proto(message: dpb.Document, field: str) -> DocumentInput:

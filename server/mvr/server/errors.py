@@ -25,6 +25,17 @@ class InvalidArgument(MvrError):
         super().__init__(f"{field}: {message}")
 
 
+def document_index(error: MvrError) -> int | None:
+    """The i of a 'documents[i]...' field in an engine error: the document of a batch it is about."""
+    field = getattr(error, "field", "") or str(error)
+    if field.startswith("documents["):
+        try:
+            return int(field[len("documents[") : field.index("]")])
+        except ValueError:
+            return None
+    return None
+
+
 class NotFound(MvrError):
     """A named resource (collection, document) does not exist. Maps to NOT_FOUND."""
 

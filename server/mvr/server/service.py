@@ -40,6 +40,7 @@ from mvr.server.errors import (
     ResourceExhausted,
     Unavailable,
     check_deadline,
+    document_index,
 )
 from mvr.server.limits import Limits
 from mvr.server.manager import CollectionManager
@@ -254,9 +255,7 @@ class DocumentService(dgrpc.DocumentServiceServicer):
     def UpsertDocuments(self, request, context):
         collection = self.engine.collection(request.parent, "parent")
         check_count(len(request.documents), "documents", self.engine.limits.max_batch_documents)
-        docs = [
-            convert.document_input_from_proto(d, f"documents[{i}]") for i, d in enumerate(request.documents)
-        ]
+        docs = convert.document_inputs_from_proto(request.documents)
         results = collection.upsert(docs, deadline_of(context))
         return dpb.UpsertDocumentsResponse(statuses=convert.upsert_statuses(results))
 
@@ -323,13 +322,10 @@ class DocumentService(dgrpc.DocumentServiceServicer):
     ) -> dpb.StreamUpsertDocumentsResponse:
         ids = [d.id for d in request.documents]
         try:
-            docs = [
-                convert.document_input_from_proto(d, f"documents[{i}]")
-                for i, d in enumerate(request.documents)
-            ]
+            docs = convert.document_inputs_from_proto(request.documents)
             results = collection.upsert(docs, deadline)
         except (InvalidArgument, FailedPrecondition) as error:
-            culprit = _document_index(error)
+            culprit = document_index(error)
             return dpb.StreamUpsertDocumentsResponse(
                 batch_index=index, ok=False, statuses=convert.failed_batch_statuses(ids, culprit, str(error))
             )
@@ -385,17 +381,6 @@ class DocumentService(dgrpc.DocumentServiceServicer):
             ],
             next_page_token=convert.encode_page_token(next_after) if next_after is not None else "",
         )
-
-
-def _document_index(error: MvrError) -> int | None:
-    """The i of a 'documents[i]...' field in an engine error, to mark that document INVALID."""
-    field = getattr(error, "field", "") or str(error)
-    if field.startswith("documents["):
-        try:
-            return int(field[len("documents[") : field.index("]")])
-        except ValueError:
-            return None
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------
