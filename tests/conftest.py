@@ -9,6 +9,7 @@ names. At teardown it sends SIGTERM and checks the graceful exit code.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,9 +33,28 @@ SERVER_MAX_MESSAGE_MB = 4
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A port free now, drawn below the kernel's ephemeral range and above Ray's worker ports
+    (10002-19999): a port the kernel hands out for ``bind(0)`` may meanwhile be taken by one of the
+    many processes a local Ray starts (each binding port 0), and then Serve's gRPC proxy cannot bind
+    it (seen in CI)."""
+    low = _ephemeral_low() - 1
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randint(20000, low) if low > 20000 else 0
+        try:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", port))
+                return sock.getsockname()[1]
+        except OSError:
+            continue
+    raise RuntimeError("no free port found in 200 tries")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 def subprocess_env() -> dict[str, str]:
