@@ -113,7 +113,8 @@ def build_collection(args, corpus) -> dict:
     if "profile" in {config.name for config in manager.list()}:
         manager.close()
         return {"reused": str(args.dir)}
-    manager.create("profile", model=None, dim=corpus.tokens.shape[1])
+    fde = {} if args.fde_dim is None else {"fde": {"final_dim": args.fde_dim}}
+    manager.create("profile", model=None, dim=corpus.tokens.shape[1], **fde)
     collection = manager.get("profile")
     started = time.perf_counter()
     upsert_in_batches(collection, corpus)
@@ -251,6 +252,9 @@ def main() -> None:
         type=int,
         default=indexer.TRAIN_ITERATIONS,
         help="k-means rounds of the codec trainings during the build (default: the engine's)",
+    )
+    parser.add_argument(
+        "--fde-dim", type=int, help="the graph FDE's final projection (default: the engine's); a new build"
     )
     parser.add_argument("--dir", type=Path, default=Path("/tmp/mvr-profile"))
     parser.add_argument(

@@ -368,7 +368,7 @@ def test_filtered_search_in_a_coded_collection_fills_top_k(tmp_path: Path) -> No
         )
         collection.flush(timeout_s=120)
         assert collection.stats().coded == 600
-        where = Condition("bucket", "lt", 3)  # 180 matches: more than the 128 candidates
+        where = Condition("bucket", "lt", 3)  # 180 matches: more than the 144 candidates
         matches = {d: docs[d] for n, d in enumerate(docs) if n % 10 < 3}
         found = []
         for query in paraphrases(docs, 10, seed=4):

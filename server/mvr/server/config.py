@@ -83,12 +83,16 @@ class TokenStorage:
 
 def default_fde(dim: int) -> FDEConfig:
     """Server default FDE: R=20, k_sim=3, d_proj=16 (2,560 dims, chosen by bench/recall.py's sweep),
-    projected to 512 dims for the graph, for its bytes: 2.2 instead of 10.4 KB a document. The cost,
-    measured after the choice (bench/vs_peers.py, 10k topic documents; bench/recall.py, 2k uncoded):
-    recall@10 0.950 instead of 0.974 at the defaults of a coded collection, and 0.873 instead of 0.951
-    in an uncoded one at C=300 — a trade to revisit (see BENCHMARKS.md). d_proj is capped at the token
-    dim (tiny test dims)."""
-    return FDEConfig(repetitions=20, k_sim=3, d_proj=min(16, dim), fill_empty=True, final_dim=512, seed=0)
+    projected to 256 dims for the graph, whose float32 vectors are most of a collection's resident
+    bytes. In a coded collection the graph only adds candidates to those of the centroid stages
+    (bench/profile_search.py at 100k topic documents: the graph alone holds 0.19 of the true top-10 at
+    512 dims, the probe 0.99), so its dims buy little recall: recall@10 at the defaults 0.953 / 0.951 /
+    0.947 at 512 / 256 / 128 dims, resident 3.4 / 1.9 / 1.4 KB a document (measured, one run each;
+    the ≤ 3 KB target rules out 512). The lost point is bought back by the exact stage's candidates
+    (search.DEFAULT_CANDIDATES). In a collection not coded yet (small, or without codes) the graph is
+    the only first stage, and a smaller projection ranks less well there (bench/recall.py, 2k uncoded,
+    C=300: 0.873 at 512 dims vs 0.951 unprojected). d_proj is capped at the token dim (tiny test dims)."""
+    return FDEConfig(repetitions=20, k_sim=3, d_proj=min(16, dim), fill_empty=True, final_dim=256, seed=0)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from mvr.server.values import Hit, TokenMatch
 # Defaults, set by bench/codec.py and bench/vs_peers.py on the topic-clustered corpus (10k documents):
 # exactly scored candidates max(DEFAULT_CANDIDATES, 10·top_k); the probe keeps DEFAULT_CENTROID_CANDIDATES
 # for centroid interaction. Collections without codes rerank more: the FDE alone ranks less well.
-DEFAULT_CANDIDATES = 128
+DEFAULT_CANDIDATES = 144  # 128 before the graph's FDE went from 512 to 256 dims (config.default_fde)
 DEFAULT_CANDIDATES_UNCODED = 300
 DEFAULT_PROBE = 2
 DEFAULT_CENTROID_CANDIDATES = 1000

@@ -236,7 +236,7 @@ type SearchRequest struct {
 	// Optional. Number of hits to return (1..1000); 0 means 10.
 	TopK uint32 `protobuf:"varint,3,opt,name=top_k,json=topK,proto3" json:"top_k,omitempty"`
 	// Optional. Candidates scored by exact MaxSim (top_k..10000), and the number the HNSW graph
-	// returns; 0 means max(128, 10 * top_k) in a coded collection, max(300, 10 * top_k) otherwise.
+	// returns; 0 means max(144, 10 * top_k) in a coded collection, max(300, 10 * top_k) otherwise.
 	// The recall knob: more candidates, better recall, slower search. In a coded collection it also
 	// deepens the centroid stages when `probe` and `centroid_candidates` are unset (see them): at 100k
 	// documents 2048 candidates reach recall@10 0.99 against exact MaxSim (BENCHMARKS.md).

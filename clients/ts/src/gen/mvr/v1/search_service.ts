@@ -165,7 +165,7 @@ export interface SearchRequest {
   topK: number;
   /**
    * Optional. Candidates scored by exact MaxSim (top_k..10000), and the number the HNSW graph
-   * returns; 0 means max(128, 10 * top_k) in a coded collection, max(300, 10 * top_k) otherwise.
+   * returns; 0 means max(144, 10 * top_k) in a coded collection, max(300, 10 * top_k) otherwise.
    * The recall knob: more candidates, better recall, slower search. In a coded collection it also
    * deepens the centroid stages when `probe` and `centroid_candidates` are unset (see them): at 100k
    * documents 2048 candidates reach recall@10 0.99 against exact MaxSim (BENCHMARKS.md).
