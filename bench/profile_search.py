@@ -8,7 +8,7 @@ same candidates and outside the total, the exact stage without tiling (every can
 into one matrix, then one GEMM): the before/after of the tiling. Prints a table and writes JSON.
 
     python bench/profile_search.py [--docs 10000] [--dir /tmp/mvr-profile] [--build-threads 2] \
-        [--candidates 128] [--out bench/results/profile_search_10k.json]
+        [--candidates N] [--fde-dim N] [--out bench/results/profile_search_10k.json]
 
 Builds with both cores (as `mvr serve` does), closes the collection and reopens it as a restarted
 server would (measuring the resident anonymous memory the open adds), then pins itself to one core
@@ -44,7 +44,12 @@ from mvr.server.candidates import (  # noqa: E402
 )
 from mvr.server.manager import CollectionManager  # noqa: E402
 from mvr.server.rerank import maxsim_tiled  # noqa: E402
-from mvr.server.search import GRAPH_SHARE, default_centroid_candidates, default_probe  # noqa: E402
+from mvr.server.search import (  # noqa: E402
+    DEFAULT_CANDIDATES,
+    GRAPH_SHARE,
+    default_centroid_candidates,
+    default_probe,
+)
 from mvr.server.store import token_offsets  # noqa: E402
 from synthetic import topic_dataset, upsert_in_batches  # noqa: E402
 
@@ -241,7 +246,7 @@ def main() -> None:
     )
     parser.add_argument("--docs", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--candidates", type=int, default=128)
+    parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES)
     parser.add_argument("--probe", type=int, help="default: the engine's for the codec's centroids")
     parser.add_argument("--centroid-candidates", type=int, help="default: as --probe")
     parser.add_argument(

@@ -207,6 +207,17 @@ def test_recall_at_10_against_brute_force_chamfer(manager: CollectionManager) ->
     assert np.mean(recalls) >= 0.95, recalls
 
 
+def test_the_graph_projection_defaults_by_whether_the_collection_is_coded(manager: CollectionManager) -> None:
+    manager.create("coded", model=None, dim=DIM)
+    manager.create("floats", model=None, dim=DIM, tokens={"residual_bits": 0})
+    manager.create("asked", model=None, dim=DIM, tokens={"residual_bits": 0}, fde={"final_dim": 64})
+    # the graph is most of the resident bytes; without codes it is the only first stage
+    assert manager.get("coded").fde.output_dim == 256
+    assert manager.get("floats").fde.output_dim == 512
+    assert manager.get("asked").fde.output_dim == 64
+    assert [manager.get(n).config.fde.final_dim for n in ("coded", "floats", "asked")] == [256, 512, 64]
+
+
 def test_searches_see_acknowledged_documents_before_indexing(manager: CollectionManager) -> None:
     manager.create("p", model=None, dim=DIM)
     c = manager.get("p")

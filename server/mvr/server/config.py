@@ -81,18 +81,28 @@ class TokenStorage:
         return cls(**data)
 
 
-def default_fde(dim: int) -> FDEConfig:
+GRAPH_DIMS_CODED = 256  # the graph's FDE projection in a collection with codes (the default) ...
+GRAPH_DIMS_UNCODED = 512  # ... and without (``residual_bits`` 0), where the graph is the only first stage
+
+
+def default_fde(dim: int, coded: bool = True) -> FDEConfig:
     """Server default FDE: R=20, k_sim=3, d_proj=16 (2,560 dims, chosen by bench/recall.py's sweep),
-    projected to 256 dims for the graph, whose float32 vectors are most of a collection's resident
-    bytes. In a coded collection the graph only adds candidates to those of the centroid stages
-    (bench/profile_search.py at 100k topic documents: the graph alone holds 0.19 of the true top-10 at
-    512 dims, the probe 0.99), so its dims buy little recall: recall@10 at the defaults 0.953 / 0.951 /
-    0.947 at 512 / 256 / 128 dims, resident 3.4 / 1.9 / 1.4 KB a document (measured, one run each;
-    the ≤ 3 KB target rules out 512). The lost point is bought back by the exact stage's candidates
-    (search.DEFAULT_CANDIDATES). In a collection not coded yet (small, or without codes) the graph is
-    the only first stage, and a smaller projection ranks less well there (bench/recall.py, 2k uncoded,
-    C=300: 0.873 at 512 dims vs 0.951 unprojected). d_proj is capped at the token dim (tiny test dims)."""
-    return FDEConfig(repetitions=20, k_sim=3, d_proj=min(16, dim), fill_empty=True, final_dim=256, seed=0)
+    projected for the graph, whose float32 vectors are most of a collection's resident bytes.
+
+    In a collection with codes the graph only adds candidates to the centroid stages' (100k topic
+    documents, bench/profile_search.py --fde-dim: the graph alone holds 0.19 of the true top-10 at 512
+    dims, the probe 0.99), so its dims buy little recall there: 0.953 / 0.951 / 0.947 at 512 / 256 /
+    128 dims for 3.4 / 1.9 / 1.4 KB resident a document (measured; the ≤ 3 KB target rules out 512):
+    256, the lost points bought back by search.DEFAULT_CANDIDATES. Until its codec is trained (up to
+    ``train_after_tokens``, ≈ 1,100 documents) such a collection searches by the graph alone, and pays
+    for the smaller projection: 1k documents, C=300, recall@10 0.891 at 256 dims vs 0.937 at 512
+    (bench/recall.py --docs 1000; C=400 gives 0.933). A collection without codes keeps 512 dims (2k
+    documents, C=300: 0.873, vs 0.801 at 256 and 0.951 unprojected). d_proj is capped at the token dim
+    (tiny test dims)."""
+    final_dim = GRAPH_DIMS_CODED if coded else GRAPH_DIMS_UNCODED
+    return FDEConfig(
+        repetitions=20, k_sim=3, d_proj=min(16, dim), fill_empty=True, final_dim=final_dim, seed=0
+    )
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,8 @@ class CollectionManager:
                     "collection.dim", f"is {dim}, but model {model!r} produces {encoder.dim}-d vectors"
                 )
             dim, encoder_spec = encoder.dim, encoder.spec
-        fde_config = with_overrides(default_fde(dim), fde or {}, "collection.fde")
+        token_storage = with_overrides(TokenStorage(), tokens or {}, "collection.token_storage")
+        fde_config = with_overrides(default_fde(dim, token_storage.coded), fde or {}, "collection.fde")
         if (
             "final_dim" not in (fde or {})
             and fde_config.final_dim
@@ -175,7 +176,6 @@ class CollectionManager:
         ):
             fde_config = replace(fde_config, final_dim=None)  # the default projection only ever shrinks
         hnsw_params = with_overrides(HNSWParams(), hnsw or {}, "collection.hnsw")
-        token_storage = with_overrides(TokenStorage(), tokens or {}, "collection.token_storage")
         config = CollectionConfig(
             name, dim, encoder_spec, fde_config, hnsw_params, vector_dtype, time.time(), token_storage
         )
