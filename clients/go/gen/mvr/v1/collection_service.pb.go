@@ -381,7 +381,9 @@ type FdeParams struct {
 	DProj uint32 `protobuf:"varint,3,opt,name=d_proj,json=dProj,proto3" json:"d_proj,omitempty"`
 	// Optional. Fill empty document buckets from the nearest token by Hamming distance. Default true.
 	FillEmpty *bool `protobuf:"varint,4,opt,name=fill_empty,json=fillEmpty,proto3,oneof" json:"fill_empty,omitempty"`
-	// Optional. Final count-sketch projection to this many dimensions; 0 or unset: none.
+	// Optional. Final count-sketch projection to this many dimensions, the vectors the HNSW graph
+	// keeps. 0 or unset: the server's default, 256 in a collection with codes and 512 in one without
+	// (token_storage.residual_bits 0), or none where the unprojected dimension is smaller.
 	FinalDim uint32 `protobuf:"varint,5,opt,name=final_dim,json=finalDim,proto3" json:"final_dim,omitempty"`
 	// Optional. Seed of the random matrices (which are stored with the collection).
 	Seed *uint64 `protobuf:"varint,6,opt,name=seed,proto3,oneof" json:"seed,omitempty"`

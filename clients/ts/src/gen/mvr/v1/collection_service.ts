@@ -166,7 +166,11 @@ export interface FdeParams {
   fillEmpty?:
     | boolean
     | undefined;
-  /** Optional. Final count-sketch projection to this many dimensions; 0 or unset: none. */
+  /**
+   * Optional. Final count-sketch projection to this many dimensions, the vectors the HNSW graph
+   * keeps. 0 or unset: the server's default, 256 in a collection with codes and 512 in one without
+   * (token_storage.residual_bits 0), or none where the unprojected dimension is smaller.
+   */
   finalDim: number;
   /** Optional. Seed of the random matrices (which are stored with the collection). */
   seed?:
