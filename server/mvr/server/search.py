@@ -52,7 +52,9 @@ from mvr.server.values import Hit, TokenMatch
 # Defaults, set by bench/codec.py and bench/vs_peers.py on the topic-clustered corpus (10k documents):
 # exactly scored candidates max(DEFAULT_CANDIDATES, 10·top_k); the probe keeps DEFAULT_CENTROID_CANDIDATES
 # for centroid interaction. Collections without codes rerank more: the FDE alone ranks less well.
-DEFAULT_CANDIDATES = 144  # 128 before the graph's FDE went from 512 to 256 dims (config.default_fde)
+# DEFAULT_CANDIDATES was set at 100k documents with the 256-d graph (config.default_fde): 144 keep 0.956
+# of the true top-10 where 128 kept 0.950 (bench/vs_peers.py, BENCHMARKS.md).
+DEFAULT_CANDIDATES = 144
 DEFAULT_CANDIDATES_UNCODED = 300
 DEFAULT_PROBE = 2
 DEFAULT_CENTROID_CANDIDATES = 1000
