@@ -11,7 +11,7 @@ centroids K and residual bits b:
   recall of each stage's survivors and its time per query, one thread.
 
     python bench/codec.py [--docs 10000] [--centroids 1024 4096] [--bits 2 4] [--scaled 0 1] \
-        [--out results/codec_10k.json]
+        [--lloyd-rounds 0 100] [--out results/codec_10k.json]
 """
 
 from __future__ import annotations
@@ -42,13 +42,17 @@ def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
     )
 
 
-def run_config(corpus, queries, truth, n_centroids: int, bits: int, scaled: bool, args) -> dict:
+def run_config(
+    corpus, queries, truth, n_centroids: int, bits: int, scaled: bool, lloyd_rounds: int, args
+) -> dict:
     rng = np.random.default_rng(0)
     tokens = corpus.tokens
     sample_size = min(len(tokens), max(args.sample_per_centroid * n_centroids, 65_536))
     sample = tokens[np.sort(rng.choice(len(tokens), sample_size, replace=False))]
     started = time.perf_counter()
-    trained = codec.train(sample, n_centroids, bits, iterations=args.iterations, scaled=scaled)
+    trained = codec.train(
+        sample, n_centroids, bits, iterations=args.iterations, scaled=scaled, lloyd_rounds=lloyd_rounds
+    )
     train_s = time.perf_counter() - started
     started = time.perf_counter()
     coded = code_corpus(trained, tokens, corpus.offsets)
@@ -57,10 +61,12 @@ def run_config(corpus, queries, truth, n_centroids: int, bits: int, scaled: bool
         "centroids": n_centroids,
         "bits": bits,
         "scaled": scaled,
+        "lloyd_rounds": lloyd_rounds if bits != 8 else None,
         "sample_tokens": sample_size,
         "train_s": round(train_s, 2),
         "encode_tokens_per_s": round(len(tokens) / encode_s),
         "bytes_per_token": trained.token_bytes,
+        "token_squared_error": token_squared_error(coded, corpus),
         "ceiling_recall_at_10": ceiling_recall(coded, corpus, queries, truth),
     }
     print(json.dumps(result), flush=True)
@@ -92,6 +98,12 @@ def decode_corpus(coded: CodedCorpus, offsets: np.ndarray) -> np.ndarray:
     out = np.empty((int(offsets[-1]), coded.codec.dim), dtype=np.float32)
     coded.codec.decode_into(coded.blocks, coded.block_offsets, np.diff(offsets), offsets[:-1], out)
     return out
+
+
+def token_squared_error(coded: CodedCorpus, corpus) -> float:
+    """Mean ‖decoded token − token‖² over the corpus (tokens are unit vectors)."""
+    error = decode_corpus(coded, corpus.offsets) - corpus.tokens
+    return float(np.mean(np.einsum("ij,ij->i", error, error)))
 
 
 def ceiling_recall(coded: CodedCorpus, corpus, queries, truth) -> float:
@@ -171,6 +183,13 @@ def main() -> None:
     parser.add_argument(
         "--scaled", type=int, nargs="+", default=[1], choices=[0, 1], help="1: residual / its norm"
     )
+    parser.add_argument(
+        "--lloyd-rounds",
+        type=int,
+        nargs="+",
+        default=[codec.LLOYD_ROUNDS],
+        help="Lloyd–Max steps of the residual buckets below 8 bits (0: equal-probability quantiles)",
+    )
     parser.add_argument("--probes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--keep", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--rerank", type=int, nargs="+", default=[64, 128, 256])
@@ -183,10 +202,11 @@ def main() -> None:
     corpus, queries, truth = topic_dataset(args.docs, args.queries)
     print(f"data: {corpus.n_docs} docs, {len(corpus.tokens)} tokens, {time.perf_counter() - started:.1f} s")
     results = [
-        run_config(corpus, queries, truth, k, b, bool(scaled), args)
+        run_config(corpus, queries, truth, k, b, bool(scaled), rounds, args)
         for k in args.centroids
         for b in args.bits
         for scaled in args.scaled
+        for rounds in (args.lloyd_rounds if b != 8 else [0])
     ]
     write_results(args.out, corpus, queries, results)
 

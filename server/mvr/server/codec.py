@@ -1,9 +1,10 @@
 """Token codec: per-collection centroids + b-bit residuals (the PLAID compression of token vectors).
 
-Owns training (spherical k-means on a sample of the collection's tokens, then per-dimension quantile
-buckets of the residuals), encoding (nearest centroid + each residual dimension's bucket, packed
-``bits`` per dimension) and decoding into contiguous float32 buffers, all over contiguous arrays
-(BLAS for the nearest-centroid search, Numba for packing and unpacking).
+Owns training (spherical k-means on a sample of the collection's tokens, then per-dimension buckets
+of the residuals: evenly spaced at 8 bits, Lloyd–Max below), encoding (nearest centroid + each
+residual dimension's bucket, packed ``bits`` per dimension) and decoding into contiguous float32
+buffers, all over contiguous arrays (BLAS for the nearest-centroid search, Numba for packing and
+unpacking).
 
 A token costs ``4 + dim·bits/8`` bytes (a uint16 centroid id, a float16 residual norm and the packed
 residual): 132 bytes at 128 dimensions and 8 bits (the default), 68 at 4 bits, 36 at 2, against 256
@@ -34,6 +35,7 @@ import numpy as np
 SUPPORTED_BITS = (1, 2, 4, 8)
 MAX_CENTROIDS = 1 << 16  # ids are stored as uint16
 MAX_DEFAULT_CENTROIDS = 8192  # what default_centroids grows to (a collection may ask for more)
+LLOYD_ROUNDS = 1000  # an upper bound: the steps stop once the cutoffs settle
 _ASSIGN_CHUNK = 4096  # tokens per GEMM in the nearest-centroid search: (4096 × K) float32 scratch
 
 
@@ -190,9 +192,11 @@ def train(
     seed: int = 0,
     threads: int = 1,
     scaled: bool = True,
+    lloyd_rounds: int = LLOYD_ROUNDS,
 ) -> Codec:
-    """Spherical k-means over ``sample`` (float32 (n, dim), unit rows), then residual buckets at the
-    per-dimension quantiles of the sample's residuals (each divided by its norm when ``scaled``)."""
+    """Spherical k-means over ``sample`` (float32 (n, dim), unit rows), then per-dimension residual
+    buckets fitted to the sample's residuals (each divided by its norm when ``scaled``): evenly spaced
+    at 8 bits, Lloyd–Max (``lloyd_rounds`` steps from equal-probability quantiles) below."""
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
     sample = np.ascontiguousarray(sample, dtype=np.float32)
@@ -213,7 +217,10 @@ def train(
     residuals = sample - centroids[ids]
     if scaled:
         residuals *= _inverse(residual_norms(sample, centroids, ids))[:, None]
-    cutoffs, values = _uniform_buckets(residuals) if bits == 8 else _quantile_buckets(residuals, bits)
+    if bits == 8:
+        cutoffs, values = _uniform_buckets(residuals)
+    else:
+        cutoffs, values = _lloyd_max_buckets(residuals, bits, lloyd_rounds)
     return Codec(centroids, cutoffs, values, bits, scaled)
 
 
@@ -240,21 +247,61 @@ def _uniform_buckets(residuals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cutoffs, np.ascontiguousarray(values)
 
 
-def _quantile_buckets(residuals: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+def _lloyd_max_buckets(residuals: np.ndarray, bits: int, rounds: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per dimension, ``2**bits`` buckets: equal-probability quantiles of the sample, then up to
+    ``rounds`` Lloyd–Max steps (each value the mean of its bucket, each cutoff the midpoint of its two
+    values; they stop once no cutoff moves by more than 1e-7), which minimise the squared error instead
+    of equalising the bucket counts. The residuals peak at zero with long tails, so equal-probability
+    buckets spend their levels on the crowded middle and round the tails coarsely. On the 10k topic
+    corpus (bench/codec.py --lloyd-rounds 0 1000, 4,096 centroids) the steps cut the squared token
+    error by 56% at 4 bits (ceiling recall@10 0.9705 → 0.980) and by 15% at 2 bits (0.9255 → 0.938),
+    at no cost in bytes or decoding: only the cutoffs and values change. A step costs a binary search
+    per cutoff over the sorted column and a prefix-sum difference per bucket: sorting the sample's
+    columns dominates."""
     levels = 1 << bits
-    edges = np.quantile(residuals, np.linspace(0.0, 1.0, levels + 1)[1:-1], axis=0).T  # (dim, levels-1)
-    cutoffs = np.ascontiguousarray(edges, dtype=np.float32)
-    values = np.empty((residuals.shape[1], levels), dtype=np.float32)
-    for j in range(residuals.shape[1]):
-        column = residuals[:, j]
-        bucket = np.searchsorted(cutoffs[j], column, side="right")
-        sums = np.bincount(bucket, weights=column, minlength=levels)
-        counts = np.bincount(bucket, minlength=levels)
-        # an empty bucket (ties at a quantile) takes the midpoint of its boundaries
-        bounds = np.concatenate([[column.min()], cutoffs[j], [column.max()]])
-        midpoints = (bounds[:-1] + bounds[1:]) / 2
-        values[j] = np.where(counts > 0, sums / np.maximum(counts, 1), midpoints)
-    return cutoffs, values
+    dim = residuals.shape[1]
+    cutoffs = np.empty((dim, levels - 1), dtype=np.float64)
+    values = np.empty((dim, levels), dtype=np.float64)
+    for j in range(dim):
+        ordered = np.sort(residuals[:, j]).astype(np.float64)
+        prefix = np.zeros(len(ordered) + 1)
+        np.cumsum(ordered, out=prefix[1:])
+        cutoffs[j] = ordered[(np.arange(1, levels) * len(ordered)) // levels]
+        _lloyd_max_column(ordered, prefix, cutoffs[j], values[j], rounds)
+    return np.ascontiguousarray(cutoffs, dtype=np.float32), np.ascontiguousarray(values, dtype=np.float32)
+
+
+@numba.njit(cache=True)
+def _lloyd_max_column(ordered, prefix, cutoffs, values, rounds):
+    """Lloyd–Max steps on one sorted column from the given cutoffs; leaves ``values`` the bucket means
+    of the final ``cutoffs``."""
+    _bucket_means(ordered, prefix, cutoffs, values)
+    for _ in range(rounds):
+        moved = 0.0
+        for k in range(cutoffs.shape[0]):
+            midpoint = (values[k] + values[k + 1]) / 2
+            moved = max(moved, abs(midpoint - cutoffs[k]))
+            cutoffs[k] = midpoint
+        _bucket_means(ordered, prefix, cutoffs, values)
+        if moved <= 1e-7:
+            break
+
+
+@numba.njit(cache=True)
+def _bucket_means(ordered, prefix, cutoffs, values):
+    """The mean of each bucket of a sorted column (the encoder puts x in the bucket of the number of
+    cutoffs ≤ x, so a value equal to a cutoff belongs to the bucket above it); an empty bucket (ties
+    at a quantile) takes the midpoint of its bounds."""
+    n, n_cut = ordered.shape[0], cutoffs.shape[0]
+    low, lower_edge = 0, ordered[0]
+    for k in range(n_cut + 1):
+        high = np.searchsorted(ordered, cutoffs[k], side="left") if k < n_cut else n
+        upper_edge = cutoffs[k] if k < n_cut else ordered[n - 1]
+        if high > low:
+            values[k] = (prefix[high] - prefix[low]) / (high - low)
+        else:
+            values[k] = (lower_edge + upper_edge) / 2
+        low, lower_edge = high, upper_edge
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
