@@ -11,7 +11,7 @@ centroids K and residual bits b:
   recall of each stage's survivors and its time per query, one thread.
 
     python bench/codec.py [--docs 10000] [--centroids 1024 4096] [--bits 2 4] [--scaled 0 1] \
-        [--lloyd-rounds 0 100] [--out results/codec_10k.json]
+        [--lloyd-rounds 0 100] [--clips 0.0005 engine] [--out results/codec_10k.json]
 """
 
 from __future__ import annotations
@@ -43,16 +43,16 @@ def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
 
 
 def run_config(
-    corpus, queries, truth, n_centroids: int, bits: int, scaled: bool, lloyd_rounds: int, args
+    corpus, queries, truth, n_centroids: int, bits: int, scaled: bool, fit: int | tuple, args
 ) -> dict:
+    """``fit``: the Lloyd–Max rounds below 8 bits, the clip fractions offered at 8."""
     rng = np.random.default_rng(0)
     tokens = corpus.tokens
     sample_size = min(len(tokens), max(args.sample_per_centroid * n_centroids, 65_536))
     sample = tokens[np.sort(rng.choice(len(tokens), sample_size, replace=False))]
     started = time.perf_counter()
-    trained = codec.train(
-        sample, n_centroids, bits, iterations=args.iterations, scaled=scaled, lloyd_rounds=lloyd_rounds
-    )
+    fitting = {"uniform_clips": fit} if bits == 8 else {"lloyd_rounds": fit}
+    trained = codec.train(sample, n_centroids, bits, iterations=args.iterations, scaled=scaled, **fitting)
     train_s = time.perf_counter() - started
     started = time.perf_counter()
     coded = code_corpus(trained, tokens, corpus.offsets)
@@ -61,7 +61,7 @@ def run_config(
         "centroids": n_centroids,
         "bits": bits,
         "scaled": scaled,
-        "lloyd_rounds": lloyd_rounds if bits != 8 else None,
+        **{key: list(value) if isinstance(value, tuple) else value for key, value in fitting.items()},
         "sample_tokens": sample_size,
         "train_s": round(train_s, 2),
         "encode_tokens_per_s": round(len(tokens) / encode_s),
@@ -190,6 +190,13 @@ def main() -> None:
         default=[codec.LLOYD_ROUNDS],
         help="Lloyd–Max steps of the residual buckets below 8 bits (0: equal-probability quantiles)",
     )
+    parser.add_argument(
+        "--clips",
+        nargs="+",
+        default=["engine"],
+        help="8 bits: tail fractions clipped that training chooses among, comma-separated, one set per "
+        "run ('engine': the codec's own, e.g. --clips 0.0005 engine)",
+    )
     parser.add_argument("--probes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--keep", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--rerank", type=int, nargs="+", default=[64, 128, 256])
@@ -202,13 +209,17 @@ def main() -> None:
     corpus, queries, truth = topic_dataset(args.docs, args.queries)
     print(f"data: {corpus.n_docs} docs, {len(corpus.tokens)} tokens, {time.perf_counter() - started:.1f} s")
     results = [
-        run_config(corpus, queries, truth, k, b, bool(scaled), rounds, args)
+        run_config(corpus, queries, truth, k, b, bool(scaled), fit, args)
         for k in args.centroids
         for b in args.bits
         for scaled in args.scaled
-        for rounds in (args.lloyd_rounds if b != 8 else [0])
+        for fit in (args.lloyd_rounds if b != 8 else clip_sets(args.clips))
     ]
     write_results(args.out, corpus, queries, results)
+
+
+def clip_sets(specs: list[str]) -> list[tuple[float, ...]]:
+    return [codec.UNIFORM_CLIPS if s == "engine" else tuple(float(x) for x in s.split(",")) for s in specs]
 
 
 def write_results(out: Path, corpus, queries, results: list[dict], **extra) -> None:
