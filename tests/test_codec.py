@@ -190,6 +190,11 @@ def test_train_rejects_bad_arguments(sample: np.ndarray) -> None:
         codec.train(sample, 8, 3)
     with pytest.raises(ValueError, match="n_centroids"):
         codec.train(sample[:10], 11, 2)
+    with pytest.raises(ValueError, match="lloyd_rounds"):
+        codec.train(sample, 8, 2, lloyd_rounds=-1)
+    for clips in [(), (0.5,), (-0.1, 0.0)]:
+        with pytest.raises(ValueError, match="uniform_clips"):
+            codec.train(sample, 8, 8, uniform_clips=clips)
 
 
 def test_default_centroids_grow_with_the_collection() -> None:

@@ -206,6 +206,10 @@ def train(
     sample = np.ascontiguousarray(sample, dtype=np.float32)
     if not 1 <= n_centroids <= min(MAX_CENTROIDS, len(sample)):
         raise ValueError(f"n_centroids must be in [1, {min(MAX_CENTROIDS, len(sample))}], got {n_centroids}")
+    if lloyd_rounds < 0:
+        raise ValueError(f"lloyd_rounds must be >= 0, got {lloyd_rounds}")
+    if not uniform_clips or not all(0.0 <= q < 0.5 for q in uniform_clips):
+        raise ValueError(f"uniform_clips must be fractions in [0, 0.5), at least one, got {uniform_clips}")
     rng = np.random.default_rng(seed)
     centroids = sample[rng.choice(len(sample), n_centroids, replace=False)].copy()
     for _ in range(iterations):
