@@ -269,11 +269,16 @@ def _uniform_range(residuals: np.ndarray, clips: tuple[float, ...]) -> tuple[np.
 
 
 def _uniform_error(residuals: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Per dimension, the mean squared error of rounding ``residuals`` to 256 levels over [lo, hi]."""
+    """Per dimension, the mean squared error of rounding ``residuals`` to 256 levels over [lo, hi];
+    a chunk of rows at a time, so that the temporaries stay small next to the sample."""
     step = (np.maximum(hi - lo, 1e-12) / 255).astype(np.float32)
     lo = lo.astype(np.float32)
-    codes = np.clip(np.rint((residuals - lo) / step), 0, 255)
-    return np.mean(np.square(lo + codes * step - residuals), axis=0)
+    total = np.zeros(residuals.shape[1], dtype=np.float64)
+    for start in range(0, len(residuals), _ASSIGN_CHUNK):
+        chunk = residuals[start : start + _ASSIGN_CHUNK]
+        codes = np.clip(np.rint((chunk - lo) / step), 0, 255)
+        total += np.sum(np.square(lo + codes * step - chunk), axis=0, dtype=np.float64)
+    return total / max(1, len(residuals))
 
 
 def _uniform_levels(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
