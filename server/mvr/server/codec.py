@@ -508,7 +508,7 @@ def _block_views(data, offset, n, payload_bytes):
     return ids, data[start : start + n * payload_bytes].reshape((n, payload_bytes))
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, fastmath=True)
 def decode_blocks(data, offsets, counts, targets, centroids, scaled, table, out):
     """Decodes block r (at byte ``offsets[r]`` of ``data``, ``counts[r]`` tokens) into rows
     ``targets[r] :`` of ``out`` (float32 (rows, dim)): centroid + norm · residual, renormalised."""
@@ -521,13 +521,25 @@ def decode_blocks(data, offsets, counts, targets, centroids, scaled, table, out)
             centroid, payload, row = centroids[ids[t]], payloads[t], rows[t]
             length = _half_to_float(payload[0], payload[1]) if scaled else np.float32(1.0)
             code = payload[first:]
+            # two passes: the table lookups (gathers, scalar) first, then centroid + length · residual
+            # over the contiguous row, which vectorises; fused, the lookups kept the arithmetic scalar
+            # too (bench/codec.py, 10k topic documents, decoding 128 candidates: 4 bits 3.8 → 2.5 ms,
+            # 2 bits 3.3 → 2.6 ms a query)
+            if per_byte == 2:  # 4 bits, spelt out: the generic loop below compiles to slower code
+                for b in range(n_bytes):
+                    byte = payload[first + b]
+                    row[2 * b] = table[b, byte, 0]
+                    row[2 * b + 1] = table[b, byte, 1]
+            else:
+                for b in range(n_bytes):
+                    entry = table[b, code[b]]
+                    for s in range(per_byte):
+                        row[b * per_byte + s] = entry[s]
             norm = np.float32(0.0)
-            for b in range(n_bytes):
-                entry = table[b, code[b]]
-                for s in range(per_byte):
-                    x = centroid[b * per_byte + s] + length * entry[s]
-                    row[b * per_byte + s] = x
-                    norm += x * x
+            for j in range(row.shape[0]):
+                x = centroid[j] + length * row[j]
+                row[j] = x
+                norm += x * x
             _renormalise(row, norm)
 
 
