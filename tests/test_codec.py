@@ -66,6 +66,14 @@ def test_scaled_residuals_reconstruct_better(sample: np.ndarray, bits: int) -> N
     assert errors[True] < errors[False], errors
 
 
+def bucket_squared_error(residuals: np.ndarray, cutoffs: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per dimension, the mean squared error of coding ``residuals`` as the encoder does: each value
+    to the bucket of the number of cutoffs at or below it, decoded as that bucket's value."""
+    columns = range(residuals.shape[1])
+    buckets = np.stack([np.searchsorted(cutoffs[j], residuals[:, j], side="right") for j in columns], 1)
+    return np.mean((values[np.arange(residuals.shape[1]), buckets] - residuals) ** 2, axis=0)
+
+
 @pytest.mark.parametrize("bits", [1, 2, 4])
 def test_lloyd_max_buckets_lower_the_error_of_quantile_buckets(bits: int) -> None:
     """On peaked, long-tailed residuals (Laplace, as residuals of clustered tokens are), the Lloyd–Max
@@ -75,8 +83,7 @@ def test_lloyd_max_buckets_lower_the_error_of_quantile_buckets(bits: int) -> Non
     residuals = np.random.default_rng(1).laplace(0.0, 0.05, (20_000, 3)).astype(np.float32)
 
     def squared_error(cutoffs: np.ndarray, values: np.ndarray) -> float:
-        buckets = np.stack([np.searchsorted(cutoffs[j], residuals[:, j], side="right") for j in range(3)], 1)
-        return float(np.mean((values[np.arange(3), buckets] - residuals) ** 2))
+        return float(np.mean(bucket_squared_error(residuals, cutoffs, values)))
 
     quantile = codec._lloyd_max_buckets(residuals, bits, rounds=0)
     lloyd = codec._lloyd_max_buckets(residuals, bits, rounds=codec.LLOYD_ROUNDS)
@@ -102,8 +109,7 @@ def test_uniform_buckets_choose_the_range_of_least_squared_error() -> None:
     ).astype(np.float32)
 
     def squared_error(cutoffs: np.ndarray, values: np.ndarray) -> np.ndarray:
-        buckets = np.stack([np.searchsorted(cutoffs[j], residuals[:, j], side="right") for j in range(4)], 1)
-        return np.mean((values[np.arange(4), buckets] - residuals) ** 2, axis=0)
+        return bucket_squared_error(residuals, cutoffs, values)
 
     chosen = squared_error(*codec._uniform_buckets(residuals, codec.UNIFORM_CLIPS))
     for clip in codec.UNIFORM_CLIPS:

@@ -520,7 +520,6 @@ def decode_blocks(data, offsets, counts, targets, centroids, scaled, table, out)
         for t in range(counts[r]):
             centroid, payload, row = centroids[ids[t]], payloads[t], rows[t]
             length = _half_to_float(payload[0], payload[1]) if scaled else np.float32(1.0)
-            code = payload[first:]
             # two passes: the table lookups (gathers, scalar) first, then centroid + length · residual
             # over the contiguous row, which vectorises; fused, the lookups kept the arithmetic scalar
             # too (bench/codec.py, 10k topic documents, decoding 128 candidates: 4 bits 3.8 → 2.5 ms,
@@ -532,7 +531,7 @@ def decode_blocks(data, offsets, counts, targets, centroids, scaled, table, out)
                     row[2 * b + 1] = table[b, byte, 1]
             else:
                 for b in range(n_bytes):
-                    entry = table[b, code[b]]
+                    entry = table[b, payload[first + b]]
                     for s in range(per_byte):
                         row[b * per_byte + s] = entry[s]
             norm = np.float32(0.0)
