@@ -8,7 +8,7 @@ same candidates and outside the total, the exact stage without tiling (every can
 into one matrix, then one GEMM): the before/after of the tiling. Prints a table and writes JSON.
 
     python bench/profile_search.py [--docs 10000] [--dir /tmp/mvr-profile] [--build-threads 2] \
-        [--candidates N] [--fde-dim N] [--out bench/results/profile_search_10k.json]
+        [--candidates N] [--fde-dim N] [--residual-bits N] [--out bench/results/profile_search_10k.json]
 
 Builds with both cores (as `mvr serve` does), closes the collection and reopens it as a restarted
 server would (measuring the resident anonymous memory the open adds), then pins itself to one core
@@ -118,8 +118,10 @@ def build_collection(args, corpus) -> dict:
     if "profile" in {config.name for config in manager.list()}:
         manager.close()
         return {"reused": str(args.dir)}
-    fde = {} if args.fde_dim is None else {"fde": {"final_dim": args.fde_dim}}
-    manager.create("profile", model=None, dim=corpus.tokens.shape[1], **fde)
+    options: dict = {} if args.fde_dim is None else {"fde": {"final_dim": args.fde_dim}}
+    if args.residual_bits is not None:
+        options["tokens"] = {"residual_bits": args.residual_bits}
+    manager.create("profile", model=None, dim=corpus.tokens.shape[1], **options)
     collection = manager.get("profile")
     started = time.perf_counter()
     upsert_in_batches(collection, corpus)
@@ -260,6 +262,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--fde-dim", type=int, help="the graph FDE's final projection (default: the engine's); a new build"
+    )
+    parser.add_argument(
+        "--residual-bits", type=int, help="bits of the coded residuals (default: the engine's); a new build"
     )
     parser.add_argument("--dir", type=Path, default=Path("/tmp/mvr-profile"))
     parser.add_argument(

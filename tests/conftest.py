@@ -144,8 +144,17 @@ def start_server(
 
 
 def stop_server(server: RunningServer, timeout_s: float = 60.0) -> int:
+    """SIGTERM, then the exit code. A server still running after ``timeout_s`` is asked for its
+    threads' stacks (SIGUSR1), killed, and the test fails with the end of its log, stacks included."""
     server.process.send_signal(signal.SIGTERM)
-    return server.process.wait(timeout=timeout_s)
+    try:
+        return server.process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        server.process.send_signal(signal.SIGUSR1)
+        time.sleep(2.0)
+        server.process.kill()
+        server.process.wait()
+        pytest.fail(f"server still running {timeout_s} s after SIGTERM; its log:\n{server.log()[-12000:]}")
 
 
 @pytest.fixture(scope="session")

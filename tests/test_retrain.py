@@ -274,3 +274,43 @@ def test_a_failed_rename_after_the_commit_stops_the_collection_and_reopening_com
     for query in paraphrases(docs, 3, seed=30):
         check_scores_are_exact_over_decoded_tokens(c, query, 300)
     reopened.close()
+
+
+def test_closing_during_a_retraining_waits_a_bounded_time_and_abandons_it(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    """Shutdown does not wait for a codec training: close() gives the indexer INDEXER_STOP_S, says
+    that it is still busy, and a training that ends after the close starts no rewrite; the live codec
+    stays and the next open retrains."""
+    from mvr.server import collection as collection_module
+
+    docs = clustered_corpus(300, seed=41)
+    manager, c = grown_from_first_codec(tmp_path, docs)
+    retraining, release = threading.Event(), threading.Event()
+    real_train = codec_module.train
+
+    def blocked_train(*args, **kwargs):
+        retraining.set()
+        assert release.wait(60)
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(codec_module, "train", blocked_train)
+    monkeypatch.setattr(collection_module, "INDEXER_STOP_S", 0.2)
+    upsert_in_batches(c, dict(list(docs.items())[60:]))
+    assert retraining.wait(60)
+    with caplog.at_level("WARNING", logger="mvr.collection"):
+        manager.close()
+    assert any("indexer still busy at close" in r.getMessage() for r in caplog.records)
+    release.set()
+    c._indexer.join(timeout=60)
+    assert not c._indexer.alive()
+    assert not (c.directory / (CODES + REWRITE_SUFFIX)).exists()
+    assert codec_versions(c.directory) == [1]
+
+    monkeypatch.setattr(codec_module, "train", real_train)
+    reopened = CollectionManager(tmp_path, save_interval_s=3600)
+    grown = reopened.get("grow")
+    grown.flush(timeout_s=120)
+    stats = grown.stats()
+    assert (stats.documents, stats.centroids, stats.coded, stats.codec_generation) == (300, LARGE, 300, 2)
+    reopened.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import signal
 import threading
 import time
 from pathlib import Path
@@ -62,7 +64,8 @@ def test_sigterm_exits_zero_and_acknowledged_documents_survive_restart(tmp_path:
             timeout=30,
         )
     assert stop_server(server) == 0, server.log()[-3000:]
-    assert '"message": "stopped"' in server.log()
+    (stopped,) = [entry for entry in log_entries(server.log()) if entry.get("message") == "stopped"]
+    assert stopped["calls_finished_s"] >= 0 and stopped["collections_closed_s"] >= 0
 
     server = start_server(data_dir, "none", tmp_path / "server2.log")
     try:
@@ -81,6 +84,34 @@ def test_sigterm_exits_zero_and_acknowledged_documents_survive_restart(tmp_path:
                     cpb.GetCollectionRequest(name="collections/keep"), timeout=30
                 ).collection.stats
             assert stats.indexed_documents == 50
+    finally:
+        assert stop_server(server) == 0
+
+
+def log_entries(text: str) -> list[dict]:
+    """The server's JSON log lines (other output, such as a thread dump, skipped)."""
+    entries = []
+    for line in text.splitlines():
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return [entry for entry in entries if isinstance(entry, dict)]
+
+
+def test_sigusr1_dumps_every_thread_and_the_server_serves_on(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "data", "none", tmp_path / "server.log")
+    try:
+        server.process.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 30
+        while "most recent call first" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        dump = server.log()
+        # (the signal may land on any thread: the dump says "Current thread" only when it is Python's)
+        assert "thread 0x" in dump.lower()
+        assert "mvr/server/app.py" in dump  # the main thread, waiting for a stop signal
+        with grpc.insecure_channel(server.target) as channel:
+            cgrpc.CollectionServiceStub(channel).ListCollections(cpb.ListCollectionsRequest(), timeout=30)
     finally:
         assert stop_server(server) == 0
 

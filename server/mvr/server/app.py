@@ -5,7 +5,9 @@ can tell "loading" from "dead"), then the default model and every collection are
 turns SERVING. On SIGTERM or SIGINT: health NOT_SERVING, stop accepting calls, let calls in flight
 finish (up to ``grace_s``), save every collection's HNSW graph as it is (documents acknowledged but
 not yet in the graph are replayed from the store on the next start: shutdown never waits for a
-backlog), exit 0.
+backlog), exit 0; the log's "stopped" line says how long the calls and the collections took. SIGUSR1
+writes every thread's stack to stderr and the server runs on (what a stuck start-up or shutdown is
+doing).
 
 Concurrency model: a synchronous ``grpc.server`` over a thread pool. The heavy work of a call (torch
 inference, Numba kernels, BLAS, hnswlib) releases the GIL, so threads run it in parallel; text queries
@@ -15,6 +17,7 @@ only help with many thousands of idle connections, which is not this service's l
 
 from __future__ import annotations
 
+import faulthandler
 import ipaddress
 import json
 import logging
@@ -201,14 +204,23 @@ class Server:
         )
 
     def stop(self) -> None:
-        """Graceful: NOT_SERVING, no new calls, in-flight calls finish, graphs saved."""
+        """Graceful: NOT_SERVING, no new calls, in-flight calls finish, graphs saved. Logs how long each
+        step took, so that a slow shutdown says which step it was."""
         log.info("shutting down", extra={"grace_s": self.config.grace_s})
+        started = time.perf_counter()
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         self.grpc_server.stop(self.config.grace_s).wait()
         self.engine.drain()
+        calls_s = time.perf_counter() - started
         if self.manager is not None:
             self.manager.close()
-        log.info("stopped")
+        log.info(
+            "stopped",
+            extra={
+                "calls_finished_s": round(calls_s, 3),
+                "collections_closed_s": round(time.perf_counter() - started - calls_s, 3),
+            },
+        )
 
 
 def _is_loopback(host: str) -> bool:
@@ -248,6 +260,8 @@ def run(config: ServerConfig) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: every thread's stack to stderr, the server runs on
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         server = Server(config)
     except (OSError, ValueError) as error:  # a port taken, a certificate or keys file unreadable or malformed

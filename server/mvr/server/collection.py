@@ -69,6 +69,9 @@ CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 _GRAPH = (INDEX_FILE, SIDECAR_FILE)
 _SAVED = (CATALOG, *_GRAPH)  # what a snapshot writes to its scratch directory first
 SEARCH_MODES = ("semantic", "keyword", "hybrid")
+# close() waits this long for the indexer's current step (a chunk of inserts or codes; a codec training
+# can take longer, and is then abandoned: the next open trains again)
+INDEXER_STOP_S = 30.0
 RETRY_BACKLOG_S = 1.0  # the indexer inserts thousands of documents a second (bench/ingest.py)
 
 
@@ -653,7 +656,12 @@ class Collection:
         with self.write_lock, self.pending_changed:
             self.closed = True
             self.pending_changed.notify_all()
-        self._indexer.join(timeout=30)
+        self._indexer.join(timeout=INDEXER_STOP_S)
+        if self._indexer.alive():  # inside one long step (a codec training): it stops at the next check
+            log.warning(
+                "indexer still busy at close; its step is abandoned at the next check",
+                extra={"collection": self.config.name, "waited_s": INDEXER_STOP_S},
+            )
         if save:
             self.save_index()
         self.store.close()

@@ -82,6 +82,9 @@ class Indexer:
     def join(self, timeout: float) -> None:
         self._thread.join(timeout=timeout)
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     # ------------------------------------------------------------------------------ loop
 
     def _loop(self) -> None:
@@ -217,6 +220,8 @@ class Indexer:
         )
         retrained = c.store.codec is not None
         if retrained:
+            if c.closed:
+                return  # shut down while it trained: the next open trains again
             self._rewrite = c.store.begin_rewrite(trained, n_tokens)
         else:
             with c.write_lock:
