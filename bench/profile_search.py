@@ -152,7 +152,7 @@ def profile_query(
 
     n_candidates = args.candidates
     query_fde = timed("query_fde", lambda: collection.fde.encode_query(query))
-    n_graph = n_candidates // GRAPH_SHARE
+    n_graph = max(10, n_candidates // args.graph_share)  # as Searcher._graph_budget, top_k 10
     ef = max(collection.config.hnsw.ef_search, 2 * n_graph)  # as Searcher.search sets it
     graph = timed("graph", lambda: searcher.graph_stage(query_fde, n_graph, ef, None))
     scores = timed("centroid_scores", lambda: centroid_scores(snapshot.codec.centroids, query))
@@ -264,6 +264,12 @@ def main() -> None:
         "--fde-dim", type=int, help="the graph FDE's final projection (default: the engine's); a new build"
     )
     parser.add_argument(
+        "--graph-share",
+        type=int,
+        default=GRAPH_SHARE,
+        help="the graph sends candidates / this many documents to the exact stage (default: the engine's)",
+    )
+    parser.add_argument(
         "--residual-bits", type=int, help="bits of the coded residuals (default: the engine's); a new build"
     )
     parser.add_argument("--dir", type=Path, default=Path("/tmp/mvr-profile"))
@@ -327,6 +333,7 @@ def main() -> None:
                 "docs": corpus.n_docs,
                 "queries": len(queries),
                 "candidates": args.candidates,
+                "graph_share": args.graph_share,
                 "probe": args.probe,
                 "centroid_candidates": args.centroid_candidates,
                 "tile_tokens": args.tile_tokens,
