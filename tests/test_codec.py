@@ -121,6 +121,20 @@ def test_uniform_buckets_choose_the_range_of_least_squared_error() -> None:
     assert np.all(chosen < squared_error(*codec._uniform_buckets(residuals, (0.0005,))))
 
 
+def test_uniform_error_is_the_error_of_the_levels_the_codec_stores() -> None:
+    """The squared error that picks the 8-bit range is the one the stored levels give, column by
+    column (codes by the cutoffs, values from the table), a constant column included."""
+    rng = np.random.default_rng(3)
+    residuals = np.concatenate(
+        [rng.laplace(0.0, 0.05, (5_000, 3)), np.full((5_000, 1), 0.125)], axis=1
+    ).astype(np.float32)
+    lo = np.quantile(residuals, 1e-3, axis=0)
+    hi = np.quantile(residuals, 1 - 1e-3, axis=0)
+    assert lo[3] == hi[3]  # the constant column
+    stored = bucket_squared_error(residuals, *codec._uniform_levels(lo, hi))
+    np.testing.assert_allclose(codec._uniform_error(residuals, lo, hi), stored, rtol=1e-4, atol=1e-12)
+
+
 def test_lloyd_max_buckets_survive_ties() -> None:
     """A column with few distinct values (ties at every quantile) leaves some buckets empty: they take
     the midpoint of their bounds, and every value stays finite."""

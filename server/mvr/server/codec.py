@@ -269,15 +269,19 @@ def _uniform_range(residuals: np.ndarray, clips: tuple[float, ...]) -> tuple[np.
 
 
 def _uniform_error(residuals: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Per dimension, the mean squared error of rounding ``residuals`` to 256 levels over [lo, hi];
-    a chunk of rows at a time, so that the temporaries stay small next to the sample."""
-    step = (np.maximum(hi - lo, 1e-12) / 255).astype(np.float32)
-    lo = lo.astype(np.float32)
+    """Per dimension, the mean squared error of rounding ``residuals`` to the 256 levels over [lo, hi]
+    that the codec would store (:func:`_uniform_levels`), decoded as the decoder does (first level +
+    code · step, in float32); a chunk of rows at a time, so that the temporaries stay small next to
+    the sample."""
+    _, values = _uniform_levels(lo, hi)
+    first, step = values[:, 0], values[:, 1] - values[:, 0]
+    spread = step > 0  # a column whose levels coincide in float32 decodes every code to its first level
+    divisor = np.where(spread, step, np.float32(1.0))
     total = np.zeros(residuals.shape[1], dtype=np.float64)
     for start in range(0, len(residuals), _ASSIGN_CHUNK):
         chunk = residuals[start : start + _ASSIGN_CHUNK]
-        codes = np.clip(np.rint((chunk - lo) / step), 0, 255)
-        total += np.sum(np.square(lo + codes * step - chunk), axis=0, dtype=np.float64)
+        codes = np.clip(np.rint((chunk - first) / divisor), 0, 255) * spread
+        total += np.sum(np.square(first + codes * step - chunk), axis=0, dtype=np.float64)
     return total / max(1, len(residuals))
 
 
