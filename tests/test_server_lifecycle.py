@@ -103,10 +103,11 @@ def test_sigusr1_dumps_every_thread_and_the_server_serves_on(tmp_path: Path) -> 
     server = start_server(tmp_path / "data", "none", tmp_path / "server.log")
     try:
         server.process.send_signal(signal.SIGUSR1)
-        deadline = time.monotonic() + 30
-        while "most recent call first" not in server.log() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 30  # the dump is written a thread at a time: wait for the main one
+        while "mvr/server/app.py" not in server.log() and time.monotonic() < deadline:
             time.sleep(0.1)
         dump = server.log()
+        assert "most recent call first" in dump
         # (the signal may land on any thread: the dump says "Current thread" only when it is Python's)
         assert "thread 0x" in dump.lower()
         assert "mvr/server/app.py" in dump  # the main thread, waiting for a stop signal
