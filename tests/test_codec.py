@@ -163,6 +163,24 @@ def test_codec_round_trips_bytes_and_reads_unscaled_codecs(sample: np.ndarray) -
     arrays = {"centroids": trained.centroids, "cutoffs": trained.cutoffs, "values": trained.values}
     np.savez(old, **arrays, bits=np.array(4))
     assert not codec.Codec.from_bytes(old.getvalue()).scaled
+    assert codec.Codec.from_bytes(old.getvalue()).distortion is None  # nor a distortion: no drift measure
+
+
+def test_distortion_is_the_training_samples_mean_squared_residual_norm(sample: np.ndarray) -> None:
+    """What drift is measured against: the training sample's squared distance to its nearest centroid
+    (norms rounded as stored), kept across persistence; code blocks give the same figure back."""
+    trained = codec.train(sample, 16, 8, iterations=2)
+    ids = trained.assign(sample)
+    expected = np.mean(np.square(codec.residual_norms(sample, trained.centroids, ids), dtype=np.float64))
+    assert trained.distortion == pytest.approx(expected, rel=1e-9) and 0 < trained.distortion < 2
+    assert codec.Codec.from_bytes(trained.to_bytes()).distortion == trained.distortion
+    offsets = np.array([0, 100, 250, len(sample)])
+    squared, n_tokens = codec.squared_norms_of_blocks(trained, codec.encode_blocks(trained, sample, offsets))
+    assert n_tokens == len(sample)
+    assert squared / n_tokens == pytest.approx(trained.distortion, rel=1e-6)
+    unscaled = codec.train(sample, 16, 8, iterations=2, scaled=False)
+    with pytest.raises(ValueError, match="scaled"):
+        codec.squared_norms_of_blocks(unscaled, [codec.encode_block(unscaled, sample[:5])])
 
 
 def test_more_bits_reconstruct_better(sample: np.ndarray) -> None:

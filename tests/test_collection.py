@@ -688,7 +688,7 @@ def test_documents_not_coded_yet_are_found_by_the_graph(manager: CollectionManag
     from mvr.server import indexer as indexer_module
 
     c = build_coded(manager, clustered_corpus(300, seed=61))
-    monkeypatch.setattr(indexer_module.Indexer, "_code", lambda self, records: None)  # codes stop here
+    monkeypatch.setattr(indexer_module.Indexer, "_code", lambda *args, **kwargs: None)  # codes stop here
     rng = np.random.default_rng(62)  # unclustered: each document's own vectors are its only close match
     items = [(f"new{i}", unit(rng, int(rng.integers(3, 30)))) for i in range(3000)]
     for start in range(0, len(items), 50):

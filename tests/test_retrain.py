@@ -314,3 +314,46 @@ def test_closing_during_a_retraining_waits_a_bounded_time_and_abandons_it(
     stats = grown.stats()
     assert (stats.documents, stats.centroids, stats.coded, stats.codec_generation) == (300, LARGE, 300, 2)
     reopened.close()
+
+
+@pytest.mark.parametrize("new_topics", [True, False])
+def test_documents_of_new_topics_retrain_the_codec_before_it_grows(
+    tmp_path: Path, monkeypatch, caplog, new_topics: bool
+) -> None:
+    """Documents written after the training that lie far from its centroids (other topics) retrain
+    the codec once the drift measure has seen enough of them, long before 4× growth; documents of the
+    trained topics do not (their distortion matches that of the documents held out of the training).
+    Every document keeps exact scores over its codes either way."""
+    from mvr.server import indexer as indexer_module
+
+    monkeypatch.setattr(indexer_module, "DRIFT_WINDOW_TOKENS", 1024)
+    # as many centroids as the corpus has topics, tokens near them: what a trained codec looks like
+    monkeypatch.setattr(codec_module, "default_centroids", lambda n: 64)
+    docs = list(clustered_corpus(300, seed=51, noise=0.15).items())
+    manager = CollectionManager(tmp_path, save_interval_s=3600)
+    manager.create("drift", model=None, dim=DIM, tokens={"train_after_tokens": 1024})
+    c = manager.get("drift")
+    c.upsert([DocumentInput(i, vectors=v) for i, v in docs[:200]])  # one batch: trained on all 200
+    c.flush(timeout_s=120)
+    trained_tokens = c.store.codec_trained_tokens
+    assert c.stats().codec_generation == 1 and c._indexer.drift.tokens == 0
+    later = dict(docs[200:])
+    if new_topics:
+        later = clustered_corpus(100, seed=52, noise=0.15)
+    later = {f"later-{key}": tokens for key, tokens in later.items()}
+    with caplog.at_level("INFO", logger="mvr.indexer"):
+        upsert_in_batches(c, later, batch=20)
+        c.flush(timeout_s=120)
+    assert c.store.live_tokens < indexer_module.RETRAIN_GROWTH * trained_tokens  # no growth retraining
+    retrained = [r for r in caplog.records if r.getMessage() == "codec retrained; rewriting the codes"]
+    if new_topics:
+        assert [r.reason for r in retrained] == ["drift"]
+        assert retrained[0].drift_ratio >= indexer_module.DRIFT_RATIO
+        assert c.stats().codec_generation == 2
+    else:
+        assert retrained == [] and c.stats().codec_generation == 1
+        assert c._indexer.drift.tokens > 0
+        assert 0.8 < c._indexer.drift.ratio(c.store.codec) < indexer_module.DRIFT_RATIO
+    query = paraphrases(later, 1, seed=53)[0]
+    check_scores_are_exact_over_decoded_tokens(c, query, 100)
+    manager.close()

@@ -152,6 +152,7 @@ def test_prometheus_metrics_count_calls_by_method_and_code(tmp_path: Path) -> No
         assert 'mvr_search_stage_seconds_count{stage="exact"} 3.0' in text
         assert 'mvr_search_stage_seconds_count{stage="graph"}' not in text
         assert 'mvr_indexing_backlog_documents{collection="m"}' in text
+        assert 'mvr_codec_drift_ratio{collection="m"} 0.0' in text  # no codec yet: nothing measured
     finally:
         assert stop_server(server) == 0
 

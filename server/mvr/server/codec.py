@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import pairwise
@@ -70,6 +71,10 @@ class Codec:
     values: np.ndarray  # float32 (dim, 2**bits): reconstruction value of each bucket per dimension
     bits: int
     scaled: bool = False  # residuals divided by their norm before quantising; the norm kept per token
+    # mean squared residual norm (as stored, float16) of the training sample: how far tokens lay from
+    # their centroids when the codec was trained, the baseline of the indexer's drift measure (None for
+    # codecs trained before it was kept)
+    distortion: float | None = None
 
     @property
     def dim(self) -> int:
@@ -160,6 +165,7 @@ class Codec:
             values=self.values,
             bits=np.array(self.bits),
             scaled=np.array(self.scaled),
+            distortion=np.array(np.nan if self.distortion is None else self.distortion),
         )
         return buffer.getvalue()
 
@@ -172,6 +178,7 @@ class Codec:
                 np.ascontiguousarray(arrays["values"], np.float32),
                 int(arrays["bits"]),
                 bool(arrays["scaled"]) if "scaled" in arrays.files else False,  # older codecs: unscaled
+                _stored_distortion(arrays),
             )
 
     def save(self, path: Path) -> None:
@@ -180,6 +187,11 @@ class Codec:
     @classmethod
     def load(cls, path: Path) -> Codec:
         return cls.from_bytes(path.read_bytes())
+
+
+def _stored_distortion(arrays) -> float | None:
+    value = float(arrays["distortion"]) if "distortion" in arrays.files else math.nan
+    return None if math.isnan(value) else value
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -196,11 +208,14 @@ def train(
     scaled: bool = True,
     lloyd_rounds: int = LLOYD_ROUNDS,
     uniform_clips: tuple[float, ...] = UNIFORM_CLIPS,
+    held_out: np.ndarray | None = None,
 ) -> Codec:
     """Spherical k-means over ``sample`` (float32 (n, dim), unit rows), then per-dimension residual
     buckets fitted to the sample's residuals (each divided by its norm when ``scaled``): evenly spaced
     at 8 bits (over the range that ``uniform_clips`` offers with the least squared error), Lloyd–Max
-    (``lloyd_rounds`` steps from equal-probability quantiles) below."""
+    (``lloyd_rounds`` steps from equal-probability quantiles) below. The codec's ``distortion`` is
+    measured on ``held_out`` tokens (not in the sample) when given: the sample's own understates what
+    new tokens of the same kind show, since the centroids were fitted to it."""
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
     sample = np.ascontiguousarray(sample, dtype=np.float32)
@@ -223,13 +238,18 @@ def train(
         centroids = _normalise(sums)
     ids = nearest_centroids(sample, centroids, threads)
     residuals = sample - centroids[ids]
+    norms = residual_norms(sample, centroids, ids)
     if scaled:
-        residuals *= _inverse(residual_norms(sample, centroids, ids))[:, None]
+        residuals *= _inverse(norms)[:, None]
     if bits == 8:
         cutoffs, values = _uniform_buckets(residuals, uniform_clips)
     else:
         cutoffs, values = _lloyd_max_buckets(residuals, bits, lloyd_rounds)
-    return Codec(centroids, cutoffs, values, bits, scaled)
+    if held_out is not None and len(held_out):
+        held_out = np.ascontiguousarray(held_out, dtype=np.float32)
+        norms = residual_norms(held_out, centroids, nearest_centroids(held_out, centroids, threads))
+    distortion = float(np.mean(np.square(norms, dtype=np.float64)))
+    return Codec(centroids, cutoffs, values, bits, scaled, distortion)
 
 
 def residual_norms(tokens: np.ndarray, centroids: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -484,6 +504,21 @@ def encode_blocks(codec: Codec, tokens: np.ndarray, offsets: np.ndarray, threads
     ids, payload = codec.encode(tokens, threads)
     bounds = offsets.tolist()
     return [pack_block(ids[a:b], payload[a:b]) for a, b in pairwise(bounds)]
+
+
+def squared_norms_of_blocks(codec: Codec, blocks: Sequence[bytes]) -> tuple[float, int]:
+    """(Σ squared residual norm, tokens) over code blocks of a scaled codec, read from the norms the
+    blocks store: how far their tokens lie from their centroids (the drift measure's input)."""
+    if not codec.scaled:
+        raise ValueError("squared_norms_of_blocks: the codec keeps no residual norms (scaled is False)")
+    total, n_tokens = 0.0, 0
+    for block in blocks:
+        n = len(block) // codec.token_bytes
+        payloads = np.frombuffer(block, dtype=np.uint8, offset=2 * n).reshape(n, codec.payload_bytes)
+        norms = np.ascontiguousarray(payloads[:, :SCALE_BYTES]).view("<f2").astype(np.float64)
+        total += float(np.sum(np.square(norms)))
+        n_tokens += n
+    return total, n_tokens
 
 
 def encode_block(codec: Codec, tokens: np.ndarray) -> bytes:

@@ -134,6 +134,7 @@ class Collection:
         self._indexer = Indexer(self, save_interval_s)
         self._indexer.start()
         engine_metrics.track_backlog(config.name, self.backlog)
+        engine_metrics.track_drift(config.name, lambda: self._indexer.drift.ratio(self.store.codec))
 
     # ------------------------------------------------------------------------------ open
 

@@ -2,9 +2,10 @@
 
 Owns ``mvr_search_stage_seconds`` (one histogram per cascade stage: query encoding, graph, centroid
 stages, exact scoring), ``mvr_indexing_backlog_documents`` (acknowledged documents waiting for a
-collection's indexer) and ``mvr_query_queue_depth`` (text queries waiting for a model's encoder). The
-per-call ``mvr_rpc_*`` series live with the gRPC interceptor in :mod:`mvr.server.metrics`; both are
-served on ``mvr serve --metrics-port``.
+collection's indexer), ``mvr_codec_drift_ratio`` (how far new documents lie from a collection's
+centroids, against its codec's training sample) and ``mvr_query_queue_depth`` (text queries waiting
+for a model's encoder). The per-call ``mvr_rpc_*`` series live with the gRPC interceptor in
+:mod:`mvr.server.metrics`; both are served on ``mvr serve --metrics-port``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ SEARCH_STAGE_SECONDS = Histogram(
 INDEXING_BACKLOG = Gauge(
     "mvr_indexing_backlog_documents",
     "Acknowledged documents not yet in the collection's graph (bounded by max_indexing_backlog)",
+    ["collection"],
+)
+CODEC_DRIFT = Gauge(
+    "mvr_codec_drift_ratio",
+    "Mean squared distance of newly written tokens to the collection's centroids (decayed) over that of "
+    "the codec's training sample; the indexer retrains the codec above DRIFT_RATIO (0: not measured yet)",
     ["collection"],
 )
 QUERY_QUEUE_DEPTH = Gauge(
@@ -48,10 +55,15 @@ def track_backlog(collection: str, backlog: Callable[[], int]) -> None:
     INDEXING_BACKLOG.labels(collection).set_function(backlog)
 
 
+def track_drift(collection: str, ratio: Callable[[], float]) -> None:
+    CODEC_DRIFT.labels(collection).set_function(ratio)
+
+
 def forget_collection(collection: str) -> None:
     """Drops a closed or deleted collection's series (a later collection of that name starts anew)."""
-    with suppress(KeyError):  # never tracked, or already forgotten
-        INDEXING_BACKLOG.remove(collection)
+    for gauge in (INDEXING_BACKLOG, CODEC_DRIFT):
+        with suppress(KeyError):  # never tracked, or already forgotten
+            gauge.remove(collection)
 
 
 def track_query_queue(model: str, depth: Callable[[], int]) -> None:
