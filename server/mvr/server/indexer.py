@@ -21,10 +21,10 @@ Owns, in order of priority:
    its first ~1,000 documents) long before the backfill has coded the rest, and coding them with a
    codec about to be replaced doubled the coding work of the load.
    **Or on drift**, before that growth: when the documents written since the training sit measurably
-   farther from their centroids than the training sample did (:class:`DriftMeter`: the decayed mean
-   squared residual norm of newly coded tokens against the codec's ``distortion``), the centroids no
-   longer cover what the collection holds — new topics, a changed domain — and the same retraining
-   runs.
+   farther from their centroids than documents held out of the training did (:class:`DriftMeter`:
+   the decayed mean squared residual norm of newly coded tokens against the codec's ``distortion``),
+   the centroids no longer cover what the collection holds — new topics, a changed domain — and the
+   same retraining runs.
 4. **Housekeeping** when idle: save the graph, compact the files when dead bytes dominate.
 
 Codes are appended in ascending label order (what the token index requires); a search sees a document
@@ -85,10 +85,10 @@ DRIFT_HOLD_OUT = 8
 
 
 class DriftMeter:
-    """How far newly written documents' tokens lie from the live codec's centroids: a mean of their
-    squared residual norms, decayed over about ``window`` tokens so that a recent change of content
-    shows however long the collection has lived, over the tokens seen since the codec was trained.
-    In memory: a restart measures afresh."""
+    """How far newly written documents' tokens lie from the live codec's centroids: the mean of their
+    squared residual norms over the tokens seen since the codec was trained, decayed over about
+    ``window`` tokens (a recent change of content shows however long the collection has lived). In
+    memory: a restart measures afresh."""
 
     def __init__(self, window: int) -> None:
         self.window = window
@@ -177,7 +177,7 @@ class Indexer:
 
     def busy(self) -> bool:
         """Whether acknowledged documents are still waiting for the graph, the codec or their codes, or
-        a retraining the collection's size calls for is not done yet."""
+        a retraining the collection's growth or drift calls for is not done yet."""
         return (
             bool(self._c.pending)
             or self._training_due()

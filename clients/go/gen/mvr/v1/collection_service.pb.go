@@ -153,9 +153,11 @@ func (x *Collection) GetTokenStorage() *TokenStorage {
 // Until the collection holds `train_after_tokens` tokens it keeps float vectors only and searches by
 // FDE + exact MaxSim; then the server trains the codec in the background and codes every document,
 // without blocking writes or searches. Searches over coded documents add the cheap centroid stages.
-// As the collection grows to 4x the tokens it held at the last training, the server trains a new
-// codec on a sample of all its tokens and re-codes every document in the background; searches use the
-// previous codec until the switch, which is atomic (CollectionStats.codec_generation counts them).
+// As the collection grows to 4x the tokens it held at the last training, or sooner when newly written
+// documents lie measurably farther from the centroids than documents held out of that training did
+// (drift: new topics, a changed domain), the server trains a new codec on a sample of all its tokens
+// and re-codes every document in the background; searches use the previous codec until the switch,
+// which is atomic (CollectionStats.codec_generation counts them).
 type TokenStorage struct {
 	state         protoimpl.MessageState
 	sizeCache     protoimpl.SizeCache
@@ -559,7 +561,7 @@ type CollectionStats struct {
 	// Live documents whose codes the centroid stages read (see TokenStorage).
 	CodedDocuments uint64 `protobuf:"varint,6,opt,name=coded_documents,json=codedDocuments,proto3" json:"coded_documents,omitempty"`
 	// Output only. Codecs trained so far: 0 before the first training, 1 after it, and one more for
-	// each retraining as the collection grew (see TokenStorage).
+	// each retraining, on growth or on drift (see TokenStorage).
 	CodecGeneration uint32 `protobuf:"varint,7,opt,name=codec_generation,json=codecGeneration,proto3" json:"codec_generation,omitempty"`
 	// Output only. While a retrained codec's codes are being written: documents re-coded so far
 	// (searches use the previous codec until every coded document is); 0 otherwise.

@@ -84,9 +84,11 @@ export interface Collection {
  * Until the collection holds `train_after_tokens` tokens it keeps float vectors only and searches by
  * FDE + exact MaxSim; then the server trains the codec in the background and codes every document,
  * without blocking writes or searches. Searches over coded documents add the cheap centroid stages.
- * As the collection grows to 4x the tokens it held at the last training, the server trains a new
- * codec on a sample of all its tokens and re-codes every document in the background; searches use the
- * previous codec until the switch, which is atomic (CollectionStats.codec_generation counts them).
+ * As the collection grows to 4x the tokens it held at the last training, or sooner when newly written
+ * documents lie measurably farther from the centroids than documents held out of that training did
+ * (drift: new topics, a changed domain), the server trains a new codec on a sample of all its tokens
+ * and re-codes every document in the background; searches use the previous codec until the switch,
+ * which is atomic (CollectionStats.codec_generation counts them).
  */
 export interface TokenStorage {
   /**
@@ -209,7 +211,7 @@ export interface CollectionStats {
   codedDocuments: number;
   /**
    * Output only. Codecs trained so far: 0 before the first training, 1 after it, and one more for
-   * each retraining as the collection grew (see TokenStorage).
+   * each retraining, on growth or on drift (see TokenStorage).
    */
   codecGeneration: number;
   /**
