@@ -213,9 +213,10 @@ def train(
     """Spherical k-means over ``sample`` (float32 (n, dim), unit rows), then per-dimension residual
     buckets fitted to the sample's residuals (each divided by its norm when ``scaled``): evenly spaced
     at 8 bits (over the range that ``uniform_clips`` offers with the least squared error), Lloyd–Max
-    (``lloyd_rounds`` steps from equal-probability quantiles) below. The codec's ``distortion`` is
-    measured on ``held_out`` tokens (not in the sample) when given: the sample's own understates what
-    new tokens of the same kind show, since the centroids were fitted to it."""
+    (``lloyd_rounds`` steps from equal-probability quantiles) below. ``held_out`` tokens, when given,
+    stay out of the k-means and measure the codec's ``distortion`` (the sample's own understates what
+    new tokens of the same kind show, since the centroids were fitted to it); the residual buckets are
+    fitted to them too (left out, their tails fell outside the 8-bit range and were clipped)."""
     if bits not in SUPPORTED_BITS:
         raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits}")
     sample = np.ascontiguousarray(sample, dtype=np.float32)
@@ -236,6 +237,10 @@ def train(
         if empty.any():  # re-seed an empty cluster at a random token rather than leave it dead
             sums[empty] = sample[rng.choice(len(sample), int(empty.sum()), replace=False)]
         centroids = _normalise(sums)
+    distortion_of = sample
+    if held_out is not None and len(held_out):
+        distortion_of = np.ascontiguousarray(held_out, dtype=np.float32)
+        sample = np.concatenate([sample, distortion_of])  # the buckets' range must cover them too
     ids = nearest_centroids(sample, centroids, threads)
     residuals = sample - centroids[ids]
     norms = residual_norms(sample, centroids, ids)
@@ -245,10 +250,7 @@ def train(
         cutoffs, values = _uniform_buckets(residuals, uniform_clips)
     else:
         cutoffs, values = _lloyd_max_buckets(residuals, bits, lloyd_rounds)
-    if held_out is not None and len(held_out):
-        held_out = np.ascontiguousarray(held_out, dtype=np.float32)
-        norms = residual_norms(held_out, centroids, nearest_centroids(held_out, centroids, threads))
-    distortion = float(np.mean(np.square(norms, dtype=np.float64)))
+    distortion = float(np.mean(np.square(norms[len(sample) - len(distortion_of) :], dtype=np.float64)))
     return Codec(centroids, cutoffs, values, bits, scaled, distortion)
 
 
