@@ -135,6 +135,26 @@ def test_uniform_error_is_the_error_of_the_levels_the_codec_stores() -> None:
     np.testing.assert_allclose(codec._uniform_error(residuals, lo, hi), stored, rtol=1e-4, atol=1e-12)
 
 
+def test_held_out_tokens_measure_the_distortion_and_stay_inside_the_buckets(sample: np.ndarray) -> None:
+    """Held-out tokens do not move the centroids but give the distortion, and the residual buckets
+    cover them: a held-out token far out on one dimension decodes as closely as the sample's do."""
+    rng = np.random.default_rng(5)
+    held_out = clustered(rng, 600, 32)
+    held_out[:60, 0] += 3.0  # a tenth far beyond any residual of the sample on dimension 0
+    held_out /= np.linalg.norm(held_out, axis=1, keepdims=True)
+    alone = codec.train(sample, 16, 8, iterations=2)
+    trained = codec.train(sample, 16, 8, iterations=2, held_out=held_out)
+    np.testing.assert_array_equal(trained.centroids, alone.centroids)
+    ids = trained.assign(held_out)
+    expected = np.mean(np.square(codec.residual_norms(held_out, trained.centroids, ids), dtype=np.float64))
+    assert trained.distortion == pytest.approx(expected, rel=1e-9)
+
+    def cosines(fitted: codec.Codec) -> np.ndarray:
+        return np.einsum("ij,ij->i", fitted.decode(*fitted.encode(held_out)), held_out)
+
+    assert cosines(trained).min() > 0.999 > cosines(alone).min()  # alone: clipped on dimension 0
+
+
 def test_lloyd_max_buckets_survive_ties() -> None:
     """A column with few distinct values (ties at every quantile) leaves some buckets empty: they take
     the midpoint of their bounds, and every value stays finite."""
