@@ -71,9 +71,9 @@ class Codec:
     values: np.ndarray  # float32 (dim, 2**bits): reconstruction value of each bucket per dimension
     bits: int
     scaled: bool = False  # residuals divided by their norm before quantising; the norm kept per token
-    # mean squared residual norm (as stored, float16) of the training sample: how far tokens lay from
-    # their centroids when the codec was trained, the baseline of the indexer's drift measure (None for
-    # codecs trained before it was kept)
+    # mean squared residual norm (as stored, float16) of the tokens held out of the training (of the
+    # sample when none were): how far new tokens of the trained kind lie from the centroids, the
+    # baseline of the indexer's drift measure (None for codecs trained before it was kept)
     distortion: float | None = None
 
     @property

@@ -3,9 +3,9 @@
 Owns ``mvr_search_stage_seconds`` (one histogram per cascade stage: query encoding, graph, centroid
 stages, exact scoring), ``mvr_indexing_backlog_documents`` (acknowledged documents waiting for a
 collection's indexer), ``mvr_codec_drift_ratio`` (how far new documents lie from a collection's
-centroids, against its codec's training sample) and ``mvr_query_queue_depth`` (text queries waiting
-for a model's encoder). The per-call ``mvr_rpc_*`` series live with the gRPC interceptor in
-:mod:`mvr.server.metrics`; both are served on ``mvr serve --metrics-port``.
+centroids, against documents held out of its codec's training) and ``mvr_query_queue_depth`` (text
+queries waiting for a model's encoder). The per-call ``mvr_rpc_*`` series live with the gRPC
+interceptor in :mod:`mvr.server.metrics`; both are served on ``mvr serve --metrics-port``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,8 @@ INDEXING_BACKLOG = Gauge(
 CODEC_DRIFT = Gauge(
     "mvr_codec_drift_ratio",
     "Mean squared distance of newly written tokens to the collection's centroids (decayed) over that of "
-    "the codec's training sample; the indexer retrains the codec above DRIFT_RATIO (0: not measured yet)",
+    "documents held out of the codec's training; the indexer retrains the codec above DRIFT_RATIO "
+    "(0: not measured yet)",
     ["collection"],
 )
 QUERY_QUEUE_DEPTH = Gauge(
