@@ -142,8 +142,12 @@ def test_snapshot_under_concurrent_writes_holds_every_write_acknowledged_before_
     for doc_id in must_have:  # the same tokens (of coded documents, their decoded 8-bit codes)
         stored, written = restored.get(doc_id).vectors, docs[doc_id]
         assert stored.shape == written.shape
-        cosines = (stored * written).sum(axis=1) / np.linalg.norm(stored, axis=1)
-        assert cosines.min() > 0.95 and cosines.mean() > 0.999, (doc_id, cosines.min(), cosines.mean())
+        similarities = (stored / np.linalg.norm(stored, axis=1, keepdims=True)) @ written.T
+        assert np.array_equal(similarities.argmax(axis=1), np.arange(len(written)))  # each its own token
+        cosines = np.diag(similarities)
+        # 8-bit codes read back at ~0.99999, but the 8-bit range clips each dimension's rarest tails
+        # (up to 0.1% of the training residuals) and such a token reads back at ~0.99
+        assert cosines.min() > 0.95 and cosines.mean() > 0.995, (doc_id, cosines.min(), cosines.mean())
     assert not must_lack & set(restored.store.records)
     assert info.documents == len(restored.store.records)
     restored.flush(timeout_s=120)
