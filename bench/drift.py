@@ -41,13 +41,12 @@ sys.path[:0] = [str(ROOT / "server"), str(ROOT / "bench")]
 from mvr.server import indexer  # noqa: E402
 from mvr.server.app import limit_blas_threads  # noqa: E402
 from mvr.server.manager import CollectionManager  # noqa: E402
-from mvr.server.values import DocumentInput  # noqa: E402
 from synthetic import (  # noqa: E402
     TopicCorpusSpec,
     exact_top_k,
     make_topic_corpus,
     make_topic_queries,
-    upsert_retrying,
+    upsert_in_batches,
 )
 
 
@@ -70,18 +69,6 @@ class Trainings(logging.Handler):
             )
 
 
-def load(collection, tokens: np.ndarray, offsets: np.ndarray, first_id: int, batch: int = 500) -> None:
-    for start in range(0, len(offsets) - 1, batch):
-        stop = min(start + batch, len(offsets) - 1)
-        upsert_retrying(
-            collection,
-            [
-                DocumentInput(str(first_id + i), vectors=tokens[offsets[i] : offsets[i + 1]])
-                for i in range(start, stop)
-            ],
-        )
-
-
 def recall(found: list[list[int]], truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t.tolist())) / len(t) for f, t in zip(found, truth, strict=True)]))
 
@@ -100,12 +87,12 @@ def run(name: str, drift_ratio: float, first, later, query_sets: dict, args) -> 
         manager.create("drift", model=None, dim=first.tokens.shape[1], tokens=tokens)
         collection = manager.get("drift")
         started = time.perf_counter()
-        load(collection, first.tokens, first.offsets, 0)
+        upsert_in_batches(collection, first)
         collection.flush()
         first_s = time.perf_counter() - started
         before = len(trainings.rows)
         started = time.perf_counter()
-        load(collection, later.tokens, later.offsets, first.n_docs)
+        upsert_in_batches(collection, later, first_id=first.n_docs)
         collection.flush()
         later_s = time.perf_counter() - started
         stats = collection.stats()

@@ -48,15 +48,15 @@ def upsert_retrying(collection, documents: list) -> list:
             time.sleep(error.retry_after_s)
 
 
-def upsert_in_batches(collection, corpus: Corpus, batch: int = 500) -> int:
-    """Upserts every document of ``corpus`` into an in-process collection, ids ``str(i)``, ``batch`` at
-    a time; returns how many were acknowledged. Needs the server package on ``sys.path``."""
+def upsert_in_batches(collection, corpus: Corpus, batch: int = 500, first_id: int = 0) -> int:
+    """Upserts every document of ``corpus`` into an in-process collection, ids ``str(first_id + i)``,
+    ``batch`` at a time; returns how many were acknowledged. Needs the server package on ``sys.path``."""
     from mvr.server.values import DocumentInput  # here: the data sets themselves need only NumPy
 
     acknowledged = 0
     for start in range(0, corpus.n_docs, batch):
         stop = min(start + batch, corpus.n_docs)
-        documents = [DocumentInput(str(i), vectors=corpus.document(i)) for i in range(start, stop)]
+        documents = [DocumentInput(str(first_id + i), vectors=corpus.document(i)) for i in range(start, stop)]
         acknowledged += len(upsert_retrying(collection, documents))
     return acknowledged
 

@@ -516,7 +516,7 @@ def squared_norms_of_blocks(codec: Codec, blocks: Sequence[bytes]) -> tuple[floa
     total, n_tokens = 0.0, 0
     for block in blocks:
         n = len(block) // codec.token_bytes
-        payloads = np.frombuffer(block, dtype=np.uint8, offset=2 * n).reshape(n, codec.payload_bytes)
+        _, payloads = _block_views(np.frombuffer(block, dtype=np.uint8), 0, n, codec.payload_bytes)
         norms = np.ascontiguousarray(payloads[:, :SCALE_BYTES]).view("<f2").astype(np.float64)
         total += float(np.sum(np.square(norms)))
         n_tokens += n
