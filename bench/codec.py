@@ -11,7 +11,8 @@ centroids K and residual bits b:
   recall of each stage's survivors and its time per query, one thread.
 
     python bench/codec.py [--docs 10000] [--centroids 1024 4096] [--bits 2 4] [--scaled 0 1] \
-        [--lloyd-rounds 0 100] [--clips 0.0005 engine] [--out results/codec_10k.json]
+        [--lloyd-rounds 0 100] [--levels polynomial lloyd] [--clips 0.0005 engine] \
+        [--out results/codec_10k.json]
 """
 
 from __future__ import annotations
@@ -43,15 +44,14 @@ def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
 
 
 def run_config(
-    corpus, queries, truth, n_centroids: int, bits: int, scaled: bool, fit: int | tuple, args
+    corpus, queries, truth, n_centroids: int, bits: int, scaled: bool, fitting: dict, args
 ) -> dict:
-    """``fit``: the Lloyd–Max rounds below 8 bits, the clip fractions offered at 8."""
+    """``fitting``: codec.train's options for the residual levels (:func:`fittings`)."""
     rng = np.random.default_rng(0)
     tokens = corpus.tokens
     sample_size = min(len(tokens), max(args.sample_per_centroid * n_centroids, 65_536))
     sample = tokens[np.sort(rng.choice(len(tokens), sample_size, replace=False))]
     started = time.perf_counter()
-    fitting = {"uniform_clips": fit} if bits == 8 else {"lloyd_rounds": fit}
     trained = codec.train(sample, n_centroids, bits, iterations=args.iterations, scaled=scaled, **fitting)
     train_s = time.perf_counter() - started
     started = time.perf_counter()
@@ -191,6 +191,14 @@ def main() -> None:
         help="Lloyd–Max steps of the residual buckets below 8 bits (0: equal-probability quantiles)",
     )
     parser.add_argument(
+        "--levels",
+        nargs="+",
+        default=["polynomial"],
+        choices=["polynomial", "lloyd"],
+        help="below 8 bits: each dimension's levels as the cubic fitted to its Lloyd–Max levels "
+        "(planar codes, arithmetic decode; the engine's) or those levels themselves (table decode)",
+    )
+    parser.add_argument(
         "--clips",
         nargs="+",
         default=["engine"],
@@ -209,13 +217,26 @@ def main() -> None:
     corpus, queries, truth = topic_dataset(args.docs, args.queries)
     print(f"data: {corpus.n_docs} docs, {len(corpus.tokens)} tokens, {time.perf_counter() - started:.1f} s")
     results = [
-        run_config(corpus, queries, truth, k, b, bool(scaled), fit, args)
+        run_config(corpus, queries, truth, k, b, bool(scaled), fitting, args)
         for k in args.centroids
         for b in args.bits
         for scaled in args.scaled
-        for fit in (args.lloyd_rounds if b != 8 else clip_sets(args.clips))
+        for fitting in fittings(b, args)
     ]
     write_results(args.out, corpus, queries, results)
+
+
+def fittings(bits: int, args) -> list[dict]:
+    """codec.train's level options to compare at ``bits``: the clip sets at 8 bits; below, the
+    Lloyd–Max rounds × the level shapes (the cubic fitted to them, decoded by arithmetic, or the
+    Lloyd–Max levels themselves, decoded by a table)."""
+    if bits == 8:
+        return [{"uniform_clips": clips} for clips in clip_sets(args.clips)]
+    return [
+        {"lloyd_rounds": rounds, "polynomial": levels == "polynomial"}
+        for rounds in args.lloyd_rounds
+        for levels in args.levels
+    ]
 
 
 def clip_sets(specs: list[str]) -> list[tuple[float, ...]]:

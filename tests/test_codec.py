@@ -27,10 +27,18 @@ def sample() -> np.ndarray:
     return clustered(np.random.default_rng(0), 6000, 32)
 
 
+@pytest.mark.parametrize("polynomial", [True, False])
 @pytest.mark.parametrize("scaled", [True, False])
 @pytest.mark.parametrize("bits", codec.SUPPORTED_BITS)
-def test_encode_decode_roundtrip_matches_reference(sample: np.ndarray, bits: int, scaled: bool) -> None:
-    trained = codec.train(sample, 64, bits, iterations=4, scaled=scaled)
+def test_encode_decode_roundtrip_matches_reference(
+    sample: np.ndarray, bits: int, scaled: bool, polynomial: bool
+) -> None:
+    """Below 8 bits both level shapes: the cubic (planar codes, arithmetic decode) and the Lloyd–Max
+    levels themselves (interleaved codes, table decode, what older codecs hold)."""
+    if bits == 8 and not polynomial:
+        pytest.skip("8 bits have evenly spaced levels, no polynomial")
+    trained = codec.train(sample, 64, bits, iterations=4, scaled=scaled, polynomial=polynomial)
+    assert trained.planar == (polynomial and bits < 8)
     tokens = sample[:500]
     ids, payload = trained.encode(tokens)
     assert ids.dtype == np.uint16 and payload.shape == (500, 2 * scaled + 32 * bits // 8)
@@ -49,6 +57,11 @@ def test_encode_decode_roundtrip_matches_reference(sample: np.ndarray, bits: int
     buckets = np.stack(
         [np.searchsorted(trained.cutoffs[j], residual[:, j], side="right") for j in range(32)], axis=1
     )
+    if bits < 8:  # each dimension's code where the layout puts it
+        codes = payload[:, 2 * scaled :]
+        for j in range(32):
+            byte, shift = codec.planar_slot(j, 32, bits) if trained.planar else (j * bits // 8, j * bits % 8)
+            np.testing.assert_array_equal((codes[:, byte] >> shift) & ((1 << bits) - 1), buckets[:, j])
     rebuilt = trained.centroids[expected_ids] + norms[:, None] * trained.values[np.arange(32), buckets]
     rebuilt /= np.linalg.norm(rebuilt, axis=1, keepdims=True)
     # 8 bits decode by arithmetic (lo + code·step, fused) instead of the table: float32 rounding apart
@@ -213,8 +226,16 @@ def test_more_bits_reconstruct_better(sample: np.ndarray) -> None:
     assert errors[2] < 0.5 * errors[0]  # 4 bits vs 1 bit
 
 
-def test_blocks_decode_in_place_and_distinct_centroids(sample: np.ndarray) -> None:
-    trained = codec.train(sample, 64, 4, iterations=3)
+@pytest.mark.parametrize("bits", [8, 4, 2])
+@pytest.mark.parametrize("polynomial", [True, False])
+def test_blocks_decode_in_place_and_distinct_centroids(
+    sample: np.ndarray, polynomial: bool, bits: int
+) -> None:
+    """Every kernel (8-bit arithmetic, planar cubic, interleaved table) decodes any subset of blocks, in
+    any order, into any target rows."""
+    if bits == 8 and not polynomial:
+        pytest.skip("8 bits have evenly spaced levels, no polynomial")
+    trained = codec.train(sample, 64, bits, iterations=3, polynomial=polynomial)
     docs = [sample[a:b] for a, b in [(0, 7), (7, 8), (8, 40), (40, 100)]]
     data = b"".join(codec.encode_block(trained, d) for d in docs)
     sizes = [codec.block_size(len(d), trained.payload_bytes) for d in docs]
@@ -224,15 +245,84 @@ def test_blocks_decode_in_place_and_distinct_centroids(sample: np.ndarray) -> No
     order = np.array([2, 0, 3], np.int64)  # any subset, any order, any target rows
     rows = np.array([0, 32, 39], np.int64)
     out = np.full((99, 32), np.nan, np.float32)
-    codec.decode_blocks(
-        buffer, offsets[order], counts[order], rows, trained.centroids, True, trained.decode_table(), out
-    )
+    trained.decode_into(buffer, offsets[order], counts[order], rows, out)
+    if not trained.planar and bits < 8:  # the table kernel called directly, as decode_into calls it
+        table_out = np.full_like(out, np.nan)
+        codec.decode_blocks(
+            buffer,
+            offsets[order],
+            counts[order],
+            rows,
+            trained.centroids,
+            True,
+            trained.decode_table(),
+            table_out,
+        )
+        np.testing.assert_array_equal(table_out, out)
     for doc, row in zip(order.tolist(), rows.tolist(), strict=True):
         expected = trained.decode(*trained.encode(docs[doc]))
         np.testing.assert_allclose(out[row : row + len(docs[doc])], expected, atol=1e-6)
     ids, id_offsets = codec.distinct_centroids(buffer, offsets, counts, trained.n_centroids)
     for i, doc in enumerate(docs):
         np.testing.assert_array_equal(ids[id_offsets[i] : id_offsets[i + 1]], np.unique(trained.assign(doc)))
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_polynomial_levels_fit_the_lloyd_max_levels(sample: np.ndarray, bits: int) -> None:
+    """The cubic reproduces 1- and 2-bit levels exactly (2 and 4 points), and costs 4-bit codes little
+    squared error; the levels it stores are the polynomial's, ascending, and decode as such."""
+    lloyd = codec.train(sample, 64, bits, iterations=4, polynomial=False)
+    fitted = codec.train(sample, 64, bits, iterations=4)
+    np.testing.assert_array_equal(fitted.centroids, lloyd.centroids)
+    assert fitted.level_poly.shape == (4, 32) and fitted.level_poly.dtype == np.float32
+    assert np.all(np.diff(fitted.values, axis=1) > 0)
+    np.testing.assert_allclose(fitted.cutoffs, (fitted.values[:, :-1] + fitted.values[:, 1:]) / 2, rtol=1e-6)
+    u = np.arange(1 << bits) - ((1 << bits) - 1) / 2
+    a, b, c, d = fitted.level_poly.astype(np.float64)
+    np.testing.assert_allclose(
+        fitted.values, a[:, None] + np.outer(b, u) + np.outer(c, u**2) + np.outer(d, u**3), atol=1e-6
+    )
+    if bits < 4:
+        np.testing.assert_allclose(fitted.values, lloyd.values, atol=1e-5)
+    tokens = sample[:2000]
+    errors = [
+        float(np.mean(np.sum(np.square(t.decode(*t.encode(tokens)) - tokens), axis=1)))
+        for t in (lloyd, fitted)
+    ]
+    assert errors[1] <= 1.05 * errors[0], errors
+
+
+def test_polynomial_levels_of_degenerate_columns_stay_ordered() -> None:
+    """A column whose levels the cubic cannot follow ascending falls to the line through them; a
+    constant column to its value: the cutoffs stay ordered and every level finite."""
+    rng = np.random.default_rng(4)
+    smooth = np.sort(rng.standard_normal(16))
+    steps = np.array([-1.0] * 8 + [1.0] * 8) + np.linspace(0, 1e-3, 16)  # a jump the cubic overshoots
+    values = np.stack([smooth, steps, np.full(16, 0.25)]).astype(np.float32)
+    coefficients, levels = codec._polynomial_levels(values)
+    assert np.all(np.isfinite(levels)) and np.all(np.diff(levels[:2], axis=1) > 0)
+    assert not np.any(coefficients[2:, 1]) and coefficients[1, 1] > 0  # the line, for the jump
+    np.testing.assert_array_equal(levels[2], np.full(16, 0.25, np.float32))  # the constant
+
+
+def test_planar_codecs_persist_and_older_codecs_decode_as_written(sample: np.ndarray) -> None:
+    """The cubic persists with the codec; a codec saved before it existed (no ``level_poly``) reads
+    back interleaved and decodes the codes it wrote unchanged."""
+    planar = codec.train(sample, 16, 4, iterations=2)
+    again = codec.Codec.from_bytes(planar.to_bytes())
+    assert again.planar
+    np.testing.assert_array_equal(again.level_poly, planar.level_poly)
+    tokens = sample[:100]
+    np.testing.assert_array_equal(again.decode(*planar.encode(tokens)), planar.decode(*planar.encode(tokens)))
+    older = codec.train(sample, 16, 4, iterations=2, polynomial=False)
+    with np.load(io.BytesIO(older.to_bytes())) as arrays:
+        assert "level_poly" not in arrays.files
+    loaded = codec.Codec.from_bytes(older.to_bytes())
+    assert not loaded.planar
+    written = older.encode(tokens)
+    np.testing.assert_array_equal(loaded.decode(*written), older.decode(*written))
+    with pytest.raises(ValueError, match="planar"):
+        planar.decode_table()
 
 
 def test_codec_persists(sample: np.ndarray, tmp_path) -> None:
