@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import platform
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -235,3 +239,34 @@ def test_limits_set_on_the_command_line_are_enforced_by_name(tmp_path: Path) -> 
             assert [ack.ok for ack in documents.StreamUpsertDocuments(held_open("u"), timeout=30)] == [True]
     finally:
         assert stop_server(server) == 0
+
+
+def _tgkill(pid: int, tid: int, signum: int) -> None:
+    """Sends ``signum`` to one thread of another process (Linux tgkill; os.kill signals the process,
+    which the kernel may deliver to any thread)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.syscall(SYS_TGKILL, pid, tid, signum) != 0:
+        raise OSError(ctypes.get_errno(), "tgkill failed")
+
+
+SYS_TGKILL = 234  # x86-64
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.machine() != "x86_64", reason="tgkill on x86-64")
+def test_sigterm_delivered_to_another_thread_still_stops_the_server(tmp_path: Path) -> None:
+    """The kernel may hand a process's SIGTERM to any of its threads; CPython only runs the handler
+    on the main thread, which must therefore not block for good (it did: the server ran on)."""
+    server = start_server(tmp_path / "data", "none", tmp_path / "server.log")
+    pid = server.process.pid
+    others = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    assert others, "the server runs gRPC and indexer threads beside the main one"
+    _tgkill(pid, others[0], signal.SIGTERM)
+    try:
+        code = server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        pytest.fail(
+            f"SIGTERM on thread {others[0]} did not stop the server; its log:\n{server.log()[-3000:]}"
+        )
+    assert code == 0, server.log()[-3000:]
+    assert "signal received" in server.log()

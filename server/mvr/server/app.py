@@ -247,6 +247,9 @@ def limit_blas_threads() -> None:
     threadpool_limits(1, user_api="blas")
 
 
+STOP_POLL_S = 0.25  # how often the main thread checks for a stop request a signal handler has not run yet
+
+
 def run(config: ServerConfig) -> int:
     """Runs the server until SIGTERM or SIGINT; returns the process exit code."""
     configure_logging(config.log_format, config.log_level)
@@ -278,6 +281,11 @@ def run(config: ServerConfig) -> int:
         log.exception("loading failed")
         server.grpc_server.stop(0)
         return 1
-    stop_requested.wait()
+    # Wake up now and then rather than block for good: the kernel may deliver SIGTERM to any thread
+    # (gRPC's, the indexer's); CPython then only flags it, and runs the handler when the main thread
+    # next executes bytecode, which a wait without timeout never does (a server once ignored SIGTERM
+    # this way under load, tests/test_server_lifecycle.py reproduces it by signalling another thread).
+    while not stop_requested.wait(timeout=STOP_POLL_S):
+        pass
     server.stop()
     return 0
