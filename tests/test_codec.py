@@ -59,8 +59,11 @@ def test_encode_decode_roundtrip_matches_reference(
     )
     if bits < 8:  # each dimension's code where the layout puts it
         codes = payload[:, 2 * scaled :]
+        n_bytes = 32 * bits // 8
         for j in range(32):
-            byte, shift = codec.planar_slot(j, 32, bits) if trained.planar else (j * bits // 8, j * bits % 8)
+            # planar: dimensions sharing a byte lie a byte-run apart; interleaved: neighbours share one
+            planar = (j % n_bytes, j // n_bytes * bits)
+            byte, shift = planar if trained.planar else (j * bits // 8, j * bits % 8)
             np.testing.assert_array_equal((codes[:, byte] >> shift) & ((1 << bits) - 1), buckets[:, j])
     rebuilt = trained.centroids[expected_ids] + norms[:, None] * trained.values[np.arange(32), buckets]
     rebuilt /= np.linalg.norm(rebuilt, axis=1, keepdims=True)

@@ -79,7 +79,7 @@ class Codec:
     distortion: float | None = None
     # below 8 bits: float32 (4, dim), each dimension's level as a cubic in its code k,
     # value = a + b·u + c·u² + d·u³ with u = k − (2**bits − 1)/2 (rows a, b, c, d), codes packed planar
-    # (see :func:`planar_slot`) and decoded by that arithmetic; None: codes packed interleaved and
+    # (see :func:`code_slot`) and decoded by that arithmetic; None: codes packed interleaved and
     # decoded through the byte table (codecs trained before the levels were fitted)
     level_poly: np.ndarray | None = None
 
@@ -480,18 +480,21 @@ def _accumulate(sample, ids, sums, counts):
 # ---------------------------------------------------------------------------------------- kernels
 
 
-def planar_slot(j: int, dim: int, bits: int) -> tuple[int, int]:
-    """(byte, bit shift) of dimension ``j``'s code in a planar payload below 8 bits: byte j mod
-    (dim·bits/8), the (j div that)-th ``bits`` of it. Dimensions that share a byte lie a byte-run
-    apart, so that decoding one bit position of every byte fills a contiguous run of the row (a loop
-    that vectorises); interleaved codes (older codecs) put neighbouring dimensions in one byte."""
-    n_bytes = dim * bits // 8
-    return j % n_bytes, (j // n_bytes) * bits
+@numba.njit(cache=True, inline="always")
+def code_slot(j: int, n_bytes: int, bits: int, planar: bool) -> tuple[int, int]:
+    """(byte, bit shift) of dimension ``j``'s code in a payload of ``n_bytes`` below 8 bits. Planar:
+    byte j mod n_bytes, the (j div n_bytes)-th ``bits`` of it; dimensions that share a byte lie a
+    byte-run apart, so that decoding one bit position of every byte fills a contiguous run of the row
+    (a loop that vectorises: :func:`_decode_polynomial` walks this layout in that order).
+    Interleaved (codecs without ``level_poly``): neighbouring dimensions share a byte."""
+    if planar:
+        return j % n_bytes, (j // n_bytes) * bits
+    per_byte = 8 // bits
+    return j // per_byte, (j % per_byte) * bits
 
 
 @numba.njit(cache=True)
 def _encode_residuals(tokens, centroids, ids, inverse_norms, cutoffs, bits, planar, packed):
-    per_byte = 8 // bits
     n_bytes = packed.shape[1]
     n_cut = cutoffs.shape[1]
     packed[:] = 0
@@ -502,10 +505,8 @@ def _encode_residuals(tokens, centroids, ids, inverse_norms, cutoffs, bits, plan
             code = 0
             while code < n_cut and r >= cutoffs[j, code]:
                 code += 1
-            if planar:  # see planar_slot
-                packed[i, j % n_bytes] |= np.uint8(code << ((j // n_bytes) * bits))
-            else:
-                packed[i, j // per_byte] |= np.uint8(code << ((j % per_byte) * bits))
+            byte, shift = code_slot(j, n_bytes, bits, planar)
+            packed[i, byte] |= np.uint8(code << shift)
 
 
 @numba.njit(cache=True)
@@ -557,7 +558,7 @@ def _decode_uniform8(data, offsets, counts, targets, centroids, scaled, lo, step
 
 @numba.njit(cache=True, fastmath=True)
 def _decode_polynomial(data, offsets, counts, targets, centroids, scaled, bits, a, b, c, d, out):
-    """Planar codes below 8 bits (see :func:`planar_slot`): each dimension's level is its cubic in the
+    """Planar codes below 8 bits (see :func:`code_slot`): each dimension's level is its cubic in the
     code, centroid + norm · level, renormalised. One bit position of every byte at a time, so each
     inner loop runs over contiguous bytes and row entries and vectorises (a table lookup per dimension
     does not)."""
