@@ -12,7 +12,7 @@ centroids K and residual bits b:
 
     python bench/codec.py [--docs 10000] [--centroids 1024 4096] [--bits 2 4] [--scaled 0 1] \
         [--lloyd-rounds 0 100] [--levels polynomial lloyd] [--clips 0.0005 engine] \
-        [--out results/codec_10k.json]
+        [--iterations 3 8] [--seeds 0 1 2] [--out results/codec_10k.json]
 """
 
 from __future__ import annotations
@@ -44,15 +44,27 @@ def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
 
 
 def run_config(
-    corpus, queries, truth, n_centroids: int, bits: int, scaled: bool, fitting: dict, args
+    corpus,
+    queries,
+    truth,
+    n_centroids: int,
+    bits: int,
+    scaled: bool,
+    fitting: dict,
+    iterations: int,
+    seed: int,
+    args,
 ) -> dict:
-    """``fitting``: codec.train's options for the residual levels (:func:`fittings`)."""
-    rng = np.random.default_rng(0)
+    """``fitting``: codec.train's options for the residual levels (:func:`fittings`); ``seed`` draws
+    the training sample and the k-means' first centroids."""
+    rng = np.random.default_rng(seed)
     tokens = corpus.tokens
     sample_size = min(len(tokens), max(args.sample_per_centroid * n_centroids, 65_536))
     sample = tokens[np.sort(rng.choice(len(tokens), sample_size, replace=False))]
     started = time.perf_counter()
-    trained = codec.train(sample, n_centroids, bits, iterations=args.iterations, scaled=scaled, **fitting)
+    trained = codec.train(
+        sample, n_centroids, bits, iterations=iterations, seed=seed, scaled=scaled, **fitting
+    )
     train_s = time.perf_counter() - started
     started = time.perf_counter()
     coded = code_corpus(trained, tokens, corpus.offsets)
@@ -61,6 +73,8 @@ def run_config(
         "centroids": n_centroids,
         "bits": bits,
         "scaled": scaled,
+        "iterations": iterations,
+        "seed": seed,
         **{key: list(value) if isinstance(value, tuple) else value for key, value in fitting.items()},
         "sample_tokens": sample_size,
         "train_s": round(train_s, 2),
@@ -208,7 +222,14 @@ def main() -> None:
     parser.add_argument("--probes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--keep", type=int, nargs="+", default=[1000, 4000])
     parser.add_argument("--rerank", type=int, nargs="+", default=[64, 128, 256])
-    parser.add_argument("--iterations", type=int, default=8)
+    parser.add_argument("--iterations", type=int, nargs="+", default=[8], help="k-means rounds")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="one run per seed (the training sample and the first centroids): how much a k-means draw moves",
+    )
     parser.add_argument("--sample-per-centroid", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "codec_10k.json")
     args = parser.parse_args()
@@ -217,11 +238,13 @@ def main() -> None:
     corpus, queries, truth = topic_dataset(args.docs, args.queries)
     print(f"data: {corpus.n_docs} docs, {len(corpus.tokens)} tokens, {time.perf_counter() - started:.1f} s")
     results = [
-        run_config(corpus, queries, truth, k, b, bool(scaled), fitting, args)
+        run_config(corpus, queries, truth, k, b, bool(scaled), fitting, iterations, seed, args)
         for k in args.centroids
         for b in args.bits
         for scaled in args.scaled
         for fitting in fittings(b, args)
+        for iterations in args.iterations
+        for seed in args.seeds
     ]
     write_results(args.out, corpus, queries, results)
 
