@@ -257,8 +257,8 @@ def main() -> None:
     parser.add_argument(
         "--train-rounds",
         type=int,
-        default=indexer.TRAIN_ITERATIONS,
-        help="k-means rounds of the codec trainings during the build (default: the engine's)",
+        help="fixed k-means rounds for the codec trainings during the build (default: the engine's, "
+        "budgeted against the collection's size: indexer.train_rounds)",
     )
     parser.add_argument(
         "--fde-dim", type=int, help="the graph FDE's final projection (default: the engine's); a new build"
@@ -284,7 +284,8 @@ def main() -> None:
         return
     limit_blas_threads()
     rerank.TILE_TOKENS = args.tile_tokens
-    indexer.TRAIN_ITERATIONS = args.train_rounds
+    if args.train_rounds is not None:  # fixed rounds instead of the engine's budget
+        indexer.MIN_TRAIN_ROUNDS = indexer.MAX_TRAIN_ROUNDS = args.train_rounds
     corpus, queries, truth = topic_dataset(args.docs, args.queries)
     manager, collection, build, opened_rss = open_collection(args, corpus)
     stats = collection.stats()
@@ -337,7 +338,7 @@ def main() -> None:
                 "probe": args.probe,
                 "centroid_candidates": args.centroid_candidates,
                 "tile_tokens": args.tile_tokens,
-                "train_rounds": args.train_rounds,
+                "train_rounds": "engine" if args.train_rounds is None else args.train_rounds,
                 "build": build,
                 "footprint": footprint,
                 "ms_per_query": ms,

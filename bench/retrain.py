@@ -36,7 +36,7 @@ sys.path[:0] = [str(ROOT / "server"), str(ROOT / "bench")]
 from codec import cascade, ceiling_recall, code_corpus, decode_corpus, write_results  # noqa: E402
 from mvr.server import codec  # noqa: E402
 from mvr.server.app import limit_blas_threads  # noqa: E402
-from mvr.server.indexer import TRAIN_ITERATIONS, TRAIN_SAMPLE_PER_CENTROID  # noqa: E402
+from mvr.server.indexer import TRAIN_SAMPLE_PER_CENTROID, train_rounds  # noqa: E402
 from synthetic import topic_dataset  # noqa: E402
 
 
@@ -49,9 +49,13 @@ def evaluate(name: str, coded, corpus, queries, truth, args, extra: dict) -> dic
     return row
 
 
-def train_timed(sample: np.ndarray, n_centroids: int, args) -> tuple[codec.Codec, float]:
+def train_timed(
+    sample: np.ndarray, n_centroids: int, collection_tokens: int, args
+) -> tuple[codec.Codec, float]:
+    """Trains as the indexer does when the collection holds ``collection_tokens`` (its k-means rounds)."""
     started = time.perf_counter()
-    trained = codec.train(sample, n_centroids, args.bits, iterations=TRAIN_ITERATIONS, threads=args.threads)
+    rounds = train_rounds(collection_tokens, len(sample))
+    trained = codec.train(sample, n_centroids, args.bits, iterations=rounds, threads=args.threads)
     return trained, round(time.perf_counter() - started, 1)
 
 
@@ -82,7 +86,9 @@ def main() -> None:
     corpus, queries, truth = topic_dataset(args.docs, args.queries)
     tokens, offsets = corpus.tokens, corpus.offsets
     first_tokens = tokens[: int(offsets[min(args.first_docs, corpus.n_docs)])]
-    first, train_s = train_timed(first_tokens, min(args.first_centroids, len(first_tokens)), args)
+    first, train_s = train_timed(
+        first_tokens, min(args.first_centroids, len(first_tokens)), len(first_tokens), args
+    )
     coded_first = code_corpus(first, tokens, offsets, args.threads)
     results: list[dict] = []
 
@@ -109,7 +115,7 @@ def main() -> None:
         # as the indexer: 32 tokens a centroid, at least 65,536
         sample_size = min(len(tokens), max(TRAIN_SAMPLE_PER_CENTROID * n_centroids, 1 << 16))
         sample = tokens[np.sort(rng.choice(len(tokens), sample_size, replace=False))]
-        trained, train_s = train_timed(sample, n_centroids, args)
+        trained, train_s = train_timed(sample, n_centroids, len(tokens), args)
         started = time.perf_counter()
         coded = code_corpus(trained, tokens, offsets, args.threads)
         extra = {

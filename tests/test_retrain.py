@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from mvr.server import codec as codec_module
+from mvr.server import indexer
 from mvr.server import store as store_module
 from mvr.server.errors import FailedPrecondition
 from mvr.server.manager import CollectionManager
@@ -274,6 +275,38 @@ def test_a_failed_rename_after_the_commit_stops_the_collection_and_reopening_com
     for query in paraphrases(docs, 3, seed=30):
         check_scores_are_exact_over_decoded_tokens(c, query, 300)
     reopened.close()
+
+
+def test_kmeans_rounds_grow_with_the_collection_a_training_codes() -> None:
+    """A training's k-means passes over its sample add up to a third of the collection's tokens (what
+    coding them costs), within [MIN_TRAIN_ROUNDS, MAX_TRAIN_ROUNDS]: 3 rounds at 10k topic documents,
+    where more would lengthen the build by a third, 8 at 100k, where they cost a few %."""
+    assert (indexer.MIN_TRAIN_ROUNDS, indexer.MAX_TRAIN_ROUNDS) == (3, 8)
+    assert indexer.train_rounds(1_150_000, 131_072) == 3  # 10k documents, 4,096 centroids
+    assert indexer.train_rounds(11_500_000, 262_144) == 8  # 100k, 8,192 centroids
+    assert indexer.train_rounds(2_000_000, 131_072) == 5  # (2M / 3) / 131,072 = 5.09
+    assert indexer.train_rounds(1_500, 1_300) == 3  # a first codec on every token it has
+    assert indexer.train_rounds(0, 0) == 3
+    rounds = [indexer.train_rounds(n, 131_072) for n in range(0, 4_000_000, 50_000)]
+    assert rounds == sorted(rounds) and set(rounds) == set(range(3, 9))
+
+
+@pytest.mark.parametrize("budget, expected", [(indexer.TRAIN_ROUNDS_BUDGET, 3), (1e6, 8)])
+def test_the_indexer_trains_with_the_budgeted_rounds(
+    tmp_path: Path, monkeypatch, budget: float, expected: int
+) -> None:
+    """A first codec on ~1,500 tokens gets the fewest rounds; allowed a budget that covers any, the most."""
+    monkeypatch.setattr(indexer, "TRAIN_ROUNDS_BUDGET", budget)
+    real_train, rounds = codec_module.train, []
+
+    def recording_train(*args, **kwargs):
+        rounds.append(kwargs["iterations"])
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(codec_module, "train", recording_train)
+    manager, c = grown_from_first_codec(tmp_path, clustered_corpus(60, seed=23))
+    assert c.stats().coded == 60 and rounds == [expected]
+    manager.close()
 
 
 def test_closing_during_a_retraining_waits_a_bounded_time_and_abandons_it(

@@ -55,11 +55,17 @@ INDEX_CHUNK = 128  # documents per hnswlib add_items call: bounds how long a del
 CODE_CHUNK = 256  # documents per code append during the backfill
 COMPACT_MIN_DEAD_BYTES = 16 << 20
 TRAIN_SAMPLE_PER_CENTROID = 32  # bench/codec.py: more buys no recall, and k-means time is linear in it
-# k-means rounds: each is one nearest-centroid pass over the sample (the build's dominant cost with
-# coding). 10k topic documents, built with both cores and searched at the defaults (bench/profile_search.py
-# and a build-only timing, side by side): 6 rounds → 3 rounds, build 50–55 s → 40–46 s, recall@10
-# 0.969 → 0.968.
-TRAIN_ITERATIONS = 3
+# k-means rounds: each is one nearest-centroid pass over the training sample, as coding is one pass over
+# the collection's tokens (the build's dominant costs). More rounds place the centroids better
+# (bench/codec.py --iterations 3 8 --seeds 0 1 2 3, 10k topic documents, 4,096 centroids: the centroid
+# stage keeps 0.967 of the true top-10 after 3 rounds, 0.964–0.970 by draw, 0.971 after 8, 0.969–0.972;
+# at 100k, 8,192 centroids, bench/profile_search.py --train-rounds: recall@10 0.9485 → 0.953) but at 10k
+# 8 rounds take the build from 38–41 s to 54–55 s. So the rounds are budgeted against the coding: as many
+# as pass over TRAIN_ROUNDS_BUDGET of the collection's tokens, within [MIN, MAX]. At 10k (1.15M tokens,
+# a 131k sample) that is 3; at 100k (8–11.5M tokens, a 262k sample) 8, a few % of that build.
+MIN_TRAIN_ROUNDS = 3
+MAX_TRAIN_ROUNDS = 8
+TRAIN_ROUNDS_BUDGET = 1 / 3
 TRAIN_SAMPLE_SPREAD = 16
 # Retrain once the collection holds this many times the tokens it held at the last training: the
 # first codec sees ~1,100 documents, which do not cover a growing collection's topics
@@ -82,6 +88,14 @@ DRIFT_MIN_SHARE = 4
 # distortion (new documents are not in the sample either; the sample's own distortion is lower, the
 # centroids fitted to it)
 DRIFT_HOLD_OUT = 8
+
+
+def train_rounds(collection_tokens: int, sample_tokens: int) -> int:
+    """k-means rounds for a training on ``sample_tokens`` when the collection holds
+    ``collection_tokens``: those whose passes over the sample add up to TRAIN_ROUNDS_BUDGET of the
+    collection's tokens (what coding it costs), within [MIN_TRAIN_ROUNDS, MAX_TRAIN_ROUNDS]."""
+    affordable = int(TRAIN_ROUNDS_BUDGET * collection_tokens // max(sample_tokens, 1))
+    return min(MAX_TRAIN_ROUNDS, max(MIN_TRAIN_ROUNDS, affordable))
 
 
 class DriftMeter:
@@ -282,12 +296,13 @@ class Indexer:
         n_centroids = min(n_centroids, len(sample))
         reason = "first" if c.store.codec is None else "growth" if self._grown() else "drift"
         drift = self.drift.ratio(c.store.codec)
+        rounds = train_rounds(n_tokens, len(sample))
         started = time.perf_counter()
         trained = codec_module.train(
             sample,
             n_centroids,
             storage.residual_bits,
-            iterations=TRAIN_ITERATIONS,
+            iterations=rounds,
             threads=c.fde.threads,
             held_out=held_out,
         )
@@ -313,6 +328,7 @@ class Indexer:
                 "centroids": n_centroids,
                 "bits": storage.residual_bits,
                 "sample_tokens": len(sample),
+                "kmeans_rounds": rounds,
                 "seconds": round(time.perf_counter() - started, 2),
             },
         )
