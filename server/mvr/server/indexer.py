@@ -62,7 +62,8 @@ TRAIN_SAMPLE_PER_CENTROID = 32  # bench/codec.py: more buys no recall, and k-mea
 # at 100k, 8,192 centroids, bench/profile_search.py --train-rounds: recall@10 0.9485 → 0.953) but at 10k
 # 8 rounds take the build from 38–41 s to 54–55 s. So the rounds are budgeted against the coding: as many
 # as pass over TRAIN_ROUNDS_BUDGET of the collection's tokens, within [MIN, MAX]. At 10k (1.15M tokens,
-# a 131k sample) that is 3; at 100k (8–11.5M tokens, a 262k sample) 8, a few % of that build.
+# a 131k sample) that is 3; at 100k (8–11.5M tokens, a 262k sample) 8: build 416.6 → 428.3 s, one
+# build after the other (BENCHMARKS.md).
 MIN_TRAIN_ROUNDS = 3
 MAX_TRAIN_ROUNDS = 8
 TRAIN_ROUNDS_BUDGET = 1 / 3
