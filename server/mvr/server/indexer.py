@@ -58,7 +58,7 @@ TRAIN_SAMPLE_PER_CENTROID = 32  # bench/codec.py: more buys no recall, and k-mea
 # k-means rounds: each is one nearest-centroid pass over the training sample, as coding is one pass over
 # the collection's tokens (the build's dominant costs). More rounds place the centroids better
 # (bench/codec.py --iterations 3 8 --seeds 0 1 2 3, 10k topic documents, 4,096 centroids: the centroid
-# stage keeps 0.967 of the true top-10 after 3 rounds, 0.964–0.970 by draw, 0.971 after 8, 0.969–0.972;
+# stage keeps 0.967 of the true top-10 after 3 rounds, 0.964–0.9695 by draw, 0.971 after 8, 0.9685–0.972;
 # at 100k, 8,192 centroids, bench/profile_search.py --train-rounds: recall@10 0.9485 → 0.953) but at 10k
 # 8 rounds take the build from 38–41 s to 54–55 s. So the rounds are budgeted against the coding: as many
 # as pass over TRAIN_ROUNDS_BUDGET of the collection's tokens, within [MIN, MAX]. At 10k (1.15M tokens,
