@@ -390,3 +390,60 @@ def test_documents_of_new_topics_retrain_the_codec_before_it_grows(
     query = paraphrases(later, 1, seed=53)[0]
     check_scores_are_exact_over_decoded_tokens(c, query, 100)
     manager.close()
+
+
+def test_the_drift_measure_survives_a_restart(tmp_path: Path, monkeypatch, caplog) -> None:
+    """The drift measure is stored with the codes it counted: documents of new topics written before a
+    restart and after it add up to the evidence a retraining needs, although neither part alone does
+    (a measure kept in memory started from nothing after the restart and never retrained)."""
+    from mvr.server import indexer as indexer_module
+
+    monkeypatch.setattr(indexer_module, "DRIFT_WINDOW_TOKENS", 1024)
+    monkeypatch.setattr(codec_module, "default_centroids", lambda n: 64)
+    manager = CollectionManager(tmp_path, save_interval_s=3600)
+    manager.create("drift", model=None, dim=DIM, tokens={"train_after_tokens": 1024})
+    c = manager.get("drift")
+    c.upsert([DocumentInput(i, vectors=v) for i, v in clustered_corpus(200, seed=51, noise=0.15).items()])
+    c.flush(timeout_s=120)
+    evidence = max(
+        indexer_module.DRIFT_WINDOW_TOKENS, c.store.codec_trained_tokens // indexer_module.DRIFT_MIN_SHARE
+    )
+    later = iter({f"later-{k}": v for k, v in clustered_corpus(200, seed=52, noise=0.15).items()}.items())
+    while c._indexer.drift.tokens < 0.6 * evidence:  # batches of ~250 tokens: stops short of the evidence
+        c.upsert([DocumentInput(i, vectors=v) for i, v in (next(later) for _ in range(10))])
+        c.flush(timeout_s=120)
+    before, ratio = c.store.drift, c._indexer.drift.ratio(c.store.codec)
+    assert before.tokens < evidence and ratio >= indexer_module.DRIFT_RATIO
+    assert c.stats().codec_generation == 1
+    manager.close()
+
+    reopened = CollectionManager(tmp_path, save_interval_s=3600)
+    c = reopened.get("drift")
+    c.flush(timeout_s=120)
+    assert c.store.drift == before and c._indexer.drift.ratio(c.store.codec) == ratio
+    rest, tokens = [], 0
+    while before.tokens + tokens < evidence:
+        doc_id, vectors = next(later)
+        rest.append(DocumentInput(doc_id, vectors=vectors))
+        tokens += len(vectors)
+    assert tokens < evidence  # this part alone would not retrain
+    with caplog.at_level("INFO", logger="mvr.indexer"):
+        for start in range(0, len(rest), 10):
+            c.upsert(rest[start : start + 10])
+        c.flush(timeout_s=120)
+    retrained = [r for r in caplog.records if r.getMessage() == "codec retrained; rewriting the codes"]
+    assert [r.reason for r in retrained] == ["drift"]
+    assert c.stats().codec_generation == 2
+    assert c.store.drift.tokens < before.tokens  # the new codec's measure starts over
+    after, directory = c.store.drift, c.directory
+    reopened.close()
+    import sqlite3
+
+    db = sqlite3.connect(directory / "catalog.sqlite")
+    try:  # the superseded codec's measure went with it
+        assert {row[0] for row in db.execute("SELECT codec_version FROM drift")} <= {2}
+    finally:
+        db.close()
+    again = CollectionManager(tmp_path, save_interval_s=3600)
+    assert again.get("drift").store.drift == after
+    again.close()

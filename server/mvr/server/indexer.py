@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from mvr.server import codec as codec_module
 from mvr.server.search import PendingBatch
-from mvr.server.store import CodeRewrite, Record, token_offsets
+from mvr.server.store import CodeRewrite, DriftState, Record, Store, token_offsets
 from mvr.server.tokens import TokenIndex
 
 if TYPE_CHECKING:
@@ -102,30 +102,38 @@ def train_rounds(collection_tokens: int, sample_tokens: int) -> int:
 class DriftMeter:
     """How far newly written documents' tokens lie from the live codec's centroids: the mean of their
     squared residual norms over the tokens seen since the codec was trained, decayed over about
-    ``window`` tokens (a recent change of content shows however long the collection has lived). In
-    memory: a restart measures afresh."""
+    ``window`` tokens (a recent change of content shows however long the collection has lived).
 
-    def __init__(self, window: int) -> None:
+    The measure itself is the store's (:class:`mvr.server.store.DriftState`, committed with the codes
+    it counts, reset when a new codec is), so a restart, clean or not, goes on from it; the meter
+    computes the next state (:meth:`after`) and reads the ratio."""
+
+    def __init__(self, window: int, store: Store) -> None:
         self.window = window
-        self.reset()
+        self._store = store
 
-    def reset(self) -> None:
-        self._weighted_sum = self._weight = 0.0
-        self.tokens = 0  # observed since the last reset (the live codec's training)
+    @property
+    def tokens(self) -> int:
+        """Tokens observed since the live codec's training."""
+        return self._store.drift.tokens
 
-    def observe(self, squared_sum: float, n_tokens: int) -> None:
+    def after(self, squared_sum: float, n_tokens: int) -> DriftState:
+        """The state once ``n_tokens`` more tokens, of squared residual norms summing to
+        ``squared_sum``, are observed (for :meth:`mvr.server.store.Store.add_codes` to commit)."""
+        state = self._store.drift
         if n_tokens <= 0:
-            return
+            return state
         keep = math.exp(-n_tokens / self.window)
-        self._weighted_sum = self._weighted_sum * keep + squared_sum
-        self._weight = self._weight * keep + n_tokens
-        self.tokens += n_tokens
+        return DriftState(
+            state.weighted_sum * keep + squared_sum, state.weight * keep + n_tokens, state.tokens + n_tokens
+        )
 
     def ratio(self, codec: codec_module.Codec | None) -> float:
         """The decayed mean squared residual norm over ``codec``'s distortion (0 when either is unknown)."""
-        if codec is None or not codec.distortion or not self._weight:
+        state = self._store.drift
+        if codec is None or not codec.distortion or not state.weight:
             return 0.0
-        return self._weighted_sum / self._weight / codec.distortion
+        return state.weighted_sum / state.weight / codec.distortion
 
 
 class Indexer:
@@ -136,7 +144,7 @@ class Indexer:
         self._save_interval_s = save_interval_s
         self._backfill_due = collection.store.codec is not None
         self._rewrite: CodeRewrite | None = None  # a retrained codec's code file being written
-        self.drift = DriftMeter(DRIFT_WINDOW_TOKENS)
+        self.drift = DriftMeter(DRIFT_WINDOW_TOKENS, collection.store)
         self._thread = threading.Thread(
             target=self._loop, name=f"indexer-{collection.config.name}", daemon=True
         )
@@ -246,12 +254,13 @@ class Indexer:
             return
         codec = c.store.codec
         blocks = self._encode(codec, todo)
+        drift = None
         if observe and codec.distortion is not None:
-            self.drift.observe(*codec_module.squared_norms_of_blocks(codec, blocks))
+            drift = self.drift.after(*codec_module.squared_norms_of_blocks(codec, blocks))
         with c.write_lock:  # the catalog swap must not race an upsert replacing the same id
             if c.closed:
                 return
-            coded = c.store.add_codes(todo, blocks)
+            coded = c.store.add_codes(todo, blocks, drift)
             c.tokens.append(coded, c.store.codes_mapping)
 
     # ------------------------------------------------------------------------------ training
@@ -319,7 +328,6 @@ class Indexer:
                 c.store.set_codec(trained, n_tokens)  # writes went on while it trained: count from here
                 c.tokens = TokenIndex(trained)
                 self._backfill_due = True
-                self.drift.reset()
         log.info(
             "codec retrained; rewriting the codes" if retrained else "codec trained",
             extra={
@@ -406,7 +414,6 @@ class Indexer:
                 tokens = TokenIndex(rewrite.codec)
                 tokens.rebuild(records, c.store.codes_mapping)
                 c.tokens = tokens
-                self.drift.reset()  # measured against the new codec from here
         except BaseException:
             if rewrite.committed:
                 self._stop_collection()  # durable but not applied in memory: reopening completes it

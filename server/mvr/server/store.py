@@ -14,6 +14,8 @@ Owns what survives a crash. Layout of a collection directory::
                      block per document: n uint16 centroid ids, then n packed residuals. Appended by the
                      background indexer with the same write order as vectors.bin; the codec they need is
                      a row of the ``codecs`` table, committed before the first code that uses it.
+                     The ``drift`` table keeps the live codec's drift measure (:class:`DriftState`),
+                     written in the same transactions as the codes it measured.
 
 Write order (what makes an acknowledged write durable and a crash harmless):
 
@@ -72,6 +74,12 @@ CREATE TABLE IF NOT EXISTS documents (
 );
 CREATE TABLE IF NOT EXISTS tombstones (label INTEGER PRIMARY KEY, n_tokens INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS codecs (version INTEGER PRIMARY KEY, data BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS drift (
+    codec_version INTEGER PRIMARY KEY,
+    weighted_sum REAL NOT NULL,
+    weight REAL NOT NULL,
+    tokens INTEGER NOT NULL
+);
 CREATE VIRTUAL TABLE IF NOT EXISTS text_index USING fts5(text, tokenize = 'porter unicode61');
 CREATE TABLE IF NOT EXISTS metadata_values (
     label INTEGER NOT NULL, key TEXT NOT NULL, kind TEXT NOT NULL, value
@@ -79,6 +87,8 @@ CREATE TABLE IF NOT EXISTS metadata_values (
 CREATE INDEX IF NOT EXISTS metadata_by_value ON metadata_values (key, kind, value);
 CREATE INDEX IF NOT EXISTS metadata_by_label ON metadata_values (label);
 """
+# drift: the drift measure of the codec of that version (see DriftState); a codec without a row has
+# measured nothing yet. Rows of superseded codecs go with them.
 # metadata_values: one row per metadata key of a live document (per entry of a list), typed (see
 # mvr.server.metadata): what filters are evaluated against, in SQL, by index range scans. Written in
 # the same transactions as the documents; filled once at open for collections from before it.
@@ -104,6 +114,18 @@ def record_metadata(metadata: Mapping[str, MetaValue]) -> Mapping[str, MetaValue
 def stored_metadata(text: str) -> dict[str, MetaValue]:
     """A catalog row's metadata JSON as values (JSON arrays are the lists of strings)."""
     return {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(text).items()}
+
+
+@dataclass(frozen=True)
+class DriftState:
+    """The live codec's drift measure as stored (the indexer's :class:`mvr.server.indexer.DriftMeter`
+    computes it): the decayed sums of newly coded tokens' squared residual norms and of their weights,
+    and the tokens observed since the codec was trained. Kept so that a restart, clean or not, goes on
+    measuring from where the last acknowledged codes left it rather than from nothing."""
+
+    weighted_sum: float = 0.0
+    weight: float = 0.0
+    tokens: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +317,7 @@ class Store:
         (self.codec_generation,) = self._db.execute("SELECT COALESCE(MAX(version), 0) FROM codecs").fetchone()
         # live tokens when the codec was trained (0: unknown, a collection from before retraining)
         self.codec_trained_tokens = self._state("codec_trained_tokens", 0)
+        self.drift = self._load_drift()
         self.records: dict[str, Record] = {}
         self.by_label: dict[int, Record] = {}
         # the live versions' metadata as resident columns, what filtered searches evaluate
@@ -468,6 +491,12 @@ class Store:
         row = self._db.execute("SELECT data FROM codecs ORDER BY version DESC LIMIT 1").fetchone()
         return None if row is None else Codec.from_bytes(row[0])
 
+    def _load_drift(self) -> DriftState:
+        row = self._db.execute(
+            "SELECT weighted_sum, weight, tokens FROM drift WHERE codec_version = ?", (self.codec_generation,)
+        ).fetchone()
+        return DriftState() if row is None else DriftState(float(row[0]), float(row[1]), int(row[2]))
+
     def set_codec(self, codec: Codec, trained_tokens: int) -> None:
         """Commits the collection's first codec, trained when the collection held ``trained_tokens``
         (later ones come with a rewrite of the code file, :meth:`commit_rewrite`: every code in the file
@@ -484,6 +513,7 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
         self.codec, self.codec_trained_tokens, self.codec_generation = codec, trained_tokens, 1
+        self.drift = DriftState()
 
     def begin_rewrite(self, codec: Codec, trained_tokens: int) -> CodeRewrite:
         """Starts a code file for ``codec`` (trained when the collection held ``trained_tokens``) beside
@@ -511,6 +541,7 @@ class Store:
                 )
                 # no code refers to an older codec once this commits (the generation is MAX(version))
                 self._db.execute("DELETE FROM codecs WHERE version < ?", (version,))
+                self._db.execute("DELETE FROM drift WHERE codec_version < ?", (version,))
                 self._db.executemany(
                     "UPDATE documents SET code_offset = ? WHERE label = ?",
                     [(rewrite.offsets.get(r.label, NO_OFFSET), r.label) for r in live],
@@ -542,6 +573,7 @@ class Store:
             rewrite.trained_tokens,
             version,
         )
+        self.drift = DriftState()  # the new codec has measured nothing yet
         codes = self._codes.mapping
         for record in live:
             offset = rewrite.offsets.get(record.label, NO_OFFSET)
@@ -555,9 +587,12 @@ class Store:
             self.by_label[moved.label] = moved
         return list(self.records.values())
 
-    def add_codes(self, records: Sequence[Record], blocks: Sequence[bytes]) -> list[Record]:
+    def add_codes(
+        self, records: Sequence[Record], blocks: Sequence[bytes], drift: DriftState | None = None
+    ) -> list[Record]:
         """Stores the code blocks of ``records`` durably (same write order as :meth:`upsert`) and swaps
-        in records that point at them; returns the new records of the versions still live."""
+        in records that point at them; returns the new records of the versions still live. ``drift``:
+        the live codec's drift measure once these codes are counted, committed with them."""
         offset = self._codes.append(b"".join(blocks))
         offsets = np.cumsum([offset] + [len(b) for b in blocks]).tolist()
         with self._db_lock:
@@ -568,11 +603,18 @@ class Store:
                     [(o, r.label) for o, r in zip(offsets, records, strict=False)],
                 )
                 self._set_state({"codes_end": offsets[-1]})
+                if drift is not None:
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO drift VALUES (?, ?, ?, ?)",
+                        (self.codec_generation, drift.weighted_sum, drift.weight, drift.tokens),
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         self._codes.end = offsets[-1]
+        if drift is not None:
+            self.drift = drift
         mapping, coded = self._codes.mapping, []
         for record, code_offset in zip(records, offsets, strict=False):
             if self.by_label.get(record.label) is not record:
