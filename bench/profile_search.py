@@ -49,6 +49,8 @@ from mvr.server.search import (  # noqa: E402
     GRAPH_SHARE,
     default_centroid_candidates,
     default_probe,
+    graph_ef,
+    graph_share,
 )
 from mvr.server.store import token_offsets  # noqa: E402
 from synthetic import topic_dataset, upsert_in_batches  # noqa: E402
@@ -152,8 +154,8 @@ def profile_query(
 
     n_candidates = args.candidates
     query_fde = timed("query_fde", lambda: collection.fde.encode_query(query))
-    n_graph = max(10, n_candidates // args.graph_share)  # as Searcher._graph_budget, top_k 10
-    ef = max(collection.config.hnsw.ef_search, 2 * n_graph)  # as Searcher.search sets it
+    n_graph = graph_share(10, n_candidates, args.graph_share)  # every document coded, top_k 10
+    ef = graph_ef(collection.config.hnsw.ef_search, n_graph)
     graph = timed("graph", lambda: searcher.graph_stage(query_fde, n_graph, ef, None))
     scores = timed("centroid_scores", lambda: centroid_scores(snapshot.codec.centroids, query))
     probed, _ = timed(

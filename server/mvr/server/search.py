@@ -91,6 +91,19 @@ def default_probe(n_centroids: int, kept: int) -> int:
 GRAPH_SHARE = 4  # coded collections: the graph sends candidates / GRAPH_SHARE documents to the exact stage
 
 
+def graph_share(top_k: int, n_candidates: int, share: int = GRAPH_SHARE) -> int:
+    """Documents the graph sends to the exact stage when every live document is coded: a ``share``-th
+    of the candidates (the centroid stages find the rest), at least ``top_k``."""
+    return max(top_k, n_candidates // share)
+
+
+def graph_ef(ef_search: int, k: int) -> int:
+    """The HNSW beam for the graph's top ``k`` when the search does not set one: the collection's
+    ``ef_search``, at least 2·k (HNSW recall of the FDE top-k was 0.96 at ef = k, 0.98 at 2·k, 100k
+    documents)."""
+    return max(ef_search, 2 * k)
+
+
 @dataclass(frozen=True)
 class PendingBatch:
     """Acknowledged documents not yet in HNSW: their labels and FDEs, scanned exactly by searches."""
@@ -169,7 +182,7 @@ class Searcher:
             labels = np.concatenate([labels, centroid_labels])
             if not n_graph and len(centroid_labels) < n_candidates:
                 # a filter whose matches the probed lists barely reach: the graph fills in
-                share = max(params.top_k, n_candidates // GRAPH_SHARE)
+                share = graph_share(params.top_k, n_candidates)
                 labels = np.concatenate([labels, self._graph_labels(query, params, share, allowed, deadline)])
         with engine_metrics.stage("exact"):
             return self.exact_stage(query, labels, params.top_k, params.explain, deadline)
@@ -195,8 +208,7 @@ class Searcher:
         """The graph stage's k labels (none for k = 0)."""
         if not k:
             return np.zeros(0, np.int64)
-        # unset: 2·k (HNSW recall of the FDE top-k was 0.96 at ef=k, 0.98 at 2·k, 100k docs)
-        ef = max(params.ef, k) if params.ef else max(self._config.hnsw.ef_search, 2 * k)
+        ef = max(params.ef, k) if params.ef else graph_ef(self._config.hnsw.ef_search, k)
         check_deadline(deadline, "the graph stage")
         with engine_metrics.stage("graph"):
             return self.graph_stage(self._fde.encode_query(query), k, ef, allowed)
@@ -210,7 +222,7 @@ class Searcher:
         the graph can find (a bulk load's documents wait for a retrained codec; before this the graph
         gave them 32 slots, and a document searched by its own vectors could miss its own top-1). With a
         filter and every live document coded: none."""
-        share = max(params.top_k, n_candidates // GRAPH_SHARE)
+        share = graph_share(params.top_k, n_candidates)
         live = len(self._store.by_label)
         uncoded = max(0, live - int(np.count_nonzero(snapshot.alive[: snapshot.n])))
         if not uncoded:
