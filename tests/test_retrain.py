@@ -183,7 +183,7 @@ def rewrite_everything(c, n_centroids: int):
     """What the indexer does, in the test's thread: a new codec, every coded document re-coded."""
     sample = c.searcher.token_matrix(list(c.store.records.values()))
     trained = codec_module.train(sample, n_centroids, 8, iterations=3)
-    rewrite = c.store.begin_rewrite(trained, c.store.live_tokens)
+    rewrite = c.store.begin_rewrite(trained, c.store.live_tokens, c.store.next_label)
     records = sorted(c.store.records.values(), key=lambda r: r.label)
     tokens = c.searcher.token_matrix(records)
     offsets = store_module.token_offsets(records)
@@ -447,3 +447,37 @@ def test_the_drift_measure_survives_a_restart(tmp_path: Path, monkeypatch, caplo
     again = CollectionManager(tmp_path, save_interval_s=3600)
     assert again.get("drift").store.drift == after
     again.close()
+
+
+def test_documents_the_backfill_codes_count_toward_the_drift(tmp_path: Path, monkeypatch) -> None:
+    """Every document written after the training sample counts toward the drift measure, whichever
+    path codes it: after a restart the indexer codes through the backfill until its first idle moment,
+    and documents acknowledged before then are coded there, not as they are indexed."""
+    monkeypatch.setattr(indexer, "DRIFT_WINDOW_TOKENS", 1024)
+    monkeypatch.setattr(codec_module, "default_centroids", lambda n: 64)
+    manager = CollectionManager(tmp_path, save_interval_s=3600)
+    manager.create("drift", model=None, dim=DIM, tokens={"train_after_tokens": 1024})
+    c = manager.get("drift")
+    c.upsert([DocumentInput(i, vectors=v) for i, v in clustered_corpus(200, seed=51, noise=0.15).items()])
+    c.flush(timeout_s=120)
+    assert c.store.drift.tokens == 0  # the training's own documents are not new to it
+    manager.close()
+
+    release = threading.Event()
+    backfill = indexer.Indexer._backfill
+
+    def backfill_once_released(self) -> None:
+        assert release.wait(timeout=60)
+        backfill(self)
+
+    monkeypatch.setattr(indexer.Indexer, "_backfill", backfill_once_released)
+    reopened = CollectionManager(tmp_path, save_interval_s=3600)
+    c = reopened.get("drift")
+    later = {f"later-{k}": v for k, v in clustered_corpus(20, seed=52, noise=0.15).items()}  # new topics
+    c.upsert([DocumentInput(i, vectors=v) for i, v in later.items()])  # while the backfill waits
+    release.set()
+    c.flush(timeout_s=120)
+    assert c.stats().coded == 220 and c.stats().codec_generation == 1
+    assert c.store.drift.tokens == sum(len(v) for v in later.values())
+    assert c._indexer.drift.ratio(c.store.codec) >= indexer.DRIFT_RATIO
+    reopened.close()

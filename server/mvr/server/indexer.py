@@ -38,6 +38,7 @@ import math
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -104,9 +105,12 @@ class DriftMeter:
     squared residual norms over the tokens seen since the codec was trained, decayed over about
     ``window`` tokens (a recent change of content shows however long the collection has lived).
 
-    The measure itself is the store's (:class:`mvr.server.store.DriftState`, committed with the codes
-    it counts, reset when a new codec is), so a restart, clean or not, goes on from it; the meter
-    computes the next state (:meth:`after`) and reads the ratio."""
+    It counts every document written after the codec's training sample was drawn, whichever path
+    codes it (as it is indexed, or by the backfill, which codes what arrived while a training ran or
+    before a restart's first idle moment). The measure itself is the store's
+    (:class:`mvr.server.store.DriftState`, committed with the codes it counts, reset when a new codec
+    is), so a restart, clean or not, goes on from it; the meter computes the next state
+    (:meth:`after`) and reads the ratio."""
 
     def __init__(self, window: int, store: Store) -> None:
         self.window = window
@@ -124,8 +128,11 @@ class DriftMeter:
         if n_tokens <= 0:
             return state
         keep = math.exp(-n_tokens / self.window)
-        return DriftState(
-            state.weighted_sum * keep + squared_sum, state.weight * keep + n_tokens, state.tokens + n_tokens
+        return replace(
+            state,
+            weighted_sum=state.weighted_sum * keep + squared_sum,
+            weight=state.weight * keep + n_tokens,
+            tokens=state.tokens + n_tokens,
         )
 
     def ratio(self, codec: codec_module.Codec | None) -> float:
@@ -238,16 +245,14 @@ class Indexer:
                     if gone:
                         c.index.mark_deleted(gone)
             if c.tokens is not None and not self._backfill_due:
-                self._code(
-                    [c.store.by_label[x] for x in labels.tolist() if x in c.store.by_label], observe=True
-                )
+                self._code([c.store.by_label[x] for x in labels.tolist() if x in c.store.by_label])
         with c.pending_changed:
             c.pending = [b for b in c.pending if b is not batch]
             c.pending_changed.notify_all()
 
-    def _code(self, records: Sequence[Record], observe: bool = False) -> None:
-        """Codes records (ascending labels) that still have vectors and no codes; with ``observe`` (new
-        writes, not the backfill) their distances to the centroids feed the drift measure."""
+    def _code(self, records: Sequence[Record]) -> None:
+        """Codes records (ascending labels) that still have vectors and no codes; the distances to the
+        centroids of those written after the codec's training sample feed the drift measure."""
         c = self._c
         todo = [r for r in records if r.has_vectors and not r.coded]
         if not todo or c.tokens is None:
@@ -255,8 +260,10 @@ class Indexer:
         codec = c.store.codec
         blocks = self._encode(codec, todo)
         drift = None
-        if observe and codec.distortion is not None:
-            drift = self.drift.after(*codec_module.squared_norms_of_blocks(codec, blocks))
+        if codec.distortion is not None:
+            first_new = c.store.drift.first_new_label
+            new = [block for r, block in zip(todo, blocks, strict=True) if r.label >= first_new]
+            drift = self.drift.after(*codec_module.squared_norms_of_blocks(codec, new))
         with c.write_lock:  # the catalog swap must not race an upsert replacing the same id
             if c.closed:
                 return
@@ -302,6 +309,7 @@ class Indexer:
         n_tokens = c.store.live_tokens
         n_centroids = storage.centroids or codec_module.default_centroids(n_tokens)
         wanted = max(TRAIN_SAMPLE_PER_CENTROID * n_centroids, 1 << 16)
+        first_new_label = c.store.next_label  # documents written from here on are new to the codec
         sample, held_out = self._sample(wanted * DRIFT_HOLD_OUT // (DRIFT_HOLD_OUT - 1))
         n_centroids = min(n_centroids, len(sample))
         reason = "first" if c.store.codec is None else "growth" if self._grown() else "drift"
@@ -320,12 +328,13 @@ class Indexer:
         if retrained:
             if c.closed:
                 return  # shut down while it trained: the next open trains again
-            self._rewrite = c.store.begin_rewrite(trained, n_tokens)
+            self._rewrite = c.store.begin_rewrite(trained, n_tokens, first_new_label)
         else:
             with c.write_lock:
                 if c.closed:
                     return
-                c.store.set_codec(trained, n_tokens)  # writes went on while it trained: count from here
+                # writes went on while it trained: count from here
+                c.store.set_codec(trained, n_tokens, first_new_label)
                 c.tokens = TokenIndex(trained)
                 self._backfill_due = True
         log.info(

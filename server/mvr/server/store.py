@@ -78,7 +78,8 @@ CREATE TABLE IF NOT EXISTS drift (
     codec_version INTEGER PRIMARY KEY,
     weighted_sum REAL NOT NULL,
     weight REAL NOT NULL,
-    tokens INTEGER NOT NULL
+    tokens INTEGER NOT NULL,
+    first_new_label INTEGER NOT NULL
 );
 CREATE VIRTUAL TABLE IF NOT EXISTS text_index USING fts5(text, tokenize = 'porter unicode61');
 CREATE TABLE IF NOT EXISTS metadata_values (
@@ -87,8 +88,9 @@ CREATE TABLE IF NOT EXISTS metadata_values (
 CREATE INDEX IF NOT EXISTS metadata_by_value ON metadata_values (key, kind, value);
 CREATE INDEX IF NOT EXISTS metadata_by_label ON metadata_values (label);
 """
-# drift: the drift measure of the codec of that version (see DriftState); a codec without a row has
-# measured nothing yet. Rows of superseded codecs go with them.
+# drift: the drift measure of the codec of that version (see DriftState), written with the codec and
+# then with the codes it counts; rows of superseded codecs go with them. A codec without a row (trained
+# before the measure was stored) counts every document it codes from the next open.
 # metadata_values: one row per metadata key of a live document (per entry of a list), typed (see
 # mvr.server.metadata): what filters are evaluated against, in SQL, by index range scans. Written in
 # the same transactions as the documents; filled once at open for collections from before it.
@@ -120,12 +122,14 @@ def stored_metadata(text: str) -> dict[str, MetaValue]:
 class DriftState:
     """The live codec's drift measure as stored (the indexer's :class:`mvr.server.indexer.DriftMeter`
     computes it): the decayed sums of newly coded tokens' squared residual norms and of their weights,
-    and the tokens observed since the codec was trained. Kept so that a restart, clean or not, goes on
-    measuring from where the last acknowledged codes left it rather than from nothing."""
+    the tokens observed since the codec was trained, and the first label written after its training
+    sample was drawn (the documents it counts, whichever path codes them). Kept so that a restart,
+    clean or not, goes on measuring from where the last committed codes left it."""
 
     weighted_sum: float = 0.0
     weight: float = 0.0
     tokens: int = 0
+    first_new_label: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -493,14 +497,24 @@ class Store:
 
     def _load_drift(self) -> DriftState:
         row = self._db.execute(
-            "SELECT weighted_sum, weight, tokens FROM drift WHERE codec_version = ?", (self.codec_generation,)
+            "SELECT weighted_sum, weight, tokens, first_new_label FROM drift WHERE codec_version = ?",
+            (self.codec_generation,),
         ).fetchone()
-        return DriftState() if row is None else DriftState(float(row[0]), float(row[1]), int(row[2]))
+        if row is None:
+            return DriftState()
+        weighted_sum, weight, tokens, first_new_label = row
+        return DriftState(float(weighted_sum), float(weight), int(tokens), int(first_new_label))
 
-    def set_codec(self, codec: Codec, trained_tokens: int) -> None:
-        """Commits the collection's first codec, trained when the collection held ``trained_tokens``
-        (later ones come with a rewrite of the code file, :meth:`commit_rewrite`: every code in the file
-        belongs to the latest codec)."""
+    def _write_drift(self, version: int, drift: DriftState) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO drift VALUES (?, ?, ?, ?, ?)",
+            (version, drift.weighted_sum, drift.weight, drift.tokens, drift.first_new_label),
+        )
+
+    def set_codec(self, codec: Codec, trained_tokens: int, first_new_label: int) -> None:
+        """Commits the collection's first codec, trained when the collection held ``trained_tokens`` on
+        documents labelled below ``first_new_label`` (later ones come with a rewrite of the code file,
+        :meth:`commit_rewrite`: every code in the file belongs to the latest codec)."""
         if self.codec is not None:
             raise ValueError("the collection already has a codec; a new one needs commit_rewrite")
         with self._db_lock:
@@ -508,17 +522,20 @@ class Store:
             try:
                 self._db.execute("INSERT INTO codecs (version, data) VALUES (1, ?)", (codec.to_bytes(),))
                 self._set_state({"codec_trained_tokens": trained_tokens})
+                drift = DriftState(first_new_label=first_new_label)
+                self._write_drift(1, drift)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         self.codec, self.codec_trained_tokens, self.codec_generation = codec, trained_tokens, 1
-        self.drift = DriftState()
+        self.drift = drift
 
-    def begin_rewrite(self, codec: Codec, trained_tokens: int) -> CodeRewrite:
-        """Starts a code file for ``codec`` (trained when the collection held ``trained_tokens``) beside
-        the live one: the live file and codec serve every search until :meth:`commit_rewrite`."""
-        return CodeRewrite(self.directory / (CODES + REWRITE_SUFFIX), codec, trained_tokens)
+    def begin_rewrite(self, codec: Codec, trained_tokens: int, first_new_label: int) -> CodeRewrite:
+        """Starts a code file for ``codec`` (trained when the collection held ``trained_tokens``, on
+        documents labelled below ``first_new_label``) beside the live one: the live file and codec serve
+        every search until :meth:`commit_rewrite`."""
+        return CodeRewrite(self.directory / (CODES + REWRITE_SUFFIX), codec, trained_tokens, first_new_label)
 
     def commit_rewrite(self, rewrite: CodeRewrite) -> list[Record]:
         """Makes ``rewrite``'s file and codec the collection's, in one SQLite commit; returns every live
@@ -542,6 +559,8 @@ class Store:
                 # no code refers to an older codec once this commits (the generation is MAX(version))
                 self._db.execute("DELETE FROM codecs WHERE version < ?", (version,))
                 self._db.execute("DELETE FROM drift WHERE codec_version < ?", (version,))
+                drift = DriftState(first_new_label=rewrite.first_new_label)
+                self._write_drift(version, drift)
                 self._db.executemany(
                     "UPDATE documents SET code_offset = ? WHERE label = ?",
                     [(rewrite.offsets.get(r.label, NO_OFFSET), r.label) for r in live],
@@ -573,7 +592,7 @@ class Store:
             rewrite.trained_tokens,
             version,
         )
-        self.drift = DriftState()  # the new codec has measured nothing yet
+        self.drift = drift  # the new codec has measured nothing yet
         codes = self._codes.mapping
         for record in live:
             offset = rewrite.offsets.get(record.label, NO_OFFSET)
@@ -604,10 +623,7 @@ class Store:
                 )
                 self._set_state({"codes_end": offsets[-1]})
                 if drift is not None:
-                    self._db.execute(
-                        "INSERT OR REPLACE INTO drift VALUES (?, ?, ?, ?)",
-                        (self.codec_generation, drift.weighted_sum, drift.weight, drift.tokens),
-                    )
+                    self._write_drift(self.codec_generation, drift)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -1022,8 +1038,9 @@ class CodeRewrite:
     blocks appended in any label order, fsynced once at commit. Nothing in it counts until
     :meth:`Store.commit_rewrite`; a crash leaves a partial file that the next open deletes."""
 
-    def __init__(self, path: Path, codec: Codec, trained_tokens: int) -> None:
+    def __init__(self, path: Path, codec: Codec, trained_tokens: int, first_new_label: int) -> None:
         self.path, self.codec, self.trained_tokens = path, codec, trained_tokens
+        self.first_new_label = first_new_label  # documents from here on are new to the codec
         self.offsets: dict[int, int] = {}  # label → byte offset of its block
         self.committed = False  # set once the catalog points into this file
         self._handle = path.open("wb")
