@@ -40,6 +40,17 @@ def codec_versions(directory: Path) -> list[int]:
         db.close()
 
 
+def drift_versions(directory: Path) -> list[int]:
+    """The codec versions whose drift measure the catalog keeps."""
+    import sqlite3
+
+    db = sqlite3.connect(directory / "catalog.sqlite")
+    try:
+        return [row[0] for row in db.execute("SELECT codec_version FROM drift ORDER BY codec_version")]
+    finally:
+        db.close()
+
+
 def upsert_in_batches(collection, docs: dict[str, np.ndarray], batch: int = 25) -> None:
     items = list(docs.items())
     for start in range(0, len(items), batch):
@@ -396,24 +407,20 @@ def test_the_drift_measure_survives_a_restart(tmp_path: Path, monkeypatch, caplo
     """The drift measure is stored with the codes it counted: documents of new topics written before a
     restart and after it add up to the evidence a retraining needs, although neither part alone does
     (a measure kept in memory started from nothing after the restart and never retrained)."""
-    from mvr.server import indexer as indexer_module
-
-    monkeypatch.setattr(indexer_module, "DRIFT_WINDOW_TOKENS", 1024)
+    monkeypatch.setattr(indexer, "DRIFT_WINDOW_TOKENS", 1024)
     monkeypatch.setattr(codec_module, "default_centroids", lambda n: 64)
     manager = CollectionManager(tmp_path, save_interval_s=3600)
     manager.create("drift", model=None, dim=DIM, tokens={"train_after_tokens": 1024})
     c = manager.get("drift")
     c.upsert([DocumentInput(i, vectors=v) for i, v in clustered_corpus(200, seed=51, noise=0.15).items()])
     c.flush(timeout_s=120)
-    evidence = max(
-        indexer_module.DRIFT_WINDOW_TOKENS, c.store.codec_trained_tokens // indexer_module.DRIFT_MIN_SHARE
-    )
+    evidence = max(indexer.DRIFT_WINDOW_TOKENS, c.store.codec_trained_tokens // indexer.DRIFT_MIN_SHARE)
     later = iter({f"later-{k}": v for k, v in clustered_corpus(200, seed=52, noise=0.15).items()}.items())
     while c._indexer.drift.tokens < 0.6 * evidence:  # batches of ~250 tokens: stops short of the evidence
         c.upsert([DocumentInput(i, vectors=v) for i, v in (next(later) for _ in range(10))])
         c.flush(timeout_s=120)
     before, ratio = c.store.drift, c._indexer.drift.ratio(c.store.codec)
-    assert before.tokens < evidence and ratio >= indexer_module.DRIFT_RATIO
+    assert before.tokens < evidence and ratio >= indexer.DRIFT_RATIO
     assert c.stats().codec_generation == 1
     manager.close()
 
@@ -437,13 +444,7 @@ def test_the_drift_measure_survives_a_restart(tmp_path: Path, monkeypatch, caplo
     assert c.store.drift.tokens < before.tokens  # the new codec's measure starts over
     after, directory = c.store.drift, c.directory
     reopened.close()
-    import sqlite3
-
-    db = sqlite3.connect(directory / "catalog.sqlite")
-    try:  # the superseded codec's measure went with it
-        assert {row[0] for row in db.execute("SELECT codec_version FROM drift")} <= {2}
-    finally:
-        db.close()
+    assert drift_versions(directory) == [2]  # the superseded codec's measure went with it
     again = CollectionManager(tmp_path, save_interval_s=3600)
     assert again.get("drift").store.drift == after
     again.close()
