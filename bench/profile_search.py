@@ -8,7 +8,8 @@ same candidates and outside the total, the exact stage without tiling (every can
 into one matrix, then one GEMM): the before/after of the tiling. Prints a table and writes JSON.
 
     python bench/profile_search.py [--docs 10000] [--dir /tmp/mvr-profile] [--build-threads 2] \
-        [--candidates N] [--fde-dim N] [--residual-bits N] [--out bench/results/profile_search_10k.json]
+        [--candidates N] [--fde-dim N] [--residual-bits N] [--train-rounds N] [--train-seed N] \
+        [--out bench/results/profile_search_10k.json]
 
 Builds with both cores (as `mvr serve` does), closes the collection and reopens it as a restarted
 server would (measuring the resident anonymous memory the open adds), then pins itself to one core
@@ -263,6 +264,12 @@ def main() -> None:
         "budgeted against the collection's size: indexer.train_rounds)",
     )
     parser.add_argument(
+        "--train-seed",
+        type=int,
+        default=indexer.TRAIN_SEED,
+        help="the codec trainings' draw (sample and k-means start; default: the engine's); a new build",
+    )
+    parser.add_argument(
         "--fde-dim", type=int, help="the graph FDE's final projection (default: the engine's); a new build"
     )
     parser.add_argument(
@@ -288,6 +295,7 @@ def main() -> None:
     rerank.TILE_TOKENS = args.tile_tokens
     if args.train_rounds is not None:  # fixed rounds instead of the engine's budget
         indexer.MIN_TRAIN_ROUNDS = indexer.MAX_TRAIN_ROUNDS = args.train_rounds
+    indexer.TRAIN_SEED = args.train_seed
     corpus, queries, truth = topic_dataset(args.docs, args.queries)
     manager, collection, build, opened_rss = open_collection(args, corpus)
     stats = collection.stats()
@@ -341,6 +349,7 @@ def main() -> None:
                 "centroid_candidates": args.centroid_candidates,
                 "tile_tokens": args.tile_tokens,
                 "train_rounds": "engine" if args.train_rounds is None else args.train_rounds,
+                "train_seed": args.train_seed,
                 "build": build,
                 "footprint": footprint,
                 "ms_per_query": ms,

@@ -482,3 +482,25 @@ def test_documents_the_backfill_codes_count_toward_the_drift(tmp_path: Path, mon
     assert c.store.drift.tokens == sum(len(v) for v in later.values())
     assert c._indexer.drift.ratio(c.store.codec) >= indexer.DRIFT_RATIO
     reopened.close()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_codec_is_drawn_from_the_data_and_the_seed(tmp_path: Path, monkeypatch, seed: int) -> None:
+    """Two builds of the same documents train the same codec (the sample and the k-means start depend
+    on the collection and ``indexer.TRAIN_SEED`` only); another seed draws another codec."""
+    docs = clustered_corpus(120, seed=61)
+
+    def trained_centroids(directory: Path) -> np.ndarray:
+        manager = CollectionManager(directory, save_interval_s=3600)
+        manager.create("c", model=None, dim=DIM, tokens={"train_after_tokens": 1024})
+        c = manager.get("c")
+        c.upsert([DocumentInput(i, vectors=v) for i, v in docs.items()])
+        c.flush(timeout_s=120)
+        centroids = c.store.codec.centroids.copy()
+        manager.close()
+        return centroids
+
+    first = trained_centroids(tmp_path / "a")
+    monkeypatch.setattr(indexer, "TRAIN_SEED", seed)
+    second = trained_centroids(tmp_path / "b")
+    assert np.array_equal(first, second) == (seed == 0)

@@ -69,6 +69,10 @@ MIN_TRAIN_ROUNDS = 3
 MAX_TRAIN_ROUNDS = 8
 TRAIN_ROUNDS_BUDGET = 1 / 3
 TRAIN_SAMPLE_SPREAD = 16
+# Which draw a training makes (its sample and the k-means' first centroids), a function of this and of
+# the collection's size only, so that a build is reproducible; bench/profile_search.py --train-seed
+# varies it to measure how much one draw moves recall.
+TRAIN_SEED = 0
 # Retrain once the collection holds this many times the tokens it held at the last training: the
 # first codec sees ~1,100 documents, which do not cover a growing collection's topics
 # (bench/retrain.py, 100k documents, 2 probes and 1,000 kept: recall@10 0.893 with a codec trained
@@ -323,6 +327,7 @@ class Indexer:
             iterations=rounds,
             threads=c.fde.threads,
             held_out=held_out,
+            seed=TRAIN_SEED,
         )
         retrained = c.store.codec is not None
         if retrained:
@@ -360,7 +365,7 @@ class Indexer:
         out of the sampled documents themselves share their topics, and measured closer to the
         centroids than new documents of the same corpus did)."""
         records = list(self._c.store.records.values())
-        rng = np.random.default_rng(len(records))
+        rng = np.random.default_rng(len(records) + (TRAIN_SEED << 32))
         order = rng.permutation(len(records))
         counts = np.fromiter((records[i].n_tokens for i in order), np.int64, len(order))
         n_docs = int(np.searchsorted(np.cumsum(counts), TRAIN_SAMPLE_SPREAD * n_tokens)) + 1
