@@ -29,26 +29,25 @@ def centroids_grow_with_the_collection(monkeypatch) -> None:
     monkeypatch.setattr(codec_module, "default_centroids", lambda n: SMALL if n < 3000 else LARGE)
 
 
-def codec_versions(directory: Path) -> list[int]:
-    """The codec versions the catalog keeps: only the live one (a superseded codec is deleted)."""
+def catalog_column(directory: Path, sql: str) -> list:
+    """The first column of ``sql``'s rows in the collection's catalog."""
     import sqlite3
 
     db = sqlite3.connect(directory / "catalog.sqlite")
     try:
-        return [row[0] for row in db.execute("SELECT version FROM codecs ORDER BY version")]
+        return [row[0] for row in db.execute(sql)]
     finally:
         db.close()
+
+
+def codec_versions(directory: Path) -> list[int]:
+    """The codec versions the catalog keeps: only the live one (a superseded codec is deleted)."""
+    return catalog_column(directory, "SELECT version FROM codecs ORDER BY version")
 
 
 def drift_versions(directory: Path) -> list[int]:
     """The codec versions whose drift measure the catalog keeps."""
-    import sqlite3
-
-    db = sqlite3.connect(directory / "catalog.sqlite")
-    try:
-        return [row[0] for row in db.execute("SELECT codec_version FROM drift ORDER BY codec_version")]
-    finally:
-        db.close()
+    return catalog_column(directory, "SELECT codec_version FROM drift ORDER BY codec_version")
 
 
 def upsert_in_batches(collection, docs: dict[str, np.ndarray], batch: int = 25) -> None:
@@ -403,10 +402,9 @@ def test_documents_of_new_topics_retrain_the_codec_before_it_grows(
     manager.close()
 
 
-def test_the_drift_measure_survives_a_restart(tmp_path: Path, monkeypatch, caplog) -> None:
-    """The drift measure is stored with the codes it counted: documents of new topics written before a
-    restart and after it add up to the evidence a retraining needs, although neither part alone does
-    (a measure kept in memory started from nothing after the restart and never retrained)."""
+def trained_on_first_topics(tmp_path: Path, monkeypatch):
+    """A collection "drift" whose codec (64 centroids, the corpus' topics) was trained on its 200
+    documents; the drift measure's window shrunk to 1,024 tokens to fit the tests' sizes."""
     monkeypatch.setattr(indexer, "DRIFT_WINDOW_TOKENS", 1024)
     monkeypatch.setattr(codec_module, "default_centroids", lambda n: 64)
     manager = CollectionManager(tmp_path, save_interval_s=3600)
@@ -414,6 +412,14 @@ def test_the_drift_measure_survives_a_restart(tmp_path: Path, monkeypatch, caplo
     c = manager.get("drift")
     c.upsert([DocumentInput(i, vectors=v) for i, v in clustered_corpus(200, seed=51, noise=0.15).items()])
     c.flush(timeout_s=120)
+    return manager, c
+
+
+def test_the_drift_measure_survives_a_restart(tmp_path: Path, monkeypatch, caplog) -> None:
+    """The drift measure is stored with the codes it counted: documents of new topics written before a
+    restart and after it add up to the evidence a retraining needs, although neither part alone does
+    (a measure kept in memory started from nothing after the restart and never retrained)."""
+    manager, c = trained_on_first_topics(tmp_path, monkeypatch)
     evidence = max(indexer.DRIFT_WINDOW_TOKENS, c.store.codec_trained_tokens // indexer.DRIFT_MIN_SHARE)
     later = iter({f"later-{k}": v for k, v in clustered_corpus(200, seed=52, noise=0.15).items()}.items())
     while c._indexer.drift.tokens < 0.6 * evidence:  # batches of ~250 tokens: stops short of the evidence
@@ -454,13 +460,7 @@ def test_documents_the_backfill_codes_count_toward_the_drift(tmp_path: Path, mon
     """Every document written after the training sample counts toward the drift measure, whichever
     path codes it: after a restart the indexer codes through the backfill until its first idle moment,
     and documents acknowledged before then are coded there, not as they are indexed."""
-    monkeypatch.setattr(indexer, "DRIFT_WINDOW_TOKENS", 1024)
-    monkeypatch.setattr(codec_module, "default_centroids", lambda n: 64)
-    manager = CollectionManager(tmp_path, save_interval_s=3600)
-    manager.create("drift", model=None, dim=DIM, tokens={"train_after_tokens": 1024})
-    c = manager.get("drift")
-    c.upsert([DocumentInput(i, vectors=v) for i, v in clustered_corpus(200, seed=51, noise=0.15).items()])
-    c.flush(timeout_s=120)
+    manager, c = trained_on_first_topics(tmp_path, monkeypatch)
     assert c.store.drift.tokens == 0  # the training's own documents are not new to it
     manager.close()
 
