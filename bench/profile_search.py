@@ -9,6 +9,7 @@ into one matrix, then one GEMM): the before/after of the tiling. Prints a table 
 
     python bench/profile_search.py [--docs 10000] [--dir /tmp/mvr-profile] [--build-threads 2] \
         [--candidates N] [--fde-dim N] [--residual-bits N] [--train-rounds N] [--train-seed N] \
+        [--max-centroids N] \
         [--out bench/results/profile_search_10k.json]
 
 Builds with both cores (as `mvr serve` does), closes the collection and reopens it as a restarted
@@ -34,7 +35,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "server"), str(ROOT / "bench")]
 
-from mvr.server import indexer, rerank  # noqa: E402
+from mvr.server import codec, indexer, rerank  # noqa: E402
 from mvr.server.app import limit_blas_threads  # noqa: E402
 from mvr.server.candidates import (  # noqa: E402
     byte_scores,
@@ -270,6 +271,13 @@ def main() -> None:
         help="the codec trainings' draw (sample and k-means start; default: the engine's); a new build",
     )
     parser.add_argument(
+        "--max-centroids",
+        type=int,
+        default=codec.MAX_DEFAULT_CENTROIDS,
+        help="the most centroids a training chooses by the collection's size (default: the engine's, "
+        "codec.MAX_DEFAULT_CENTROIDS); a new build",
+    )
+    parser.add_argument(
         "--fde-dim", type=int, help="the graph FDE's final projection (default: the engine's); a new build"
     )
     parser.add_argument(
@@ -296,6 +304,7 @@ def main() -> None:
     if args.train_rounds is not None:  # fixed rounds instead of the engine's budget
         indexer.MIN_TRAIN_ROUNDS = indexer.MAX_TRAIN_ROUNDS = args.train_rounds
     indexer.TRAIN_SEED = args.train_seed
+    codec.MAX_DEFAULT_CENTROIDS = args.max_centroids
     corpus, queries, truth = topic_dataset(args.docs, args.queries)
     manager, collection, build, opened_rss = open_collection(args, corpus)
     stats = collection.stats()
@@ -350,6 +359,7 @@ def main() -> None:
                 "tile_tokens": args.tile_tokens,
                 "train_rounds": "engine" if args.train_rounds is None else args.train_rounds,
                 "train_seed": args.train_seed,
+                "max_centroids": args.max_centroids,
                 "build": build,
                 "footprint": footprint,
                 "ms_per_query": ms,
