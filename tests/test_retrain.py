@@ -484,6 +484,28 @@ def test_documents_the_backfill_codes_count_toward_the_drift(tmp_path: Path, mon
     reopened.close()
 
 
+def test_coding_documents_older_than_the_training_sample_leaves_the_drift_row_alone(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """The documents a training was drawn from are not new to it: coding them writes no drift row (the
+    training's own row is the only one written), while coding a later document does."""
+    written: list[int] = []
+    write_drift = store_module.Store._write_drift
+
+    def recording(self, version, drift) -> None:
+        written.append(version)
+        write_drift(self, version, drift)
+
+    monkeypatch.setattr(store_module.Store, "_write_drift", recording)
+    manager, c = trained_on_first_topics(tmp_path, monkeypatch)
+    assert c.stats().coded == 200 and written == [1]
+    later = clustered_corpus(1, seed=52, noise=0.15)
+    c.upsert([DocumentInput(f"later-{k}", vectors=v) for k, v in later.items()])
+    c.flush(timeout_s=120)
+    assert written == [1, 1] and c.store.drift.tokens == sum(len(v) for v in later.values())
+    manager.close()
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_the_codec_is_drawn_from_the_data_and_the_seed(tmp_path: Path, monkeypatch, seed: int) -> None:
     """Two builds of the same documents train the same codec (the sample and the k-means start depend

@@ -263,10 +263,10 @@ class Indexer:
             return
         codec = c.store.codec
         blocks = self._encode(codec, todo)
-        drift = None
-        if codec.distortion is not None:
-            first_new = c.store.drift.first_new_label
-            new = [block for r, block in zip(todo, blocks, strict=True) if r.label >= first_new]
+        drift = None  # the stored measure is left as it is: no row rewritten when no token is new to it
+        first_new = c.store.drift.first_new_label
+        new = [block for r, block in zip(todo, blocks, strict=True) if r.label >= first_new]
+        if codec.distortion is not None and new:
             drift = self.drift.after(*codec_module.squared_norms_of_blocks(codec, new))
         with c.write_lock:  # the catalog swap must not race an upsert replacing the same id
             if c.closed:
