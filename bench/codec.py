@@ -134,6 +134,7 @@ def cascade(coded: CodedCorpus, corpus, queries, truth, probes, keeps, reranks) 
     doc_cids, doc_offsets = codec.distinct_centroids(blocks, block_offsets, np.diff(offsets), n_centroids)
     list_offsets, list_slots = candidates.build_lists(doc_cids, doc_offsets, corpus.n_docs, n_centroids)
     alive = np.ones(corpus.n_docs, np.uint8)
+    table_of_centroids = candidates.CentroidTable.of(trained.centroids)
     rows = []
     for n_probe in probes:
         for keep in keeps:
@@ -142,7 +143,7 @@ def cascade(coded: CodedCorpus, corpus, queries, truth, probes, keeps, reranks) 
                 kept_found, ci_found, final_found = [], [], []
                 for query in queries:
                     t0 = time.perf_counter()
-                    scores = candidates.centroid_scores(trained.centroids, query)
+                    scores = table_of_centroids.scores(query)
                     probed = candidates.probe_table(scores, len(query), n_probe)
                     slots, _ = candidates.probe_lists(
                         scores, probed, list_offsets, list_slots, corpus.n_docs, alive, keep

@@ -40,7 +40,6 @@ from mvr.server.app import limit_blas_threads  # noqa: E402
 from mvr.server.candidates import (  # noqa: E402
     byte_scores,
     centroid_interaction,
-    centroid_scores,
     probe_lists,
     probe_table,
 )
@@ -159,7 +158,7 @@ def profile_query(
     n_graph = graph_share(10, n_candidates, args.graph_share)  # every document coded, top_k 10
     ef = graph_ef(collection.config.hnsw.ef_search, n_graph)
     graph = timed("graph", lambda: searcher.graph_stage(query_fde, n_graph, ef, None))
-    scores = timed("centroid_scores", lambda: centroid_scores(snapshot.codec.centroids, query))
+    scores = timed("centroid_scores", lambda: snapshot.centroid_table.scores(query))
     probed, _ = timed(
         "probe",
         lambda: probe_lists(

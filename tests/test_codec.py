@@ -431,7 +431,7 @@ def test_best_positions_keeps_the_largest_ties_to_lower_positions(values, keep) 
 
 
 def centroid_major(similarities: np.ndarray) -> np.ndarray:
-    """A (query tokens, K) similarity matrix laid out as centroid_scores lays it out."""
+    """A (query tokens, K) similarity matrix laid out as CentroidTable.scores lays it out."""
     return np.ascontiguousarray(similarities.T, dtype=np.float32)
 
 
@@ -446,8 +446,7 @@ def test_centroid_interaction_is_maxsim_over_byte_scores(sizes, n_query, seed) -
     rng = np.random.default_rng(seed)
     centroids, query = unit(rng, n_centroids, dim), unit(rng, n_query, dim)
     cids, cid_offsets = ragged_sets(sizes, n_centroids, seed)
-    scores = candidates.centroid_scores(centroids, query)
-    np.testing.assert_allclose(scores, centroids @ query.T, atol=1e-6)
+    scores = centroid_major(query @ centroids.T)
     table, lo, step = candidates.byte_scores(scores)
     assert table.dtype == np.uint8 and table.shape[1] % candidates.LANES == 0
     assert table.shape[1] - n_query < candidates.LANES and not table[:, n_query:].any()
@@ -459,6 +458,37 @@ def test_centroid_interaction_is_maxsim_over_byte_scores(sizes, n_query, seed) -
         assert total == int(table[members].max(axis=0).astype(np.int64).sum())  # the kernel, exactly
         exact = float((query @ centroids[members].T).max(axis=1).sum())  # what the bytes stand for
         assert abs(n_query * lo + step * total - exact) <= n_query * step / 2 + 1e-4
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_centroids=st.integers(1, 2500),
+    n_query=st.integers(1, 40),
+    dim=st.sampled_from([4, 16, 128]),
+    seed=st.integers(0, 2**16),
+)
+def test_centroid_table_scores_are_within_their_bound(n_centroids, n_query, dim, seed) -> None:
+    """The int8 centroids' scores (several widening blocks once K > 1,024) lie within the stated bound
+    of the float32 ones, and that bound is the rounding of one coordinate grid step per dimension."""
+    rng = np.random.default_rng(seed)
+    centroids, query = unit(rng, n_centroids, dim), unit(rng, n_query, dim)
+    centroids[:, 0] = 0.0  # a dimension no centroid uses: its scale stays finite, its codes 0
+    table = candidates.CentroidTable.of(centroids)
+    assert table.codes.dtype == np.int8 and np.abs(table.codes.astype(np.int16)).max() <= 127
+    got = table.scores(query)
+    assert got.shape == (n_centroids, n_query) and got.flags.c_contiguous and got.dtype == np.float32
+    exact = centroids.astype(np.float64) @ query.astype(np.float64).T
+    bound = table.error_bound(query)
+    assert np.all(np.abs(got - exact) <= bound[None, :] + 1e-5)
+    assert np.all(bound <= np.abs(query) @ (np.abs(centroids).max(axis=0) / 254) + 1e-6)
+
+
+def test_centroid_table_rounds_to_the_nearest_step() -> None:
+    centroids = np.array([[1.0, 0.0], [0.6, -0.25], [-1.0, 0.0]], np.float32)
+    table = candidates.CentroidTable.of(centroids)
+    np.testing.assert_allclose(table.scale, [1 / 127, 0.25 / 127], rtol=1e-6)
+    assert table.codes.tolist() == [[127, 0], [76, -127], [-127, 0]]  # 0.6 · 127 = 76.2
+    np.testing.assert_allclose(table.scores(np.array([[1.0, 0.0]], np.float32))[:, 0], [1, 76 / 127, -1])
 
 
 def test_centroid_interaction_of_constant_scores_and_empty_documents() -> None:

@@ -11,22 +11,24 @@ Owns the two Numba kernels that sit between the first stage and the exact MaxSim
   of ⟨q, centroid⟩: late interaction with every token replaced by its centroid, so thousands of
   candidates cost about a millisecond.
 
-The probe reads the query-token × centroid similarities as float32, :func:`centroid_scores`
-(centroid-major: a centroid's row of query-token scores is contiguous). Centroid interaction reads
-them quantised to one byte on one affine scale, :func:`byte_scores`, rows padded to a multiple of
-:data:`LANES` query tokens: a row block is one 32-byte load and one unsigned-max instruction
-(``llvm.umax.v32i8``, emitted directly: LLVM did not vectorise the scalar maxima of the float kernel
-this replaces), and the table (8,192 centroids × 32 tokens: 256 KiB) stays in L2 where the float one
-(1 MiB) did not (bench/profile_search.py, 100k documents, 8,192 centroids, 2,000 candidates:
-5.4 → 1.6 ms, the quantisation included). One scale for the whole table keeps the sum of byte maxima
-an affine function of the sum of the dequantised maxima, so it ranks documents as they would, up to
-rounding (at most half a step, ≈ 0.003, per query token).
+The probe reads the query-token × centroid similarities as float32, :meth:`CentroidTable.scores`
+(centroid-major: a centroid's row of query-token scores is contiguous; computed from an int8 copy of
+the centroids). Centroid interaction reads them quantised to one byte on one affine scale,
+:func:`byte_scores`, rows padded to a multiple of :data:`LANES` query tokens: a row block is one
+32-byte load and one unsigned-max instruction (``llvm.umax.v32i8``, emitted directly: LLVM did not
+vectorise the scalar maxima of the float kernel this replaces), and the table (8,192 centroids × 32
+tokens: 256 KiB) stays in L2 where the float one (1 MiB) did not (bench/profile_search.py, 100k
+documents, 8,192 centroids, 2,000 candidates: 5.4 → 1.6 ms, the quantisation included). One scale for
+the whole table keeps the sum of byte maxima an affine function of the sum of the dequantised maxima,
+so it ranks documents as they would, up to rounding (at most half a step, ≈ 0.003, per query token).
 
 Both work on *slots*: dense document positions of :class:`mvr.server.tokens.TokenIndex`; the caller
 maps slots to labels and drops versions that are no longer live.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -38,9 +40,63 @@ from numba.extending import intrinsic
 LANES = 32  # uint8 lanes of an AVX2 register: the interaction kernel's block of query tokens
 
 
-def centroid_scores(centroids: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """⟨q_i, centroid_c⟩ as float32 (K, m), C-contiguous."""
-    return centroids @ np.ascontiguousarray(query, dtype=np.float32).T
+# int8 centroids widened to float32 per GEMM of the query × centroid scores (512 KiB of scratch)
+_WIDEN_ROWS = 1024
+
+
+@dataclass(frozen=True)
+class CentroidTable:
+    """A codec's centroids as the centroid stages read them: one int8 per coordinate on a scale per
+    dimension, a quarter of the float32 bytes.
+
+    The query × centroid scores read every centroid once a query; at 16,384 centroids the float32
+    matrix (8 MiB) no longer stays in cache from one query to the next and the GEMM waits on memory
+    (bench/profile_search.py). The int8 copy is read instead, a block of rows widened to float32 at a
+    time, the per-dimension scale folded into the query. Each score is then off by at most
+    ``Σ_d |q_d| · scale_d / 2`` (:meth:`error_bound`), ≈ 0.001 typically: these scores only choose
+    candidates (the probe's lists and imputed scores, centroid interaction's byte table, itself
+    rounded to ~0.005), never the exact stage's."""
+
+    codes: np.ndarray  # int8 (K, dim): round(centroid / scale)
+    scale: np.ndarray  # float32 (dim,): the largest |coordinate| of the dimension / 127
+
+    @classmethod
+    def of(cls, centroids: np.ndarray) -> CentroidTable:
+        centroids = np.asarray(centroids, dtype=np.float32)
+        largest = np.abs(centroids).max(axis=0) if len(centroids) else np.zeros(centroids.shape[1])
+        scale = (largest / 127.0).astype(np.float32)  # 0 in a dimension no centroid uses: its codes are 0
+        codes = np.clip(np.rint(centroids / np.where(scale > 0, scale, 1.0)), -127, 127).astype(np.int8)
+        return cls(np.ascontiguousarray(codes), scale)
+
+    @property
+    def n_centroids(self) -> int:
+        return int(self.codes.shape[0])
+
+    def scores(self, query: np.ndarray) -> np.ndarray:
+        """≈ ⟨q_i, centroid_c⟩ as float32 (K, m), C-contiguous (centroid-major), within
+        :meth:`error_bound`."""
+        scaled = np.ascontiguousarray((np.asarray(query, dtype=np.float32) * self.scale).T)  # (dim, m)
+        out = np.empty((self.n_centroids, scaled.shape[1]), dtype=np.float32)
+        scratch = np.empty((min(_WIDEN_ROWS, self.n_centroids), self.codes.shape[1]), dtype=np.float32)
+        for start in range(0, self.n_centroids, _WIDEN_ROWS):
+            stop = min(start + _WIDEN_ROWS, self.n_centroids)
+            _widen(self.codes, start, stop, scratch)
+            np.matmul(scratch[: stop - start], scaled, out=out[start:stop])
+        return out
+
+    def error_bound(self, query: np.ndarray) -> np.ndarray:
+        """float32 (m,): how far :meth:`scores` can be from the float32 centroids' scores, per query
+        token (rounding to the int8 grid; float32 summation adds ~1e-6)."""
+        return np.abs(np.asarray(query, dtype=np.float32)) @ (self.scale / 2)
+
+
+@numba.njit(cache=True, fastmath=True)
+def _widen(codes, start, stop, out):
+    """out[: stop − start] ← codes[start:stop] as float32."""
+    for r in range(stop - start):
+        row = codes[start + r]
+        for j in range(row.shape[0]):
+            out[r, j] = np.float32(row[j])
 
 
 @numba.njit(cache=True)
@@ -90,7 +146,7 @@ def build_lists(doc_cids, doc_offsets, n_slots, n_centroids):
 def probe_lists(scores, probes, list_offsets, list_slots, n_slots, alive, keep):
     """Approximate scores of the documents found by probing, and the best ``keep`` of them.
 
-    ``scores``: :func:`centroid_scores` of a query. ``probes``: :func:`probe_table`, int64
+    ``scores``: :meth:`CentroidTable.scores` of a query. ``probes``: :func:`probe_table`, int64
     (query tokens, n_probe + 1), each row the query token's best centroids in descending score; the
     last column is the first centroid *not* probed, whose score is imputed to a document the token
     did not find. Returns (slots int64, scores float32) of at most ``keep`` live documents, in no

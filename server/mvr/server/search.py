@@ -7,7 +7,8 @@ Stages, for a query of m token vectors (numbers: bench/codec.py and bench/vs_pee
    coded collection it returns a quarter as many — more in proportion to the live documents not
    coded yet (:meth:`Searcher._graph_budget`) — and they go to the exact stage directly: the
    centroid stages cannot tell apart documents whose tokens share centroids, the FDE still can.
-2. **Probe** (coded collections): centroids × query tokens (one small GEMM), then every query token
+2. **Probe** (coded collections): centroids × query tokens (GEMMs over the int8 copy of the
+   centroids, :class:`mvr.server.candidates.CentroidTable`), then every query token
    walks the inverted lists of its ``probe`` best centroids; documents found are ranked by that
    imputed sum (:func:`mvr.server.candidates.probe_lists`) and the best ``centroid_candidates`` kept.
 3. **Centroid interaction**: the probe's candidates, plus the recent documents not yet in the
@@ -33,7 +34,6 @@ from mvr.server import engine_metrics
 from mvr.server.candidates import (
     byte_scores,
     centroid_interaction,
-    centroid_scores,
     probe_lists,
     probe_table,
 )
@@ -260,7 +260,7 @@ class Searcher:
     ) -> np.ndarray:
         """Probe + centroid interaction: the labels of the ``n_candidates`` best coded documents."""
         n_centroids = snapshot.codec.n_centroids
-        scores = centroid_scores(snapshot.codec.centroids, query)
+        scores = snapshot.centroid_table.scores(query)
         alive = snapshot.alive[: snapshot.n]
         if allowed is not None:
             alive = alive & allowed.has(snapshot.labels[: snapshot.n]).astype(np.uint8)

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
-from mvr.server.candidates import build_lists
+from mvr.server.candidates import CentroidTable, build_lists
 from mvr.server.codec import Codec, distinct_centroids
 from mvr.server.store import MappedFile, Record
 
@@ -33,6 +33,7 @@ class TokenSnapshot:
     """A consistent view of the token index for one search."""
 
     codec: Codec
+    centroid_table: CentroidTable  # the codec's centroids as the centroid stages read them
     labels: np.ndarray  # int64 (n,), ascending
     alive: np.ndarray  # uint8 (≥ n,), shared with the index: cleared on delete
     cids: np.ndarray  # uint16: each slot's distinct centroids back to back
@@ -54,8 +55,8 @@ class TokenSnapshot:
 
     def nbytes(self) -> int:
         """Resident bytes of the arrays (the alive flags included)."""
-        arrays = (self.labels, self.alive, self.cids, self.cid_offsets)
-        return sum(a.nbytes for a in arrays) + self.list_offsets.nbytes + self.list_slots.nbytes
+        arrays = (self.labels, self.alive, self.cids, self.cid_offsets, self.list_offsets, self.list_slots)
+        return sum(a.nbytes for a in arrays) + self.centroid_table.codes.nbytes
 
 
 class TokenIndex:
@@ -63,6 +64,7 @@ class TokenIndex:
 
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
+        self.centroid_table = CentroidTable.of(codec.centroids)
         self._lock = threading.Lock()
         self.snapshot: TokenSnapshot | None = None
 
@@ -130,6 +132,7 @@ class TokenIndex:
             n_listed = n
         self.snapshot = TokenSnapshot(
             self.codec,
+            self.centroid_table,
             merged_labels,
             alive,
             cids,
