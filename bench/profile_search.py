@@ -306,6 +306,8 @@ def main() -> None:
     codec.MAX_DEFAULT_CENTROIDS = args.max_centroids
     corpus, queries, truth = topic_dataset(args.docs, args.queries)
     manager, collection, build, opened_rss = open_collection(args, corpus)
+    reused = "reused" in build
+    rounds = "engine" if args.train_rounds is None else args.train_rounds
     stats = collection.stats()
     footprint = {
         "disk_bytes_per_doc": {k: round(v / stats.documents) for k, v in stats.bytes_on_disk.items()},
@@ -356,9 +358,10 @@ def main() -> None:
                 "probe": args.probe,
                 "centroid_candidates": args.centroid_candidates,
                 "tile_tokens": args.tile_tokens,
-                "train_rounds": "engine" if args.train_rounds is None else args.train_rounds,
-                "train_seed": args.train_seed,
-                "max_centroids": args.max_centroids,
+                # the build's knobs; null for a collection reused from an earlier run (its JSON has them)
+                "train_rounds": None if reused else rounds,
+                "train_seed": None if reused else args.train_seed,
+                "max_centroids": None if reused else args.max_centroids,
                 "build": build,
                 "footprint": footprint,
                 "ms_per_query": ms,
