@@ -310,9 +310,17 @@ def probe_table(scores, n_query, n_probe):
     width = min(n_probe + 1, n_centroids)
     top = np.empty((n_query, min(n_probe, n_centroids) + 1), dtype=np.int64)
     value = np.full((n_query, width), -np.inf, dtype=np.float32)
+    worst = np.full(n_query, -np.inf, dtype=np.float32)  # value[:, width - 1], contiguous
     filled = np.zeros(n_query, dtype=np.int64)
     for c in range(n_centroids):
         row = scores[c]
+        # most rows beat no query token's current worst: one vectorised pass over the row rules them
+        # out (the first ``width`` rows fill every list whatever their scores)
+        better = False
+        for i in range(n_query):
+            better |= row[i] > worst[i]
+        if not better and c >= width:
+            continue
         for i in range(n_query):
             x = row[i]
             if filled[i] == width and not x > value[i, width - 1]:
@@ -325,6 +333,7 @@ def probe_table(scores, n_query, n_probe):
             value[i, j] = x
             top[i, j] = c
             filled[i] = min(filled[i] + 1, width)
+            worst[i] = value[i, width - 1]
     if top.shape[1] > width:
         top[:, width] = top[:, width - 1]
     return top
