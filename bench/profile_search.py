@@ -272,9 +272,10 @@ def main() -> None:
     parser.add_argument(
         "--max-centroids",
         type=int,
-        default=codec.MAX_DEFAULT_CENTROIDS,
-        help="the most centroids a training chooses by the collection's size (default: the engine's, "
-        "codec.MAX_DEFAULT_CENTROIDS); a new build",
+        default=None,
+        help="the most centroids a training chooses by the collection's size, whatever the residual "
+        "width (default: the engine's, codec.MAX_DEFAULT_CENTROIDS: 16,384 at 4 bits, 8,192 else); "
+        "a new build",
     )
     parser.add_argument(
         "--fde-dim", type=int, help="the graph FDE's final projection (default: the engine's); a new build"
@@ -303,7 +304,8 @@ def main() -> None:
     if args.train_rounds is not None:  # fixed rounds instead of the engine's budget
         indexer.MIN_TRAIN_ROUNDS = indexer.MAX_TRAIN_ROUNDS = args.train_rounds
     indexer.TRAIN_SEED = args.train_seed
-    codec.MAX_DEFAULT_CENTROIDS = args.max_centroids
+    if args.max_centroids is not None:
+        codec.MAX_DEFAULT_CENTROIDS = dict.fromkeys(codec.SUPPORTED_BITS, args.max_centroids)
     corpus, queries, truth = topic_dataset(args.docs, args.queries)
     manager, collection, build, opened_rss = open_collection(args, corpus)
     reused = "reused" in build
@@ -361,7 +363,7 @@ def main() -> None:
                 # the build's knobs; null for a collection reused from an earlier run (its JSON has them)
                 "train_rounds": None if reused else rounds,
                 "train_seed": None if reused else args.train_seed,
-                "max_centroids": None if reused else args.max_centroids,
+                "max_centroids": None if reused else args.max_centroids or "engine",
                 "build": build,
                 "footprint": footprint,
                 "ms_per_query": ms,

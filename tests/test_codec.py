@@ -356,10 +356,18 @@ def test_default_centroids_grow_with_the_collection() -> None:
     assert codec.default_centroids(1 << 17) == 4096  # the default training point
     assert codec.default_centroids(1_150_000) == 4096  # 10k documents of 115 tokens
     assert codec.default_centroids(2_100_000) == 8192  # 4·√n from ~18k documents on
-    assert codec.default_centroids(10**9) == codec.MAX_DEFAULT_CENTROIDS == 8192
+    assert codec.default_centroids(10**9) == codec.MAX_DEFAULT_CENTROIDS[8] == 8192
+    # 4-bit codes: the same counts up to 8,192, then on to 16,384 once 4·√n rounds to it (100k documents)
+    assert codec.default_centroids(1_150_000, 4) == 4096
+    assert codec.default_centroids(2_100_000, 4) == 8192
+    assert codec.default_centroids(8_388_608, 4) == 16384  # the retraining at 4^6 × 2^11 tokens
+    assert codec.default_centroids(8_388_608, 8) == 8192
+    assert codec.default_centroids(10**9, 4) == codec.MAX_DEFAULT_CENTROIDS[4] == 16384
+    assert codec.default_centroids(10**9, 2) == 8192
     sizes = [0, 1, 100, 10**4, 10**5, 10**6, 10**7, 10**8]
-    counts = [codec.default_centroids(n) for n in sizes]
-    assert counts == sorted(counts) and all(c & (c - 1) == 0 for c in counts)  # powers of two, growing
+    for bits in codec.SUPPORTED_BITS:
+        counts = [codec.default_centroids(n, bits) for n in sizes]
+        assert counts == sorted(counts) and all(c & (c - 1) == 0 for c in counts)  # powers of two, growing
 
 
 # ------------------------------------------------------------------------------------ candidates

@@ -26,7 +26,7 @@ SMALL, LARGE = 16, 64
 def centroids_grow_with_the_collection(monkeypatch) -> None:
     """The server's rule grows centroids over millions of tokens; here: 16 below 3,000 tokens, 64 from
     there, so that a retraining (due at 4× the tokens of the last training) also changes their number."""
-    monkeypatch.setattr(codec_module, "default_centroids", lambda n: SMALL if n < 3000 else LARGE)
+    monkeypatch.setattr(codec_module, "default_centroids", lambda n, bits: SMALL if n < 3000 else LARGE)
 
 
 def catalog_column(directory: Path, sql: str) -> list:
@@ -371,7 +371,7 @@ def test_documents_of_new_topics_retrain_the_codec_before_it_grows(
 
     monkeypatch.setattr(indexer_module, "DRIFT_WINDOW_TOKENS", 1024)
     # as many centroids as the corpus has topics, tokens near them: what a trained codec looks like
-    monkeypatch.setattr(codec_module, "default_centroids", lambda n: 64)
+    monkeypatch.setattr(codec_module, "default_centroids", lambda n, bits: 64)
     docs = list(clustered_corpus(300, seed=51, noise=0.15).items())
     manager = CollectionManager(tmp_path, save_interval_s=3600)
     manager.create("drift", model=None, dim=DIM, tokens={"train_after_tokens": 1024})
@@ -406,7 +406,7 @@ def trained_on_first_topics(tmp_path: Path, monkeypatch):
     """A collection "drift" whose codec (64 centroids, the corpus' topics) was trained on its 200
     documents; the drift measure's window shrunk to 1,024 tokens to fit the tests' sizes."""
     monkeypatch.setattr(indexer, "DRIFT_WINDOW_TOKENS", 1024)
-    monkeypatch.setattr(codec_module, "default_centroids", lambda n: 64)
+    monkeypatch.setattr(codec_module, "default_centroids", lambda n, bits: 64)
     manager = CollectionManager(tmp_path, save_interval_s=3600)
     manager.create("drift", model=None, dim=DIM, tokens={"train_after_tokens": 1024})
     c = manager.get("drift")

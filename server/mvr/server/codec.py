@@ -37,30 +37,37 @@ import numpy as np
 
 SUPPORTED_BITS = (1, 2, 4, 8)
 MAX_CENTROIDS = 1 << 16  # ids are stored as uint16
-MAX_DEFAULT_CENTROIDS = 8192  # what default_centroids grows to (a collection may ask for more)
+# What default_centroids grows to, by residual width (a collection may ask for more): 4-bit codes lose
+# more in the exact stage, so their candidates must come from finer centroids (see default_centroids)
+MAX_DEFAULT_CENTROIDS = {8: 8192, 4: 16384, 2: 8192, 1: 8192}
 # 8 bits: the tail fractions clipped at each end of a dimension's range that training chooses among
 UNIFORM_CLIPS = (0.0, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3)
 LLOYD_ROUNDS = 1000  # an upper bound: the steps stop once the cutoffs settle
 _ASSIGN_CHUNK = 4096  # tokens per GEMM in the nearest-centroid search: (4096 × K) float32 scratch
 
 
-def default_centroids(n_tokens: int) -> int:
-    """Centroids for a codec trained when the collection holds ``n_tokens`` tokens (the indexer
-    retrains at every 4× growth, so this is re-evaluated as the collection grows).
+def default_centroids(n_tokens: int, bits: int = 8) -> int:
+    """Centroids for a codec of ``bits``-bit residuals trained when the collection holds ``n_tokens``
+    tokens (the indexer retrains at every 4× growth, so this is re-evaluated as the collection grows).
 
     Up to ~1M tokens: the largest power of two with at least 32 tokens each (what k-means needs to
     place them), within [256, 4096] — at 10k topic-clustered documents (1.15M tokens) 4,096 kept 0.95
     of the true top-10 in the centroid-interaction top 64, 1,024 only 0.80 (bench/codec.py). Beyond,
-    the power of two nearest 4·√n (a quarter of PLAID's 16·√n), at most :data:`MAX_DEFAULT_CENTROIDS`:
-    at 100k documents (11.5M tokens, codecs trained on all of them, bench/retrain.py) 8,192 centroids
-    with 4 probes and 2,000 kept give recall@10 0.955, 4,096 with 2 and 1,000 0.922; more centroids
-    cost coding time in proportion (30k tokens/s on two cores at 8,192) and the query × centroid
-    scores grow with them; 16,384 was not measured to the end."""
+    the power of two nearest 4·√n (a quarter of PLAID's 16·√n), at most :data:`MAX_DEFAULT_CENTROIDS`
+    for the width: at 100k documents (11.5M tokens, codecs trained on all of them, bench/retrain.py)
+    8,192 centroids with 4 probes and 2,000 kept give recall@10 0.955, 4,096 with 2 and 1,000 0.922;
+    more centroids cost coding time in proportion (30k tokens/s on two cores at 8,192) and the query ×
+    centroid scores grow with them. 4-bit codes go on to 16,384 (from ~8.4M tokens, ~73k documents):
+    their exact stage loses 1.5 points of what the candidates hold, so the candidates must hold more;
+    at 100k they reach recall@10 0.969 at the default 144 candidates where 8,192 centroids gave 0.9405,
+    and 0.960 with 96 candidates at the 8-bit defaults' speed, for a build 2.3× as long
+    (bench/profile_search.py, bench/vs_peers.py; BENCHMARKS.md, *More centroids for the 4-bit
+    setting*). 2-bit codes were not measured at 100k with more centroids and keep 8,192."""
     if n_tokens <= 0:
         return 256
     fitting = 1 << int(np.floor(np.log2(max(n_tokens // 32, 1))))
     by_size = 1 << int(np.round(np.log2(4 * np.sqrt(n_tokens))))
-    return int(min(MAX_DEFAULT_CENTROIDS, max(256, min(fitting, max(4096, by_size)))))
+    return int(min(MAX_DEFAULT_CENTROIDS[bits], max(256, min(fitting, max(4096, by_size)))))
 
 
 @dataclass(frozen=True, eq=False)

@@ -50,7 +50,9 @@ class TokenStorage:
     MaxSim.
     ``keep_vectors``: keep the float vectors of coded documents too, so that final scores are exact
     at the storage dtype instead of over decoded codes (3× the bytes at 8 bits, float16).
-    ``centroids``: 0 chooses from the token count at training (:func:`mvr.server.codec.default_centroids`)."""
+    ``centroids``: 0 chooses from the token count and the width at each training
+    (:func:`mvr.server.codec.default_centroids`: up to 8,192, 16,384 at 4 bits); a count here is used
+    for every training, the first included."""
 
     residual_bits: int = 8
     keep_vectors: bool = False

@@ -311,7 +311,7 @@ class Indexer:
         c = self._c
         storage = c.config.tokens
         n_tokens = c.store.live_tokens
-        n_centroids = storage.centroids or codec_module.default_centroids(n_tokens)
+        n_centroids = storage.centroids or codec_module.default_centroids(n_tokens, storage.residual_bits)
         wanted = max(TRAIN_SAMPLE_PER_CENTROID * n_centroids, 1 << 16)
         first_new_label = c.store.next_label  # documents written from here on are new to the codec
         sample, held_out = self._sample(wanted * DRIFT_HOLD_OUT // (DRIFT_HOLD_OUT - 1))
