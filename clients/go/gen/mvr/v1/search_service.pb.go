@@ -251,13 +251,14 @@ type SearchRequest struct {
 	// Optional. Return, for every hit, each query token's best-matching document token and score.
 	Explain bool `protobuf:"varint,7,opt,name=explain,proto3" json:"explain,omitempty"`
 	// Optional, coded collections only. Centroids whose inverted lists each query token walks
-	// (1..64); 0 means 2 for every 4096 centroids of the collection's codec (2 up to 4096, 4 at 8192),
-	// times the square root of centroid_candidates over its base (below) when that is larger, rounded.
+	// (1..64); 0 means 2 for every 4096 centroids of the collection's codec (2 up to 4096, 4 at 8192,
+	// 8 at 16384), times the square root of centroid_candidates over its base (below) when that is
+	// larger, rounded.
 	Probe uint32 `protobuf:"varint,8,opt,name=probe,proto3" json:"probe,omitempty"`
 	// Optional, coded collections only. Documents found in the inverted lists that are kept for
 	// centroid interaction, the cheap approximate scoring that picks the `candidates` (1..100000);
 	// 0 means the larger of 1000 for every 4096 centroids of the collection's codec (its base: 1000 up
-	// to 4096, 2000 at 8192) and 4 * candidates.
+	// to 4096, 2000 at 8192, 4000 at 16384) and 4 * candidates.
 	CentroidCandidates uint32 `protobuf:"varint,9,opt,name=centroid_candidates,json=centroidCandidates,proto3" json:"centroid_candidates,omitempty"`
 	// Optional. What ranks the hits: late interaction (SEARCH_MODE_SEMANTIC, the default), keyword BM25
 	// over the documents' texts (SEARCH_MODE_KEYWORD; needs query.text, works without an encoder), or

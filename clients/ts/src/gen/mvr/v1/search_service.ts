@@ -186,15 +186,16 @@ export interface SearchRequest {
   explain: boolean;
   /**
    * Optional, coded collections only. Centroids whose inverted lists each query token walks
-   * (1..64); 0 means 2 for every 4096 centroids of the collection's codec (2 up to 4096, 4 at 8192),
-   * times the square root of centroid_candidates over its base (below) when that is larger, rounded.
+   * (1..64); 0 means 2 for every 4096 centroids of the collection's codec (2 up to 4096, 4 at 8192,
+   * 8 at 16384), times the square root of centroid_candidates over its base (below) when that is
+   * larger, rounded.
    */
   probe: number;
   /**
    * Optional, coded collections only. Documents found in the inverted lists that are kept for
    * centroid interaction, the cheap approximate scoring that picks the `candidates` (1..100000);
    * 0 means the larger of 1000 for every 4096 centroids of the collection's codec (its base: 1000 up
-   * to 4096, 2000 at 8192) and 4 * candidates.
+   * to 4096, 2000 at 8192, 4000 at 16384) and 4 * candidates.
    */
   centroidCandidates: number;
   /**
