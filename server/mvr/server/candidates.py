@@ -64,8 +64,8 @@ class CentroidTable:
     @classmethod
     def of(cls, centroids: np.ndarray) -> CentroidTable:
         centroids = np.asarray(centroids, dtype=np.float32)
-        largest = np.abs(centroids).max(axis=0) if len(centroids) else np.zeros(centroids.shape[1])
-        scale = (largest / 127.0).astype(np.float32)  # 0 in a dimension no centroid uses: its codes are 0
+        # 0 in a dimension no centroid uses: its codes are 0 (a codec has at least one centroid)
+        scale = (np.abs(centroids).max(axis=0) / 127.0).astype(np.float32)
         codes = np.clip(np.rint(centroids / np.where(scale > 0, scale, 1.0)), -127, 127).astype(np.int8)
         return cls(np.ascontiguousarray(codes), scale)
 
