@@ -46,8 +46,8 @@ from mvr.server.candidates import (  # noqa: E402
 from mvr.server.manager import CollectionManager  # noqa: E402
 from mvr.server.rerank import maxsim_tiled  # noqa: E402
 from mvr.server.search import (  # noqa: E402
-    DEFAULT_CANDIDATES,
     GRAPH_SHARE,
+    default_candidates,
     default_centroid_candidates,
     default_probe,
     graph_ef,
@@ -251,7 +251,9 @@ def main() -> None:
     )
     parser.add_argument("--docs", type=int, default=10_000)
     parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES)
+    parser.add_argument(
+        "--candidates", type=int, help="default: the engine's for the codec's centroids (top 10)"
+    )
     parser.add_argument("--probe", type=int, help="default: the engine's for the codec's centroids")
     parser.add_argument("--centroid-candidates", type=int, help="default: as --probe")
     parser.add_argument(
@@ -323,6 +325,7 @@ def main() -> None:
     print(footprint, flush=True)
     if collection.tokens is None or collection.tokens.snapshot is None:
         raise SystemExit("the collection has no codes: not enough tokens to train a codec")
+    args.candidates = args.candidates or default_candidates(stats.centroids, 10)
     args.centroid_candidates = args.centroid_candidates or default_centroid_candidates(
         stats.centroids, args.candidates
     )

@@ -225,6 +225,8 @@ def main() -> None:
         "token_storage": token_storage(args),
         "server_defaults": {
             "candidates": cascade.DEFAULT_CANDIDATES,
+            # from cascade.FINE_CENTROIDS centroids on
+            "candidates_fine_centroids": cascade.DEFAULT_CANDIDATES_FINE,
             "candidates_uncoded": cascade.DEFAULT_CANDIDATES_UNCODED,
             "per_centroids": cascade.DEFAULTS_AT_CENTROIDS,  # probe and centroid_candidates scale with K
             "probe": cascade.DEFAULT_PROBE,

@@ -536,6 +536,41 @@ def test_default_centroid_depth_grows_with_the_candidates() -> None:
     assert depths == sorted(depths) and probes == sorted(probes)
 
 
+def test_default_candidates_follow_the_codecs_centroids() -> None:
+    """Uncoded: 300; coded: 144, and 100 from 16,384 centroids on (finer centroid stages); always at
+    least 10 per hit asked for."""
+    assert search_module.default_candidates(None, 10) == 300
+    for centroids, expected in [(256, 144), (8192, 144), (16383, 144), (16384, 100), (65536, 100)]:
+        assert search_module.default_candidates(centroids, 10) == expected
+    assert search_module.default_candidates(16384, 20) == 200
+    assert search_module.default_candidates(8192, 20) == 200
+    assert search_module.default_candidates(None, 40) == 400
+
+
+def test_searches_default_to_the_candidates_of_their_codecs_centroids(
+    manager: CollectionManager, monkeypatch
+) -> None:
+    c = build_coded(manager, clustered_corpus(300, seed=14))
+    n_centroids = c.searcher._tokens().snapshot.codec.n_centroids
+    seen: list[int] = []
+    real = search_module.Searcher.centroid_stages
+
+    def spy(self, query, snapshot, params, n_candidates, allowed):
+        seen.append(n_candidates)
+        return real(self, query, snapshot, params, n_candidates, allowed)
+
+    monkeypatch.setattr(search_module.Searcher, "centroid_stages", spy)
+    query = unit(np.random.default_rng(16), 6)
+    c.search(query, 10)
+    monkeypatch.setattr(search_module, "FINE_CENTROIDS", n_centroids)  # this codec counts as fine
+    c.search(query, 10)
+    c.search(query, 20)
+    c.search(query, 10, candidates=130)
+    monkeypatch.setattr(search_module, "FINE_CENTROIDS", n_centroids + 1)
+    c.search(query, 10)
+    assert seen == [144, 100, 200, 130, 144]
+
+
 def test_searches_pass_the_resolved_depth_to_the_probe(manager: CollectionManager, monkeypatch) -> None:
     c = build_coded(manager, clustered_corpus(300, seed=14))
     seen: list[tuple[int, int]] = []

@@ -56,6 +56,15 @@ from mvr.server.values import Hit, TokenMatch
 # of the true top-10 where 128 kept 0.950 (bench/vs_peers.py, BENCHMARKS.md).
 DEFAULT_CANDIDATES = 144
 DEFAULT_CANDIDATES_UNCODED = 300
+# ... and from this many centroids on (4-bit codecs of large collections, codec.default_centroids, or
+# a collection's own `tokens.centroids`): finer centroids make the centroid stages' candidates hold
+# more of the true top-10, so fewer are scored exactly. At 100k documents, 4-bit codes and 16,384
+# centroids: 96 candidates gave recall@10 0.960–0.9625 as fast as the 8-bit defaults (0.953), 144
+# gave 0.969 at 1.28× their time (bench/vs_peers.py, bench/profile_search.py; BENCHMARKS.md); 100 is
+# the floor of 10 per hit of a top-10 anyway. Codes of more bits lose less in the exact stage, so
+# they keep at least that recall with as many candidates.
+FINE_CENTROIDS = 16384
+DEFAULT_CANDIDATES_FINE = 100
 DEFAULT_PROBE = 2
 DEFAULT_CENTROID_CANDIDATES = 1000
 # ... at up to this many centroids. A codec with more (a large collection, retrained) has shorter
@@ -74,6 +83,16 @@ KEPT_PER_CANDIDATE = 4
 def _per_centroids(n_centroids: int) -> int:
     """How many times DEFAULTS_AT_CENTROIDS the codec's centroids are (at least 1)."""
     return max(1, n_centroids // DEFAULTS_AT_CENTROIDS)
+
+
+def default_candidates(n_centroids: int | None, top_k: int) -> int:
+    """Documents scored exactly when the search does not say: by the codec's centroids (None: the
+    collection has no codec yet, and the graph alone finds them), at least 10 per hit asked for."""
+    if n_centroids is None:
+        base = DEFAULT_CANDIDATES_UNCODED
+    else:
+        base = DEFAULT_CANDIDATES_FINE if n_centroids >= FINE_CENTROIDS else DEFAULT_CANDIDATES
+    return max(base, 10 * top_k)
 
 
 def default_centroid_candidates(n_centroids: int, n_candidates: int) -> int:
@@ -166,8 +185,8 @@ class Searcher:
         tiles) once ``deadline`` (``time.monotonic()``) has passed."""
         token_index = self._tokens()
         snapshot = None if token_index is None else token_index.snapshot
-        default = DEFAULT_CANDIDATES if snapshot is not None else DEFAULT_CANDIDATES_UNCODED
-        n_candidates = params.candidates or max(default, 10 * params.top_k)
+        n_centroids = None if snapshot is None else snapshot.codec.n_centroids
+        n_candidates = params.candidates or default_candidates(n_centroids, params.top_k)
         everything = self._all_if_few(allowed, n_candidates)
         if everything is not None:
             with engine_metrics.stage("exact"):
@@ -229,7 +248,7 @@ class Searcher:
             # with a filter the centroid stages, restricted to the matching documents, see every one of
             # them; the graph would walk past the others one Python filter call each (bench/filters.py)
             return 0 if allowed is not None else share
-        full = params.candidates or max(DEFAULT_CANDIDATES_UNCODED, 10 * params.top_k)
+        full = params.candidates or default_candidates(None, params.top_k)
         return share + math.ceil(uncoded / live * max(0, full - share))
 
     # ------------------------------------------------------------------------------ stages
