@@ -523,7 +523,7 @@ def test_candidate_tokens_mix_sources_across_tiles(manager: CollectionManager, m
 def test_default_centroid_depth_grows_with_the_candidates() -> None:
     """`candidates` alone is the recall knob: past the base, the probe keeps 4 documents per candidate
     and walks lists in proportion to the square root of what it keeps; at the defaults nothing moves."""
-    for centroids, probe, kept in [(64, 2, 1000), (4096, 2, 1000), (8192, 4, 2000), (16384, 8, 4000)]:
+    for centroids, probe, kept in [(64, 2, 1000), (4096, 2, 1000), (8192, 4, 2000), (16384, 8, 2000)]:
         for n_candidates in (10, 128, 250):
             assert search_module.default_centroid_candidates(centroids, n_candidates) == kept
             assert search_module.default_probe(centroids, kept) == probe
@@ -531,6 +531,11 @@ def test_default_centroid_depth_grows_with_the_candidates() -> None:
     assert search_module.default_probe(8192, 8192) == 8  # 4 * sqrt(8192 / 2000), rounded
     assert search_module.default_probe(8192, 4096) == 6
     assert search_module.default_probe(4096, 2048) == 3
+    # past 8,192 centroids the kept base stays at 2,000 while the probe's base goes on growing
+    assert search_module.default_centroid_candidates(65536, 100) == 2000
+    assert search_module.default_probe(65536, 2000) == 32
+    assert search_module.default_centroid_candidates(16384, 1000) == 4000
+    assert search_module.default_probe(16384, 4000) == 11  # 8 * sqrt(4000 / 2000), rounded
     depths = [search_module.default_centroid_candidates(8192, c) for c in range(10, 10_000, 97)]
     probes = [search_module.default_probe(8192, k) for k in depths]
     assert depths == sorted(depths) and probes == sorted(probes)

@@ -72,6 +72,12 @@ DEFAULT_CENTROID_CANDIDATES = 1000
 # (bench/profile_search.py, 100k documents, 8,192 centroids: 2 probes and 1,000 kept → recall@10
 # 0.922; 4 and 2,000 → 0.955, for 3–5 ms more a query).
 DEFAULTS_AT_CENTROIDS = 4096
+# The kept documents stop growing past this many centroids (the probe's lists go on growing with
+# them): at 100k documents, 4-bit codes and 16,384 centroids, keeping 4,000 rather than 2,000 took
+# centroid interaction from ~1.2 to 2.4 ms a query for 0.3 points of recall@10 (0.9625 against
+# 0.960 at 96 candidates, bench/profile_search.py; BENCHMARKS.md, *Fewer candidates, cheaper centroid
+# stages*); more candidates still deepen it (below).
+KEPT_GROWS_UP_TO_CENTROIDS = 8192
 # More candidates deepen the stages before the exact one too, so that `candidates` alone is the recall
 # knob: centroid interaction keeps at least this many documents per candidate, and the probe walks
 # more lists in proportion to the square root of what it keeps. bench/vs_peers.py at 100k documents
@@ -95,16 +101,20 @@ def default_candidates(n_centroids: int | None, top_k: int) -> int:
     return max(base, 10 * top_k)
 
 
+def _kept_base(n_centroids: int) -> int:
+    """Documents the probe keeps at the default candidates, by the codec's centroids."""
+    return DEFAULT_CENTROID_CANDIDATES * _per_centroids(min(n_centroids, KEPT_GROWS_UP_TO_CENTROIDS))
+
+
 def default_centroid_candidates(n_centroids: int, n_candidates: int) -> int:
     """Documents the probe keeps for centroid interaction when the search does not say."""
-    return max(DEFAULT_CENTROID_CANDIDATES * _per_centroids(n_centroids), KEPT_PER_CANDIDATE * n_candidates)
+    return max(_kept_base(n_centroids), KEPT_PER_CANDIDATE * n_candidates)
 
 
 def default_probe(n_centroids: int, kept: int) -> int:
     """Inverted lists each query token walks when the search does not say, for ``kept`` documents."""
     base = DEFAULT_PROBE * _per_centroids(n_centroids)
-    depth = kept / (DEFAULT_CENTROID_CANDIDATES * _per_centroids(n_centroids))
-    return max(base, round(base * math.sqrt(depth)))
+    return max(base, round(base * math.sqrt(kept / _kept_base(n_centroids))))
 
 
 GRAPH_SHARE = 4  # coded collections: the graph sends candidates / GRAPH_SHARE documents to the exact stage
