@@ -236,7 +236,8 @@ type SearchRequest struct {
 	// Optional. Number of hits to return (1..1000); 0 means 10.
 	TopK uint32 `protobuf:"varint,3,opt,name=top_k,json=topK,proto3" json:"top_k,omitempty"`
 	// Optional. Candidates scored by exact MaxSim (top_k..10000), and the number the HNSW graph
-	// returns; 0 means max(144, 10 * top_k) in a coded collection, max(300, 10 * top_k) otherwise.
+	// returns; 0 means max(144, 10 * top_k) in a coded collection (max(100, 10 * top_k) when its codec
+	// has 16384 centroids or more: finer centroid stages), max(300, 10 * top_k) otherwise.
 	// The recall knob: more candidates, better recall, slower search. In a coded collection it also
 	// deepens the centroid stages when `probe` and `centroid_candidates` are unset (see them): at 100k
 	// documents 2048 candidates reach recall@10 0.99 against exact MaxSim (BENCHMARKS.md).
@@ -257,8 +258,8 @@ type SearchRequest struct {
 	Probe uint32 `protobuf:"varint,8,opt,name=probe,proto3" json:"probe,omitempty"`
 	// Optional, coded collections only. Documents found in the inverted lists that are kept for
 	// centroid interaction, the cheap approximate scoring that picks the `candidates` (1..100000);
-	// 0 means the larger of 1000 for every 4096 centroids of the collection's codec (its base: 1000 up
-	// to 4096, 2000 at 8192, 4000 at 16384) and 4 * candidates.
+	// 0 means the larger of 1000 for every 4096 centroids of the collection's codec, up to 8192 (its
+	// base: 1000 up to 4096, 2000 from 8192 centroids on) and 4 * candidates.
 	CentroidCandidates uint32 `protobuf:"varint,9,opt,name=centroid_candidates,json=centroidCandidates,proto3" json:"centroid_candidates,omitempty"`
 	// Optional. What ranks the hits: late interaction (SEARCH_MODE_SEMANTIC, the default), keyword BM25
 	// over the documents' texts (SEARCH_MODE_KEYWORD; needs query.text, works without an encoder), or

@@ -109,7 +109,9 @@ export interface TokenStorage {
    * each training from the token count: the largest power of two with at least 32 tokens each,
    * between 256 and 4096 (4096 from the default training point on), then the power of two nearest
    * 4 * sqrt(tokens), at most 8192 (8192 from ~2.1M tokens on); with 4-bit residuals at most 16384
-   * (16384 from ~8.4M tokens on: the coarser residuals need finer centroids, see BENCHMARKS.md).
+   * (16384 from ~8.4M tokens on: the coarser residuals need finer centroids, and searches of a codec
+   * of 16384 centroids or more default to fewer candidates, see SearchRequest.candidates and
+   * BENCHMARKS.md).
    */
   centroids: number;
   /** Optional. Tokens the collection must hold before the codec is trained (>= 1024). 0 means 131072. */
