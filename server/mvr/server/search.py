@@ -59,10 +59,11 @@ DEFAULT_CANDIDATES_UNCODED = 300
 # ... and from this many centroids on (4-bit codecs of large collections, codec.default_centroids, or
 # a collection's own `tokens.centroids`): finer centroids make the centroid stages' candidates hold
 # more of the true top-10, so fewer are scored exactly. At 100k documents, 4-bit codes and 16,384
-# centroids: 96 candidates gave recall@10 0.960–0.9625 as fast as the 8-bit defaults (0.953), 144
-# gave 0.969 at 1.28× their time (bench/vs_peers.py, bench/profile_search.py; BENCHMARKS.md); 100 is
-# the floor of 10 per hit of a top-10 anyway. Codes of more bits lose less in the exact stage, so
-# they keep at least that recall with as many candidates.
+# centroids: 100 candidates (probe 8, 2,000 kept) give recall@10 0.9605 at 1.02–1.17× the time of the
+# 8-bit defaults (0.953) in alternating runs, where 144 gave 0.969 at 1.28× (bench/profile_search.py,
+# bench/vs_peers.py; BENCHMARKS.md, *The search defaults follow the centroids*); 100 is the floor of
+# 10 per hit of a top-10 anyway. Codes of more bits lose less in the exact stage, so they keep at
+# least that recall with as many candidates.
 FINE_CENTROIDS = 16384
 DEFAULT_CANDIDATES_FINE = 100
 DEFAULT_PROBE = 2
@@ -73,10 +74,10 @@ DEFAULT_CENTROID_CANDIDATES = 1000
 # 0.922; 4 and 2,000 → 0.955, for 3–5 ms more a query).
 DEFAULTS_AT_CENTROIDS = 4096
 # The kept documents stop growing past this many centroids (the probe's lists go on growing with
-# them): at 100k documents, 4-bit codes and 16,384 centroids, keeping 4,000 rather than 2,000 took
-# centroid interaction from ~1.2 to 2.4 ms a query for 0.3 points of recall@10 (0.9625 against
-# 0.960 at 96 candidates, bench/profile_search.py; BENCHMARKS.md, *Fewer candidates, cheaper centroid
-# stages*); more candidates still deepen it (below).
+# them): at 100k documents, 4-bit codes and 16,384 centroids and 100 candidates, keeping 4,000 rather
+# than 2,000 took centroid interaction from ~1.5 to ~2.5 ms a query for 0.2 point of recall@10
+# (0.9625 against 0.9605, bench/profile_search.py; BENCHMARKS.md, *The search defaults follow the
+# centroids*); more candidates still deepen it (below).
 KEPT_GROWS_UP_TO_CENTROIDS = 8192
 # More candidates deepen the stages before the exact one too, so that `candidates` alone is the recall
 # knob: centroid interaction keeps at least this many documents per candidate, and the probe walks
