@@ -61,7 +61,7 @@ def default_centroids(n_tokens: int, bits: int = 8) -> int:
     their exact stage loses 1.5 points of what the candidates hold, so the candidates must hold more;
     at 100k they reach recall@10 0.969 with 144 candidates where 8,192 centroids gave 0.9405,
     and 0.9605 with the 100 candidates searches default to at 16,384 centroids (1.02–1.17× the 8-bit
-    defaults' time), for a build 2.3× as long
+    defaults' time in process, 1.31× in one pair of server runs), for a build 2.1–2.3× as long
     (bench/profile_search.py, bench/vs_peers.py; BENCHMARKS.md, *More centroids for the 4-bit
     setting*). 2-bit codes were not measured at 100k with more centroids and keep 8,192."""
     if n_tokens <= 0:

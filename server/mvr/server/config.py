@@ -47,9 +47,10 @@ class TokenStorage:
     is 0.991 at 8 bits (bench/recall.py, 20k). 4 (68 bytes) and 2 (36 bytes) are the compact settings
     (BENCHMARKS.md: 4 bits reach 0.950 at the defaults in 10.3 KB a document at 10k, and at 100k,
     where their codecs grow to 16,384 centroids and searches default to 100 candidates, 0.9605 in
-    9.1 KB at 1.02–1.17× the 8-bit defaults' time; 2 bits with a 64-d graph, 4.8 KB, pass PLAID's
-    recall); 0 keeps only the float vectors and searches by FDE + exact MaxSim. No code of ~4 bits
-    keeps the i.i.d. data set's ranking (bench/precision.py): 8 bits stay the default.
+    9.1 KB at 1.02–1.17× the 8-bit defaults' time in process (1.31× in one pair of server runs); 2
+    bits with a 64-d graph, 4.8 KB, pass PLAID's recall); 0 keeps only the float vectors and searches
+    by FDE + exact MaxSim. No code of ~4 bits keeps the i.i.d. data set's ranking
+    (bench/precision.py): 8 bits stay the default.
     ``keep_vectors``: keep the float vectors of coded documents too, so that final scores are exact
     at the storage dtype instead of over decoded codes (3× the bytes at 8 bits, float16).
     ``centroids``: 0 chooses from the token count and the width at each training

@@ -60,10 +60,10 @@ DEFAULT_CANDIDATES_UNCODED = 300
 # a collection's own `tokens.centroids`): finer centroids make the centroid stages' candidates hold
 # more of the true top-10, so fewer are scored exactly. At 100k documents, 4-bit codes and 16,384
 # centroids: 100 candidates (probe 8, 2,000 kept) give recall@10 0.9605 at 1.02–1.17× the time of the
-# 8-bit defaults (0.953) in alternating runs, where 144 gave 0.969 at 1.28× (bench/profile_search.py,
-# bench/vs_peers.py; BENCHMARKS.md, *The search defaults follow the centroids*); 100 is the floor of
-# 10 per hit of a top-10 anyway. Codes of more bits lose less in the exact stage, so they keep at
-# least that recall with as many candidates.
+# 8-bit defaults (0.953) in alternating runs in process (1.31× in one pair of server runs), where 144
+# gave 0.969 at 1.28× (bench/profile_search.py, bench/vs_peers.py; BENCHMARKS.md, *The search
+# defaults follow the centroids*); 100 is the floor of 10 per hit of a top-10 anyway. Codes of more
+# bits lose less in the exact stage, so they keep at least that recall with as many candidates.
 FINE_CENTROIDS = 16384
 DEFAULT_CANDIDATES_FINE = 100
 DEFAULT_PROBE = 2
