@@ -35,17 +35,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "server"), str(ROOT / "bench")]
 
+from codec import recall  # noqa: E402  (bench/codec.py's, as bench/retrain.py imports it)
 from mvr.server import codec  # noqa: E402
 from mvr.server.app import limit_blas_threads  # noqa: E402
 from synthetic import exact_top_k, make_corpus, make_queries, topic_dataset  # noqa: E402
 
 WIDE_BITS = 8
-
-
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(
-        np.mean([len(set(f.tolist()) & set(t.tolist())) / len(t) for f, t in zip(found, truth, strict=True)])
-    )
 
 
 def load(name: str, n_docs: int, n_queries: int):
@@ -58,11 +53,12 @@ def load(name: str, n_docs: int, n_queries: int):
     return corpus.tokens, corpus.offsets, queries
 
 
-def wide_quantiser(narrow: codec.Codec, tokens: np.ndarray) -> codec.Codec:
+def wide_quantiser(
+    narrow: codec.Codec, tokens: np.ndarray, ids: np.ndarray, norms: np.ndarray
+) -> codec.Codec:
     """An 8-bit codec on ``narrow``'s centroids, its levels fitted to these tokens' scaled residuals
-    the way codec.train fits them (its private helpers: training has no entry that takes centroids)."""
-    ids = narrow.assign(tokens)
-    norms = codec.residual_norms(tokens, narrow.centroids, ids)
+    (``ids``, ``norms``: their centroids and residual norms) the way codec.train fits them (its
+    private helpers: training has no entry that takes centroids)."""
     residuals = (tokens - narrow.centroids[ids]) * codec._inverse(norms)[:, None]
     cutoffs, values = codec._uniform_buckets(residuals, codec.UNIFORM_CLIPS)
     return codec.Codec(narrow.centroids, cutoffs, values, WIDE_BITS, True)
@@ -92,7 +88,9 @@ def measure(name: str, args) -> dict:
     rng = np.random.default_rng(0)
     sample = tokens[np.sort(rng.choice(len(tokens), min(len(tokens), 32 * n_centroids), replace=False))]
     narrow = codec.train(sample, n_centroids, args.bits, iterations=args.iterations)
-    wide = wide_quantiser(narrow, tokens)
+    ids = narrow.assign(tokens)
+    norms = codec.residual_norms(tokens, narrow.centroids, ids)
+    wide = wide_quantiser(narrow, tokens, ids, norms)
     narrow_tokens = narrow.decode(*narrow.encode(tokens))
     wide_tokens = wide.decode(*wide.encode(tokens))
     narrow_error = squared_errors(narrow_tokens, tokens)
@@ -101,7 +99,6 @@ def measure(name: str, args) -> dict:
     def ceiling(decoded: np.ndarray) -> float:
         return recall(exact_top_k(decoded, offsets, queries, 10)[0], truth)
 
-    norms = codec.residual_norms(tokens, narrow.centroids, narrow.assign(tokens))
     mean_squared_norm = float(np.mean(np.square(norms, dtype=np.float64)))
     result = {
         "data": name,
